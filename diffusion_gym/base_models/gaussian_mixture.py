@@ -1,0 +1,133 @@
+"""An analytic Gaussian-mixture "pretrained model": exact score, density and sampler at every noise level.
+
+Under the VP forward process a mixture stays a mixture (DESIGN section 3):
+``p_s(x) = sum_i w_i N(x; alpha_s mu_i, alpha_s^2 Sigma_i + sigma_s^2 I)``. Each covariance is
+diagonalised once, ``Sigma_i = U_i diag(lambda_i) U_i^T``, so at any s the noised covariance is
+``U_i diag(alpha_s^2 lambda_i + sigma_s^2) U_i^T``: inverse and log-determinant are elementwise,
+and the score needs no linear algebra in the step loop (nothing that breaks CUDA-graph capture).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from diffusion_gym.sde import LinearVPSchedule, VPSchedule
+
+
+class GaussianMixtureScore(nn.Module):
+    """The exact score of a Gaussian mixture data law noised by a VP schedule.
+
+    Args:
+        weights: mixture weights, shape (K,), positive; normalised here.
+        means: component means, shape (K, D).
+        covariances: component covariances, shape (K, D, D), symmetric positive definite.
+        schedule: the VP schedule; defaults to :class:`LinearVPSchedule`.
+    """
+
+    def __init__(
+        self,
+        weights: Tensor,
+        means: Tensor,
+        covariances: Tensor,
+        schedule: VPSchedule | None = None,
+    ) -> None:
+        super().__init__()
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        mu = torch.as_tensor(means, dtype=torch.float64)
+        cov = torch.as_tensor(covariances, dtype=torch.float64)
+        k, d = mu.shape
+        if w.shape != (k,) or cov.shape != (k, d, d):
+            raise ValueError(
+                f"expected weights (K,), means (K, D), covariances (K, D, D); got {w.shape}, {mu.shape}, {cov.shape}"
+            )
+        if (w <= 0).any():
+            raise ValueError("mixture weights must be positive")
+        if not torch.allclose(cov, cov.transpose(1, 2)):
+            raise ValueError("covariances must be symmetric")
+        lam, U = torch.linalg.eigh(cov)
+        if (lam <= 0).any():
+            raise ValueError("covariances must be positive definite")
+        self.schedule = schedule if schedule is not None else LinearVPSchedule()
+        self.event_shape: tuple[int, ...] = (d,)
+        self.register_buffer("log_weights", torch.log(w / w.sum()).float())
+        self.register_buffer("means", mu.float())
+        self.register_buffer("eigvals", lam.float())
+        self.register_buffer("eigvecs", U.float())
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    def _component_terms(self, s: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-component log-densities (K, B) and whitened residuals ``z_i / var_i`` (K, D, B), where
+        ``z_i = U_i^T (x - alpha_s mu_i)`` and ``var_i = alpha_s^2 lambda_i + sigma_s^2``.
+
+        The batch is the innermost dimension (K, D, B): with K and D small, every reduction and
+        matrix product then runs along long contiguous rows, several times faster on CPU.
+        """
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+        alpha, sigma2 = self.schedule.alpha(s), self.schedule.sigma2(s)
+        if s.ndim:  # one time per row
+            alpha, sigma2 = alpha.reshape(1, 1, -1), sigma2.reshape(1, 1, -1)
+        var = alpha**2 * self.eigvals.unsqueeze(-1) + sigma2  # (K, D, 1 or B)
+        diff = x.T.unsqueeze(0) - alpha * self.means.unsqueeze(-1)  # (K, D, B)
+        z = torch.bmm(self.eigvecs.transpose(1, 2), diff)
+        z_over_var = z / var
+        log_comp = (
+            self.log_weights.unsqueeze(-1)
+            - 0.5 * (z * z_over_var).sum(1)
+            - 0.5 * torch.log(var).sum(1)
+            - 0.5 * x.shape[-1] * math.log(2 * math.pi)
+        )
+        return log_comp, z_over_var
+
+    def score(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``grad_x log p_s(x) = -sum_i P(i | x) Sigma_i(s)^{-1} (x - alpha_s mu_i)``; ``s`` is a scalar
+        or one diffusion time per row."""
+        log_comp, z_over_var = self._component_terms(s, x)
+        resp = torch.softmax(log_comp, dim=0)
+        precision_residual = torch.bmm(self.eigvecs, z_over_var)  # U_i (z_i / var_i)
+        return -(resp.unsqueeze(1) * precision_residual).sum(0).T.contiguous()
+
+    def log_prob(self, s: Tensor | float, x: Tensor) -> Tensor:
+        """``log p_s(x)``, shape (B,). ``s = 0`` is the data density."""
+        return torch.logsumexp(self._component_terms(s, x)[0], dim=0)
+
+    def responsibilities(self, s: Tensor | float, x: Tensor) -> Tensor:
+        """Posterior component probabilities ``P(i | X_s = x)``, shape (B, K)."""
+        return torch.softmax(self._component_terms(s, x)[0], dim=0).T
+
+    def sample(self, n: int, generator: torch.Generator | None = None, s: float = 0.0) -> Tensor:
+        """``n`` exact samples of ``X_s`` (data at s = 0), on the model's device."""
+        device = self.means.device
+        idx = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.event_shape[0], generator=generator, device=device)
+        x0 = self.means[idx] + torch.einsum("bde,be->bd", self.eigvecs[idx], self.eigvals[idx].sqrt() * eps)
+        if s == 0.0:
+            return x0
+        st = torch.tensor(s, dtype=x0.dtype, device=device)
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        return self.schedule.alpha(st) * x0 + self.schedule.sigma(st) * noise
+
+
+def mixture_2d(schedule: VPSchedule | None = None) -> GaussianMixtureScore:
+    """The 8-component 2-D mixture of ``DiffusionSDE-v0``.
+
+    Components sit on a ring of radius 3 with unequal weights (0.22 down to 0.06), each elongated
+    along the ring (std 0.45) and thin across it (std 0.18), separated by about five tangential
+    standard deviations: a sample's component is ambiguous less than 1% of the time.
+    """
+    k = 8
+    angles = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+    weights = torch.tensor([0.22, 0.18, 0.15, 0.12, 0.10, 0.09, 0.08, 0.06], dtype=torch.float64)
+    radial = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    tangential = torch.stack([-torch.sin(angles), torch.cos(angles)], dim=1)
+    means = 3.0 * radial
+    std_t, std_r = 0.45, 0.18
+    covs = (
+        std_t**2 * tangential[:, :, None] * tangential[:, None, :] + std_r**2 * radial[:, :, None] * radial[:, None, :]
+    )
+    return GaussianMixtureScore(weights, means, covs, schedule)

@@ -1,0 +1,73 @@
+"""The single (numpy) environment: one sample of the batched env, with Gymnasium's numpy API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import Env
+from gymnasium.vector import AutoresetMode
+
+from diffusion_gym.base_models.protocol import ScoreModel
+from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.rewards.protocol import RewardModel
+
+
+class DiffusionSDEEnv(Env):
+    """One sample of the controlled reverse SDE (DESIGN section 2), stepped by the batched env.
+
+    It runs a :class:`DiffusionSDEVectorEnv` with one row, so both give the same trajectory for
+    the same seed and actions. Observations are ``{"x": ndarray, "t": ndarray of shape (1,)}``,
+    rewards Python floats, info values Python scalars.
+
+    Args:
+        score_model: the pretrained score.
+        reward: the terminal reward.
+        gold: the hidden utility, reported in ``info["gold_reward"]``.
+        **kwargs: everything :class:`DiffusionSDEVectorEnv` takes after its models (``n_steps``,
+            ``grid``, ``integrator``, ``kl_coef``, ``action_scale``, ``device``, ``dtype``, ...).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self, score_model: ScoreModel, reward: RewardModel, gold: RewardModel | None = None, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("sync_checks", True)
+        self.batched = DiffusionSDEVectorEnv(
+            1, score_model, reward, gold, autoreset_mode=AutoresetMode.DISABLED, **kwargs
+        )
+        self.observation_space = self.batched.single_observation_space
+        self.action_space = self.batched.single_action_space
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode. A seed seeds the torch generator as the batched env's seed does; without
+        one, the first reset seeds it from ``np_random``."""
+        super().reset(seed=seed)
+        if seed is None and not self.batched._seeded:
+            seed = int(self.np_random.integers(2**62))
+        obs, info = self.batched.reset(seed=seed, options=options)
+        return self._numpy_obs(obs), info
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """One grid interval. Raises ValueError on a wrong shape, a non-numeric dtype, NaN or inf, and
+        ResetNeeded after the last step; out-of-bounds components are clipped and counted."""
+        a = np.asarray(action)
+        if a.dtype.kind not in "iuf":
+            raise ValueError(f"action must be real numbers castable to float32, got dtype {a.dtype}")
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"expected an action of shape {self.action_space.shape}, got {a.shape}")
+        obs, reward, terminated, truncated, info = self.batched.step(torch.from_numpy(a)[None])
+        return (
+            self._numpy_obs(obs),
+            float(reward[0]),
+            bool(terminated[0]),
+            bool(truncated[0]),
+            {k: v[0].item() for k, v in info.items()},
+        )
+
+    def _numpy_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {k: v[0].cpu().numpy() for k, v in obs.items()}

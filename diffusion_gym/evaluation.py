@@ -1,0 +1,97 @@
+"""Monte Carlo evaluation of a policy in the batched env: objective, rewards and KL with standard errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+
+Policy = Callable[[dict[str, Tensor]], Tensor]
+"""Maps a batched observation ``{"x": (B, ...), "t": (B, 1)}`` to actions ``(B, ...)`` in [-1, 1]."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A Monte Carlo mean with its standard error."""
+
+    mean: float
+    se: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: Tensor) -> Estimate:
+        """Mean and standard error (``std / sqrt(n)``) of i.i.d. samples."""
+        x = samples.detach().double().flatten()
+        n = x.numel()
+        se = x.std().item() / math.sqrt(n) if n > 1 else math.inf
+        return cls(x.mean().item(), se, n)
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f} ± {self.se:.4f}"
+
+
+@dataclass
+class Rollouts:
+    """Per-sample results of complete episodes (on the CPU).
+
+    Attributes:
+        objective: each episode's return, ``terminal_reward - kl_coef * kl``.
+        terminal_reward: the proxy reward of the final sample.
+        gold_reward: the gold utility of the final sample (None if the task has none).
+        kl: the path KL to the pretrained sampler (sum of the per-step KLs).
+        x: the final samples ``Y_N``.
+    """
+
+    objective: Tensor
+    terminal_reward: Tensor
+    gold_reward: Tensor | None
+    kl: Tensor
+    x: Tensor
+
+    def summary(self) -> dict[str, Estimate]:
+        """Mean and standard error of every per-sample quantity."""
+        out = {"objective": Estimate.of(self.objective), "terminal_reward": Estimate.of(self.terminal_reward)}
+        if self.gold_reward is not None:
+            out["gold_reward"] = Estimate.of(self.gold_reward)
+        out["kl"] = Estimate.of(self.kl)
+        return out
+
+
+@torch.no_grad()
+def rollout(
+    env: DiffusionSDEVectorEnv, policy: Policy | None = None, n_samples: int | None = None, seed: int | None = None
+) -> Rollouts:
+    """Run whole episodes until ``n_samples`` finals are collected (default: one batch).
+
+    Args:
+        env: the batched env; it is reset here.
+        policy: observation to action; None is the pretrained sampler (zero action).
+        n_samples: how many final samples; rounded up to whole batches, then truncated.
+        seed: seeds the first reset.
+    """
+    n = env.num_envs if n_samples is None else int(n_samples)
+    parts: dict[str, list[Tensor]] = {
+        "objective": [],
+        "terminal_reward": [],
+        "gold_reward": [],
+        "kl_total": [],
+        "x": [],
+    }
+    zero = torch.zeros((env.num_envs, *env.event_shape), device=env.device, dtype=env.dtype)
+    collected = 0
+    while collected < n:
+        obs, _ = env.reset(seed=seed if collected == 0 else None)
+        for _ in range(env.n_steps):
+            obs, _, terminated, _, info = env.step(zero if policy is None else policy(obs))
+        parts["x"].append(obs["x"].cpu())
+        for key in ("objective", "terminal_reward", "gold_reward", "kl_total"):
+            if key in info:
+                parts[key].append(info[key].cpu())
+        collected += env.num_envs
+    cat = {k: torch.cat(v)[:n] if v else None for k, v in parts.items()}
+    return Rollouts(cat["objective"], cat["terminal_reward"], cat["gold_reward"], cat["kl_total"], cat["x"])

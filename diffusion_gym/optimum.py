@@ -1,0 +1,107 @@
+"""The known optimum of the KL-regularised problem and the normalized optimality gap (DESIGN section 1).
+
+By Donsker-Varadhan, over all path measures Q,
+``sup_Q E_Q[r(Y_T)] - kl_coef KL(Q || P_pre) = kl_coef log E_pre[exp(r(Y_T) / kl_coef)] =: J*``,
+attained by tilting the pretrained terminal law by ``exp(r / kl_coef)``. J* needs only samples of
+the pretrained sampler on the env's own grid (exact for the discrete chain), or, for 2-D tasks,
+quadrature of the noised data density (the continuous-time limit). It is an upper bound for the
+env's policies: they shift the mean of Gaussian transitions and cannot move ``Y_0``, so they reach
+J* only in the continuous-time limit and up to the (here negligible, ``alpha_T ~ 0.0065``)
+dependence of ``Y_T`` on ``Y_0``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
+from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.evaluation import Estimate, rollout
+from diffusion_gym.rewards.protocol import RewardModel
+
+
+def soft_value(rewards: Tensor, kl_coef: float) -> Estimate:
+    """``kl_coef * log mean exp(r / kl_coef)`` with its delta-method standard error.
+
+    With ``w = exp(r / kl_coef)``: ``se = kl_coef * std(w) / (sqrt(n) * mean(w))``. (The estimate
+    is biased low by Jensen's inequality, by about ``kl_coef * se^2 / 2``: negligible when the
+    standard error is small.)
+    """
+    if kl_coef <= 0:
+        raise ValueError(f"J* needs kl_coef > 0, got {kl_coef}")
+    r = rewards.detach().double().flatten()
+    n = r.numel()
+    z = r / kl_coef
+    w = torch.exp(z - z.max())
+    mean = kl_coef * (torch.log(w.mean()) + z.max()).item()
+    se = kl_coef * (w.std() / (math.sqrt(n) * w.mean())).item()
+    return Estimate(mean, se, n)
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """J* and the pretrained sampler's objective J(pre), estimated on the same grid."""
+
+    j_star: Estimate
+    j_pretrained: Estimate
+
+
+def optimal_objective(env: DiffusionSDEVectorEnv, n_samples: int = 65_536, seed: int = 0) -> Optimum:
+    """J* and J(pre) by Monte Carlo over the pretrained sampler (zero action) of ``env``."""
+    pre = rollout(env, None, n_samples, seed)
+    return Optimum(soft_value(pre.terminal_reward, env.kl_coef), Estimate.of(pre.terminal_reward))
+
+
+@torch.no_grad()
+def optimal_objective_quadrature(
+    model: GaussianMixtureScore,
+    reward: RewardModel,
+    kl_coef: float,
+    s: float,
+    half_width: float = 8.0,
+    n_grid: int = 801,
+) -> tuple[float, float]:
+    """``(J*, J(pre))`` of a 2-D task in the continuous-time limit, by quadrature on a square grid.
+
+    The pretrained sampler's terminal law in that limit is the model's ``p_s`` at the grid's last
+    diffusion time ``s`` (closed form for a mixture); the midpoint rule on
+    ``[-half_width, half_width]^2`` integrates ``p_s`` and ``p_s exp(r / kl_coef)``.
+
+    Raises:
+        ValueError: if the box holds less than 1 - 1e-6 of the mass.
+    """
+    if model.event_shape != (2,):
+        raise ValueError(f"quadrature is for 2-D models, got event shape {model.event_shape}")
+    device = model.means.device
+    h = 2 * half_width / n_grid
+    u = torch.linspace(-half_width + h / 2, half_width - h / 2, n_grid, dtype=torch.float64, device=device)
+    xy = torch.cartesian_prod(u, u)
+    st = torch.tensor(s, dtype=torch.float64, device=device)
+    model64 = copy.deepcopy(model).double()
+    log_p = torch.cat([model64.log_prob(st, chunk) for chunk in xy.split(65_536)])
+    r = torch.cat([reward(chunk.float()).double() for chunk in xy.split(65_536)])
+    log_area = 2 * math.log(h)
+    mass = torch.exp(torch.logsumexp(log_p, 0) + log_area).item()
+    if abs(mass - 1) > 1e-6:
+        raise ValueError(f"the quadrature box holds {mass:.8f} of the mass; widen half_width")
+    j_star = kl_coef * (torch.logsumexp(log_p + r / kl_coef, 0) + log_area).item()
+    j_pre = (torch.exp(log_p + log_area) * r).sum().item()
+    return j_star, j_pre
+
+
+def normalized_gap(j: Estimate, j_star: Estimate, j_pretrained: Estimate) -> Estimate:
+    """``(J* - J) / (J* - J(pre))``: 1 = no better than pretrained, 0 = optimal.
+
+    The standard error propagates the three by the delta method, treating them as independent.
+    """
+    d = j_star.mean - j_pretrained.mean
+    if d <= 0:
+        raise ValueError(f"J* - J(pre) must be positive, got {d}")
+    num = j_star.mean - j.mean
+    var = (j.se / d) ** 2 + ((j.mean - j_pretrained.mean) * j_star.se / d**2) ** 2 + (num * j_pretrained.se / d**2) ** 2
+    return Estimate(num / d, math.sqrt(var), min(j.n, j_star.n, j_pretrained.n))

@@ -1,0 +1,99 @@
+"""J* (Monte Carlo and quadrature), J(pre), the normalized gap, and the evaluation helpers."""
+
+import math
+
+import pytest
+import torch
+
+from diffusion_gym.base_models import mixture_2d
+from diffusion_gym.envs.mixture2d import make_vector_env
+from diffusion_gym.evaluation import Estimate, rollout
+from diffusion_gym.optimum import normalized_gap, optimal_objective, optimal_objective_quadrature, soft_value
+
+
+def test_soft_value_of_gaussian_rewards_has_the_closed_form():
+    """r ~ N(mu, s^2): kl log E exp(r / kl) = mu + s^2 / (2 kl); the estimate is within 4 s.e."""
+    gen = torch.Generator().manual_seed(0)
+    mu, sd, kl = 0.4, 0.6, 0.8
+    r = mu + sd * torch.randn(400_000, generator=gen, dtype=torch.float64)
+    est = soft_value(r, kl)
+    assert est.mean == pytest.approx(mu + sd**2 / (2 * kl), abs=4 * est.se)
+    assert 0 < est.se < 0.01
+    const = soft_value(torch.full((10,), 2.5), 1.0)
+    assert const.mean == pytest.approx(2.5) and const.se == 0
+    with pytest.raises(ValueError, match="kl_coef > 0"):
+        soft_value(r, 0.0)
+
+
+def test_soft_value_is_stable_for_large_rewards():
+    assert soft_value(torch.tensor([1000.0, 1000.0]), 0.01).mean == pytest.approx(1000.0)
+
+
+class LinearReward(torch.nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.as_tensor(w, dtype=torch.float32)
+
+    def forward(self, x, cond=None):
+        return x @ self.w.to(x.dtype)
+
+
+def test_quadrature_matches_the_mixture_moment_generating_function():
+    """For r(x) = w.x, J* = kl log sum_i w_i exp(alpha mu_i.w/kl + w^T Sigma_i(s) w / (2 kl^2)) in closed form."""
+    m = mixture_2d()
+    w, kl, s = torch.tensor([0.3, -0.5], dtype=torch.float64), 0.7, 0.05
+    st = torch.tensor(s, dtype=torch.float64)
+    alpha, s2 = m.schedule.alpha(st), m.schedule.sigma2(st)
+    cov = torch.einsum("kde,ke,kfe->kdf", m.eigvecs.double(), m.eigvals.double(), m.eigvecs.double())
+    cov_s = alpha**2 * cov + s2 * torch.eye(2, dtype=torch.float64)
+    log_terms = (
+        m.log_weights.double()
+        + alpha * (m.means.double() @ w) / kl
+        + torch.einsum("d,kde,e->k", w, cov_s, w) / (2 * kl**2)
+    )
+    exact_star = kl * torch.logsumexp(log_terms, 0).item()
+    exact_pre = (alpha * (m.log_weights.double().exp() @ m.means.double()) @ w).item()
+    j_star, j_pre = optimal_objective_quadrature(m, LinearReward(w), kl, s, half_width=10.0)
+    assert j_star == pytest.approx(exact_star, abs=1e-5)
+    assert j_pre == pytest.approx(exact_pre, abs=1e-5)
+
+
+def test_quadrature_refuses_a_box_that_misses_mass():
+    with pytest.raises(ValueError, match="widen"):
+        optimal_objective_quadrature(mixture_2d(), LinearReward([1.0, 0.0]), 1.0, 1e-3, half_width=2.0)
+
+
+def test_monte_carlo_optimum_beats_pretrained_and_matches_quadrature():
+    """J* > J(pre) by many standard errors, and the same-grid Monte Carlo J* agrees with the
+    continuous-time quadrature (N=100 Euler-Maruyama; measured 1.072 ± 0.011 vs 1.087)."""
+    env = make_vector_env(16_384, n_steps=100)
+    opt = optimal_objective(env, 32_768, seed=0)
+    assert opt.j_star.mean - opt.j_pretrained.mean > 10 * math.hypot(opt.j_star.se, opt.j_pretrained.se)
+    j_star_quad, j_pre_quad = optimal_objective_quadrature(env.score_model, env.reward_model, env.kl_coef, 1e-3)
+    assert opt.j_star.mean == pytest.approx(j_star_quad, abs=4 * opt.j_star.se + 0.03)
+    assert opt.j_pretrained.mean == pytest.approx(j_pre_quad, abs=4 * opt.j_pretrained.se + 0.02)
+
+
+def test_normalized_gap():
+    j_star, j_pre = Estimate(2.0, 0.01, 100), Estimate(1.0, 0.01, 100)
+    assert normalized_gap(j_star, j_star, j_pre).mean == pytest.approx(0.0)
+    assert normalized_gap(j_pre, j_star, j_pre).mean == pytest.approx(1.0)
+    half = normalized_gap(Estimate(1.5, 0.02, 100), j_star, j_pre)
+    assert half.mean == pytest.approx(0.5)
+    # delta method: sqrt((0.02/1)^2 + (0.5*0.01/1)^2 + (0.5*0.01/1)^2)
+    assert half.se == pytest.approx(math.sqrt(0.02**2 + 2 * 0.005**2))
+    with pytest.raises(ValueError, match="positive"):
+        normalized_gap(j_pre, j_pre, j_star)
+
+
+def test_estimate_and_rollout_summary():
+    est = Estimate.of(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert est.mean == 2.5 and est.se == pytest.approx(torch.tensor([1.0, 2, 3, 4]).std().item() / 2)
+    assert str(est) == "2.5000 ± 0.6455"
+    env = make_vector_env(64, n_steps=5)
+    out = rollout(env, None, 100, seed=0)
+    assert out.x.shape == (100, 2) and out.objective.shape == (100,)
+    assert torch.equal(out.kl, torch.zeros(100)) and torch.equal(out.objective, out.terminal_reward)
+    assert set(out.summary()) == {"objective", "terminal_reward", "gold_reward", "kl"}
+    again = rollout(env, None, 100, seed=0)
+    assert torch.equal(again.x, out.x)

@@ -87,8 +87,9 @@ def rollout(
     while collected < n:
         obs, _ = env.reset(seed=seed if collected == 0 else None)
         for _ in range(env.n_steps):
-            obs, _, terminated, _, info = env.step(zero if policy is None else policy(obs))
-        parts["x"].append(obs["x"].cpu())
+            obs, _, _, _, info = env.step(zero if policy is None else policy(obs))
+        final = info.get("final_obs", obs)  # SAME_STEP autoreset already started the next episode
+        parts["x"].append(final["x"].cpu())
         for key in ("objective", "terminal_reward", "gold_reward", "kl_total"):
             if key in info:
                 parts[key].append(info[key].cpu())

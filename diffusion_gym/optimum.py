@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
@@ -29,7 +29,7 @@ def soft_value(rewards: Tensor, kl_coef: float) -> Estimate:
     """``kl_coef * log mean exp(r / kl_coef)`` with its delta-method standard error.
 
     With ``w = exp(r / kl_coef)``: ``se = kl_coef * std(w) / (sqrt(n) * mean(w))``. (The estimate
-    is biased low by Jensen's inequality, by about ``kl_coef * se^2 / 2``: negligible when the
+    is biased low by Jensen's inequality, by about ``se^2 / (2 kl_coef)``: negligible when the
     standard error is small.)
     """
     if kl_coef <= 0:
@@ -45,16 +45,41 @@ def soft_value(rewards: Tensor, kl_coef: float) -> Estimate:
 
 @dataclass(frozen=True)
 class Optimum:
-    """J* and the pretrained sampler's objective J(pre), estimated on the same grid."""
+    """J* and the pretrained sampler's objective J(pre), estimated from the same samples.
+
+    Attributes:
+        j_star: ``kl_coef log E_pre exp(r / kl_coef)``.
+        j_pretrained: ``E_pre r`` (the pretrained sampler pays no KL).
+        covariance: the covariance of the two estimates (strongly positive: same samples).
+    """
 
     j_star: Estimate
     j_pretrained: Estimate
+    covariance: float = 0.0
+
+    def normalized_gap(self, j: Estimate) -> Estimate:
+        """The normalized gap of a policy's objective ``j`` (estimated from other samples)."""
+        return normalized_gap(j, self.j_star, self.j_pretrained, self.covariance)
+
+
+def optimum_from_rewards(rewards: Tensor, kl_coef: float) -> Optimum:
+    """J*, J(pre) and their covariance from terminal rewards of the pretrained sampler.
+
+    The covariance is the delta-method one, from the influence functions
+    ``kl_coef (w_i / mean(w) - 1)`` of J* and ``r_i - mean(r)`` of J(pre).
+    """
+    r = rewards.detach().double().flatten()
+    z = r / kl_coef
+    w = torch.exp(z - z.max())
+    influence_star = kl_coef * (w / w.mean() - 1)
+    influence_pre = r - r.mean()
+    cov = (influence_star * influence_pre).sum().item() / (r.numel() * (r.numel() - 1))
+    return Optimum(soft_value(r, kl_coef), Estimate.of(r), cov)
 
 
 def optimal_objective(env: DiffusionSDEVectorEnv, n_samples: int = 65_536, seed: int = 0) -> Optimum:
     """J* and J(pre) by Monte Carlo over the pretrained sampler (zero action) of ``env``."""
-    pre = rollout(env, None, n_samples, seed)
-    return Optimum(soft_value(pre.terminal_reward, env.kl_coef), Estimate.of(pre.terminal_reward))
+    return optimum_from_rewards(rollout(env, None, n_samples, seed).terminal_reward, env.kl_coef)
 
 
 @torch.no_grad()
@@ -83,8 +108,9 @@ def optimal_objective_quadrature(
     xy = torch.cartesian_prod(u, u)
     st = torch.tensor(s, dtype=torch.float64, device=device)
     model64 = copy.deepcopy(model).double()
+    reward64 = copy.deepcopy(reward).double() if isinstance(reward, nn.Module) else reward
     log_p = torch.cat([model64.log_prob(st, chunk) for chunk in xy.split(65_536)])
-    r = torch.cat([reward(chunk.float()).double() for chunk in xy.split(65_536)])
+    r = torch.cat([reward64(chunk).double() for chunk in xy.split(65_536)])
     log_area = 2 * math.log(h)
     mass = torch.exp(torch.logsumexp(log_p, 0) + log_area).item()
     if abs(mass - 1) > 1e-6:
@@ -94,14 +120,21 @@ def optimal_objective_quadrature(
     return j_star, j_pre
 
 
-def normalized_gap(j: Estimate, j_star: Estimate, j_pretrained: Estimate) -> Estimate:
+def normalized_gap(j: Estimate, j_star: Estimate, j_pretrained: Estimate, cov_star_pretrained: float = 0.0) -> Estimate:
     """``(J* - J) / (J* - J(pre))``: 1 = no better than pretrained, 0 = optimal.
 
-    The standard error propagates the three by the delta method, treating them as independent.
+    The standard error propagates the three by the delta method: ``j`` independent of the other
+    two (evaluate the policy with another seed), which may covary (see :class:`Optimum`).
     """
     d = j_star.mean - j_pretrained.mean
     if d <= 0:
         raise ValueError(f"J* - J(pre) must be positive, got {d}")
     num = j_star.mean - j.mean
-    var = (j.se / d) ** 2 + ((j.mean - j_pretrained.mean) * j_star.se / d**2) ** 2 + (num * j_pretrained.se / d**2) ** 2
-    return Estimate(num / d, math.sqrt(var), min(j.n, j_star.n, j_pretrained.n))
+    d_star, d_pre = (j.mean - j_pretrained.mean) / d**2, num / d**2  # partial derivatives
+    var = (
+        (j.se / d) ** 2
+        + (d_star * j_star.se) ** 2
+        + (d_pre * j_pretrained.se) ** 2
+        + 2 * d_star * d_pre * cov_star_pretrained
+    )
+    return Estimate(num / d, math.sqrt(max(var, 0.0)), min(j.n, j_star.n, j_pretrained.n))

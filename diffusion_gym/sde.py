@@ -15,6 +15,7 @@ the step loop holds no linear algebra and no host synchronisation.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -202,7 +203,8 @@ class Discretization:
 def discretize(schedule: VPSchedule, grid: Tensor, integrator: Integrator = "euler_maruyama") -> Discretization:
     """Per-step Gaussian transition coefficients of the reverse SDE on ``grid`` (float64).
 
-    Euler-Maruyama evaluates beta at the step's start: ``a = 1 + beta dt / 2``, ``c = v = beta dt``.
+    Euler-Maruyama evaluates beta at the step's start: ``a = 1 + beta dt / 2``, ``c = v = beta dt``;
+    it warns when ``beta dt > 1`` on some step (N < 20 on the default schedule).
     "ddpm" is the ancestral sampler of Ho et al. (2020), i.e. the exact Gaussian posterior
     ``q(x_{s'} | x_s, x_0)`` with ``x_0`` replaced by its Tweedie estimate
     ``(x_s + sigma_s^2 score) / alpha_s``. With ``a = alpha_s / alpha_{s'}`` and
@@ -223,6 +225,15 @@ def discretize(schedule: VPSchedule, grid: Tensor, integrator: Integrator = "eul
     dt = g[1:] - g[:-1]
     if integrator == "euler_maruyama":
         beta = schedule.beta(s)
+        worst = int(torch.argmax(beta * dt))
+        if beta[worst] * dt[worst] > 1.0:
+            warnings.warn(
+                f"Euler-Maruyama step with beta*dt = {(beta[worst] * dt[worst]).item():.2f} > 1 at t = "
+                f"{g[worst].item():.4g}: the discretisation is coarse there; use more steps, a grid refined "
+                "near t = 0, or integrator='ddpm'",
+                UserWarning,
+                stacklevel=2,
+            )
         drift_scale = 1.0 + 0.5 * beta * dt
         score_scale = beta * dt
         var = beta * dt

@@ -13,6 +13,9 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import diffusion_gym  # noqa: F401
 from diffusion_gym.envs.mixture2d import make_env, make_vector_env
 
+# Short episodes keep these tests fast; the coarse-grid warning of Euler-Maruyama is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
+
 
 def test_gymnasium_check_env_passes_without_warnings():
     with warnings.catch_warnings():
@@ -122,12 +125,52 @@ def test_batched_env_rejects_bad_actions(action, message):
         env.step(action)
 
 
-def test_integer_and_float64_actions_are_cast():
+@pytest.mark.parametrize(
+    "action",
+    [
+        np.array([1, 0]),
+        [1.0, 0.0],
+        np.array([1.0, 0.0], np.float64),
+        np.array([1.0, 0.0], ">f4"),  # non-native byte order
+        np.array([0.0, 1.0], np.float32)[::-1],  # reversed strides
+        np.broadcast_to(np.array([1.0, 0.0], np.float32), (2,)),  # read-only
+        torch.tensor([1, 0]),
+    ],
+    ids=["int", "list", "float64", "big-endian", "reversed", "read-only", "torch-int"],
+)
+def test_castable_actions_give_the_float32_result(action):
+    results = []
+    for a in (np.array([1.0, 0.0], np.float32), action):
+        env = make_env(n_steps=3)
+        env.reset(seed=0)
+        obs, reward, *_ = env.step(a)
+        results.append((obs["x"], reward))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+
+
+def test_large_finite_float64_actions_are_clipped_not_rejected():
     env = make_env(n_steps=3)
     env.reset(seed=0)
-    env.step(np.array([1, 0]))
-    env.step(np.array([0.5, -0.5], np.float64))
-    env.step([0.1, 0.2])
+    _, _, _, _, info = env.step(np.array([1e300, -1e300]))
+    assert info["clipped"] == 2
+
+
+def test_env_never_moves_the_callers_models():
+    """Two envs of different precision on one model: each keeps its own, the caller's is untouched."""
+    from diffusion_gym.base_models import mixture_2d
+    from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+    from diffusion_gym.rewards.mixture2d import load_proxy
+
+    model, proxy = mixture_2d(), load_proxy()
+    env32 = DiffusionSDEVectorEnv(4, model, proxy, n_steps=3)
+    env64 = DiffusionSDEVectorEnv(4, model, proxy, n_steps=3, dtype="float64")
+    assert model.means.dtype == torch.float32 and next(proxy.parameters()).dtype == torch.float32
+    assert env32.score_model is model  # already right: shared, not copied
+    for env, dtype in ((env32, torch.float32), (env64, torch.float64)):
+        env.reset(seed=0)
+        obs, reward, *_ = env.step(torch.zeros(4, 2))
+        assert obs["x"].dtype == dtype and reward.dtype == dtype
 
 
 def test_out_of_bounds_actions_are_clipped_and_counted():
@@ -156,14 +199,21 @@ def test_step_before_reset_and_after_termination_raise():
     env.step(np.zeros(2, np.float32))  # fine again
 
 
-def test_deferred_finiteness_check_raises_at_episode_end():
-    """With sync_checks=False (the default off-CPU) a NaN action is caught at the last step."""
+def test_deferred_finiteness_check_raises_at_episode_end_or_reset():
+    """With sync_checks=False (the default off-CPU) a NaN action is caught at the last step, or at a
+    reset that abandons the episode; NaN is not counted as clipped."""
     env = make_vector_env(4, n_steps=3, sync_checks=False)
     env.reset(seed=0)
-    env.step(torch.full((4, 2), float("nan")))
+    _, _, _, _, info = env.step(torch.tensor([[float("nan"), 2.0]] * 4))
+    assert info["clipped"].tolist() == [1, 1, 1, 1]
     env.step(torch.zeros(4, 2))
     with pytest.raises(ValueError, match="NaN or inf during this episode"):
         env.step(torch.zeros(4, 2))
+    env.reset(seed=0)
+    env.step(torch.full((4, 2), float("inf")))
+    with pytest.raises(ValueError, match="this reset abandons"):
+        env.reset(seed=0)
+    env.reset(seed=0)  # the flag was reported once and cleared
 
 
 def test_autoreset_modes():
@@ -184,6 +234,7 @@ def test_autoreset_modes():
     obs, reward, terminated, _, info = same.step(zero)
     assert terminated.all() and obs["t"].eq(0).all()
     assert info["final_obs"]["t"].eq(1 - 1e-3).all() and "objective" in info["final_info"]
+    assert info["_final_obs"].all() and info["_final_info"].all()
 
     off = make_vector_env(2, n_steps=1, autoreset_mode=AutoresetMode.DISABLED)
     off.reset(seed=0)

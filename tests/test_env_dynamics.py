@@ -107,6 +107,7 @@ def test_path_log_likelihood_ratio_has_mean_equal_to_the_kl():
     assert kl.mean().item() > 1.0  # a non-trivial field
 
 
+@pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")  # N = 10 is coarse on purpose
 @pytest.mark.parametrize("integrator", ["euler_maruyama", "ddpm"])
 def test_discrete_kl_converges_to_the_girsanov_integral(integrator):
     """Constant delta: sum_k KL_k -> int_0^{T-eps} beta(T-t)/2 ||delta||^2 dt, the error shrinking ~1/N.

@@ -2,8 +2,13 @@
 
 import math
 
+import pytest
+
 from benchmarks.env_throughput import main as throughput_main
 from diffusion_gym.demo import main as demo_main
+
+# Short episodes keep these tests fast; the coarse-grid warning of Euler-Maruyama is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
 
 
 def test_demo_writes_the_plot_and_reports_the_optimum(tmp_path, capsys):

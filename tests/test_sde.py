@@ -1,6 +1,7 @@
 """Schedules, grids, integrator coefficients and the per-step KL, checked against independent formulas."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -98,6 +99,7 @@ def test_unknown_integrator_raises():
         discretize(LinearVPSchedule(), time_grid(1.0, 10), "heun")
 
 
+@pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
 def test_euler_maruyama_coefficients():
     sched = LinearVPSchedule()
     grid = torch.tensor([0.0, 0.1, 0.35, 0.9], dtype=torch.float64)
@@ -143,6 +145,7 @@ def test_integrators_agree_to_first_order(schedule):
     assert errors[1] < errors[0] / 5  # the O(dt) relative discrepancy shrinks with dt
 
 
+@pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
 @pytest.mark.parametrize("integrator", ["euler_maruyama", "ddpm"])
 def test_kl_weight_is_the_gaussian_kl(integrator):
     """kl_weight ||delta||^2 equals KL(N(m + c delta, v I) || N(m, v I)) from torch.distributions."""
@@ -170,6 +173,7 @@ def test_transition_log_prob_matches_torch_distributions():
     torch.testing.assert_close(transition_log_prob(y, mean, 0.37), expected, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
 @settings(max_examples=60, deadline=None)
 @given(
     steps=st.lists(st.floats(min_value=1e-4, max_value=1.0), min_size=1, max_size=40),
@@ -189,3 +193,12 @@ def test_any_valid_grid_gives_valid_gaussian_transitions(steps, end, integrator,
         assert torch.isfinite(coef).all() and (coef > 0).all()
     assert (d.drift_scale >= 1).all()  # the reverse drift expands
     torch.testing.assert_close(d.kl_weight, d.score_scale**2 / (2 * d.noise_std**2), rtol=1e-12, atol=0)
+
+
+def test_coarse_euler_maruyama_grids_warn():
+    with pytest.warns(UserWarning, match=r"beta\*dt = 2.00 > 1 at t = 0"):
+        discretize(LinearVPSchedule(), time_grid(1.0, 10), "euler_maruyama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        discretize(LinearVPSchedule(), time_grid(1.0, 20), "euler_maruyama")
+        discretize(LinearVPSchedule(), time_grid(1.0, 10), "ddpm")

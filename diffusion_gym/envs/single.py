@@ -17,9 +17,11 @@ from diffusion_gym.rewards.protocol import RewardModel
 class DiffusionSDEEnv(Env):
     """One sample of the controlled reverse SDE (DESIGN section 2), stepped by the batched env.
 
-    It runs a :class:`DiffusionSDEVectorEnv` with one row, so both give the same trajectory for
-    the same seed and actions. Observations are ``{"x": ndarray, "t": ndarray of shape (1,)}``,
-    rewards Python floats, info values Python scalars.
+    It runs a :class:`DiffusionSDEVectorEnv` with one row, so it gives the same trajectory as a
+    batched env with ``num_envs=1`` for the same seed and actions. (A batched env with B rows draws
+    each step's noise for all rows at once, so its row 0 does not reproduce the single env.)
+    Observations are ``{"x": ndarray, "t": ndarray of shape (1,)}``, rewards Python floats, info
+    values Python scalars.
 
     Args:
         score_model: the pretrained score.
@@ -60,7 +62,7 @@ class DiffusionSDEEnv(Env):
             raise ValueError(f"action must be real numbers castable to float32, got dtype {a.dtype}")
         if a.shape != self.action_space.shape:
             raise ValueError(f"expected an action of shape {self.action_space.shape}, got {a.shape}")
-        obs, reward, terminated, truncated, info = self.batched.step(torch.from_numpy(a)[None])
+        obs, reward, terminated, truncated, info = self.batched.step(a[None])
         return (
             self._numpy_obs(obs),
             float(reward[0]),

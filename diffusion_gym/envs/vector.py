@@ -13,6 +13,7 @@ with the coefficients of :func:`diffusion_gym.sde.discretize`, precomputed on th
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -23,7 +24,7 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffusion_gym.base_models.protocol import ScoreModel
 from diffusion_gym.rewards.protocol import RewardModel
@@ -55,8 +56,22 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return dtype  # type: ignore[return-value]
 
 
-def _move(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    return module.to(device=device, dtype=dtype) if hasattr(module, "to") else module
+def _on_device(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """``model`` itself if its tensors already live on ``device`` in ``dtype``, else a moved copy.
+
+    Never moves the caller's module in place: two envs built on one model must not change each
+    other's (or the caller's) device or precision.
+    """
+    if not isinstance(model, nn.Module):
+        return model.to(device=device, dtype=dtype) if hasattr(model, "to") else model
+    tensors = [*model.parameters(), *model.buffers()]
+    ready = all(
+        t.device.type == device.type
+        and (device.index is None or t.device.index == device.index)
+        and (not t.is_floating_point() or t.dtype == dtype)
+        for t in tensors
+    )
+    return model if ready else copy.deepcopy(model).to(device=device, dtype=dtype)
 
 
 class DiffusionSDEVectorEnv(VectorEnv):
@@ -115,9 +130,9 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
         self.kl_coef = float(kl_coef)
-        self.score_model = _move(score_model, self.device, self.dtype)
-        self.reward_model = _move(reward, self.device, self.dtype)
-        self.gold_model = _move(gold, self.device, self.dtype) if gold is not None else None
+        self.score_model = _on_device(score_model, self.device, self.dtype)
+        self.reward_model = _on_device(reward, self.device, self.dtype)
+        self.gold_model = _on_device(gold, self.device, self.dtype) if gold is not None else None
         self.schedule = score_model.schedule
         self.T = float(self.schedule.T)
         self.event_shape = tuple(score_model.event_shape)
@@ -217,6 +232,9 @@ class DiffusionSDEVectorEnv(VectorEnv):
                 first reset draws fresh entropy and later ones continue the stream.
             options: unused (reserved for conditions).
         """
+        if not self.sync_checks and self._k >= 0 and bool(self._nonfinite):
+            self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+            raise ValueError("actions contained NaN or inf during the episode this reset abandons")
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
                 raise ValueError(
@@ -275,6 +293,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         if last:
             if not self.sync_checks and bool(self._nonfinite):
+                self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # reported once
                 raise ValueError("actions contained NaN or inf during this episode (checked at its end)")
             terminal = self.reward_model(self._x)
             reward = reward + terminal
@@ -285,7 +304,9 @@ class DiffusionSDEVectorEnv(VectorEnv):
             info["objective"] = terminal - self.kl_coef * self._kl_total
         obs = self._observation(self._k)
         if last and self.autoreset_mode is AutoresetMode.SAME_STEP:
-            info = {**info, "final_obs": obs, "final_info": dict(info)}
+            # All rows finish together: final_obs / final_info hold the whole batch, the masks are all True.
+            info = {**info, "final_obs": obs, "final_info": dict(info), "_final_obs": terminated.clone()}
+            info["_final_info"] = terminated.clone()
             obs, _ = self.reset()
         return obs, reward, terminated, truncated, info
 
@@ -297,6 +318,8 @@ class DiffusionSDEVectorEnv(VectorEnv):
         return torch.full((self.num_envs,), value, device=self.device, dtype=self.dtype)
 
     def _check_actions(self, actions: Any) -> Tensor:
+        """A real-valued tensor of the expected shape, in its own floating dtype (so that a large finite
+        float64 action is clipped, not turned into inf by a cast)."""
         expected = (self.num_envs, *self.event_shape)
         if isinstance(actions, Tensor):
             a = actions
@@ -306,21 +329,25 @@ class DiffusionSDEVectorEnv(VectorEnv):
             arr = np.asarray(actions)
             if arr.dtype.kind not in "iuf":
                 raise ValueError(f"actions must be real numbers castable to {self.dtype}, got dtype {arr.dtype}")
-            a = torch.from_numpy(arr)
+            # A native-byte-order, C-contiguous, writable copy: what torch.from_numpy accepts.
+            a = torch.from_numpy(np.array(arr, dtype=arr.dtype.newbyteorder("="), order="C"))
         if tuple(a.shape) != expected:
             raise ValueError(f"expected actions of shape {expected}, got {tuple(a.shape)}")
-        return a.to(device=self.device, dtype=self.dtype)
+        return a if a.is_floating_point() else a.to(self.dtype)
 
     def _clip(self, raw: Tensor) -> tuple[Tensor, Tensor]:
-        """Check finiteness, clip to [-1, 1]; returns the clipped actions and per-row clip counts."""
+        """Check finiteness and clip to [-1, 1] in the actions' own dtype, then move them to the env's
+        device and dtype; returns them with per-row counts of clipped components."""
         peak = raw.abs().amax()  # NaN and inf propagate
         if self.sync_checks:
             peak_value = float(peak)
             if not math.isfinite(peak_value):
                 raise ValueError(f"actions must be finite; got {int((~torch.isfinite(raw)).sum())} NaN/inf entries")
             if peak_value <= 1.0:  # the common case: nothing to clip
-                return raw, torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+                zeros = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+                return raw.to(device=self.device, dtype=self.dtype), zeros
         else:
-            self._nonfinite = self._nonfinite | ~torch.isfinite(peak)
+            self._nonfinite = self._nonfinite | ~torch.isfinite(peak).to(self.device)
+        clipped = (raw.abs() > 1).flatten(1).sum(1)  # NaN is not counted: it is reported as non-finite
         action = raw.clamp(-1.0, 1.0)
-        return action, (action != raw).flatten(1).sum(1)
+        return action.to(device=self.device, dtype=self.dtype), clipped.to(self.device)

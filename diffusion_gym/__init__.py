@@ -17,9 +17,11 @@ from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 __version__ = "0.1.0"
 __all__ = ["DiffusionSDEEnv", "DiffusionSDEVectorEnv", "__version__"]
 
-if "DiffusionSDE-v0" not in registry:
-    register(
-        id="DiffusionSDE-v0",
-        entry_point="diffusion_gym.envs.mixture2d:make_env",
-        vector_entry_point="diffusion_gym.envs.mixture2d:make_vector_env",
-    )
+_ENVS = {
+    "DiffusionSDE-v0": "diffusion_gym.envs.mixture2d",
+    "DiffusionSDE-Digits-v0": "diffusion_gym.envs.digits",
+    "DiffusionSDE-SD-v0": "diffusion_gym.envs.stable_diffusion",
+}
+for _id, _module in _ENVS.items():
+    if _id not in registry:
+        register(id=_id, entry_point=f"{_module}:make_env", vector_entry_point=f"{_module}:make_vector_env")

@@ -125,13 +125,70 @@ class CosineVPSchedule(VPSchedule):
         return {"kind": "cosine", "offset": self.offset, "alpha_end": self.alpha_end, "T": self.T}
 
 
-def schedule_from_config(config: dict[str, float | str]) -> VPSchedule:
+class DiscreteVPSchedule(VPSchedule):
+    """A discrete DDPM-family schedule (its ``alphas_cumprod``) placed on continuous time.
+
+    Discrete timestep ``n`` in {0, ..., M-1} (noise ``abar_n``) sits at diffusion time
+    ``s_n = (n + 1) T / M``, and ``s = 0`` is clean data (``abar = 1``). Between these knots
+    ``log abar`` is linear in s: ``int_0^s beta`` is piecewise linear and beta piecewise constant,
+    ``beta = M (log abar_{n-1} - log abar_n) / T`` on ``(s_{n-1}, s_n]``. A model is evaluated
+    between its timesteps at the fractional timestep :meth:`timestep` ``= s M / T - 1`` (diffusers'
+    sinusoidal time embeddings accept real values). At the knots this reproduces the discrete
+    chain exactly: a DDPM step between two knots is the scheduler's own step.
+
+    Args:
+        alphas_cumprod: the scheduler's cumulative products, decreasing, in (0, 1].
+        T: the horizon.
+    """
+
+    def __init__(self, alphas_cumprod: Sequence[float] | Tensor, T: float = 1.0) -> None:
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        if abar.numel() < 2 or not ((abar > 0) & (abar <= 1)).all() or not (abar[1:] < abar[:-1]).all():
+            raise ValueError("alphas_cumprod must be strictly decreasing values in (0, 1]")
+        self.T = float(T)
+        self.alphas_cumprod = abar
+        self.n_timesteps = abar.numel()
+        self._knots = torch.linspace(0.0, self.T, self.n_timesteps + 1, dtype=torch.float64)
+        self._integral = torch.cat([torch.zeros(1, dtype=torch.float64), -torch.log(abar)])
+        self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+    def _tables(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        key = (s.device, s.dtype)
+        if key not in self._cache:  # once per device and dtype: no transfer in the step loop
+            self._cache[key] = (self._knots.to(s.device, s.dtype), self._integral.to(s.device, s.dtype))
+        return self._cache[key]
+
+    def _segment(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        knots, integral = self._tables(s)
+        hi = torch.searchsorted(knots, s.clamp(0.0, self.T).contiguous()).clamp(1, self.n_timesteps)
+        return knots[hi - 1], integral[hi - 1], (integral[hi] - integral[hi - 1]) / (knots[hi] - knots[hi - 1])
+
+    def integral_beta(self, s: Tensor) -> Tensor:
+        s = torch.as_tensor(s, dtype=torch.float64) if not isinstance(s, Tensor) else s
+        left, value, slope = self._segment(s)
+        return value + slope * (s - left)
+
+    def beta(self, s: Tensor) -> Tensor:
+        s = torch.as_tensor(s, dtype=torch.float64) if not isinstance(s, Tensor) else s
+        return self._segment(s)[2]
+
+    def timestep(self, s: Tensor) -> Tensor:
+        """The (fractional) discrete timestep of diffusion time s: ``s M / T - 1``."""
+        return s * (self.n_timesteps / self.T) - 1.0
+
+    def config(self) -> dict[str, float | str]:
+        return {"kind": "discrete", "T": self.T, "alphas_cumprod": self.alphas_cumprod.tolist()}  # type: ignore[dict-item]
+
+
+def schedule_from_config(config: dict) -> VPSchedule:
     """Rebuild a schedule from :meth:`VPSchedule.config`."""
+    kind = str(config.get("kind"))
+    if kind == "discrete":
+        return DiscreteVPSchedule(config["alphas_cumprod"], T=float(config.get("T", 1.0)))
     kwargs = {k: float(v) for k, v in config.items() if k != "kind"}
     kinds: dict[str, type[VPSchedule]] = {"linear": LinearVPSchedule, "cosine": CosineVPSchedule}
-    kind = str(config.get("kind"))
     if kind not in kinds:
-        raise ValueError(f"unknown schedule kind {kind!r}; expected one of {sorted(kinds)}")
+        raise ValueError(f"unknown schedule kind {kind!r}; expected one of {sorted(kinds) + ['discrete']}")
     return kinds[kind](**kwargs)
 
 

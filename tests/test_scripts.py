@@ -15,6 +15,7 @@ def test_demo_writes_the_plot_and_reports_the_optimum(tmp_path, capsys):
     out = demo_main(["--samples", "2048", "--n-steps", "20", "--out", str(tmp_path)])
     assert (tmp_path / "mixture2d.png").stat().st_size > 10_000
     assert out["j_star"] > out["objective"] and math.isfinite(out["j_star_quadrature"])
+    assert (tmp_path / "digits.png").stat().st_size > 10_000 and out["digits_accuracy"] >= 0.9
     text = capsys.readouterr().out
     assert "±" in text and "J* (quadrature" in text
 

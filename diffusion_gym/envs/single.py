@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 from gymnasium import Env
+from gymnasium.spaces import Box, Dict
 from gymnasium.vector import AutoresetMode
 
 from diffusion_gym.base_models.protocol import ScoreModel
@@ -27,6 +29,9 @@ class DiffusionSDEEnv(Env):
         score_model: the pretrained score.
         reward: the terminal reward.
         gold: the hidden utility, reported in ``info["gold_reward"]``.
+        flatten: present ``x`` and the action as flat vectors. Defaults to True for images (event
+            shapes of more than one dimension): SB3 treats any 3-D Box as a uint8 image and its MLP
+            policies want vectors; the batched env always keeps the image shape.
         **kwargs: everything :class:`DiffusionSDEVectorEnv` takes after its models (``n_steps``,
             ``grid``, ``integrator``, ``kl_coef``, ``action_scale``, ``device``, ``dtype``, ...).
     """
@@ -34,14 +39,28 @@ class DiffusionSDEEnv(Env):
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(
-        self, score_model: ScoreModel, reward: RewardModel, gold: RewardModel | None = None, **kwargs: Any
+        self,
+        score_model: ScoreModel,
+        reward: RewardModel,
+        gold: RewardModel | None = None,
+        flatten: bool | None = None,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("sync_checks", True)
         self.batched = DiffusionSDEVectorEnv(
             1, score_model, reward, gold, autoreset_mode=AutoresetMode.DISABLED, **kwargs
         )
+        shape = self.batched.event_shape
+        self.flatten = len(shape) > 1 if flatten is None else bool(flatten)
         self.observation_space = self.batched.single_observation_space
         self.action_space = self.batched.single_action_space
+        if self.flatten:
+            size = math.prod(shape)
+            box = self.observation_space["x"]
+            spaces_ = dict(self.observation_space.spaces)
+            spaces_["x"] = Box(box.low.reshape(size), box.high.reshape(size), (size,), box.dtype)
+            self.observation_space = Dict(spaces_)
+            self.action_space = Box(-1.0, 1.0, (size,), np.float32)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -62,7 +81,7 @@ class DiffusionSDEEnv(Env):
             raise ValueError(f"action must be real numbers castable to float32, got dtype {a.dtype}")
         if a.shape != self.action_space.shape:
             raise ValueError(f"expected an action of shape {self.action_space.shape}, got {a.shape}")
-        obs, reward, terminated, truncated, info = self.batched.step(a[None])
+        obs, reward, terminated, truncated, info = self.batched.step(a.reshape(1, *self.batched.event_shape))
         return (
             self._numpy_obs(obs),
             float(reward[0]),
@@ -71,5 +90,10 @@ class DiffusionSDEEnv(Env):
             {k: v[0].item() for k, v in info.items()},
         )
 
-    def _numpy_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        return {k: v[0].cpu().numpy() for k, v in obs.items()}
+    def _numpy_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v[0].cpu().numpy() for k, v in obs.items()}
+        if self.flatten:
+            out["x"] = out["x"].reshape(-1)
+        if "cond" in out:
+            out["cond"] = np.int64(out["cond"])  # a Discrete observation is a numpy integer
+        return out

@@ -77,9 +77,12 @@ def _on_device(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
 class DiffusionSDEVectorEnv(VectorEnv):
     """``num_envs`` samples of the controlled reverse SDE, stepped together (DESIGN section 2).
 
-    Observations are ``{"x": (B, *event_shape), "t": (B, 1)}`` torch tensors, actions a
-    ``(B, *event_shape)`` tensor (or array) in [-1, 1]; rewards, terminations and infos are
-    tensors of shape (B,). All samples share the grid, so they terminate together after N steps.
+    Observations are ``{"x": (B, *event_shape), "t": (B, 1)}`` torch tensors, plus ``"cond"`` (B,)
+    (int64 condition indices: a class, a prompt) when the score model is conditional (it has
+    ``num_conditions``); actions a ``(B, *event_shape)`` tensor (or array) in [-1, 1]; rewards,
+    terminations and infos are tensors of shape (B,). All samples share the grid, so they
+    terminate together after N steps. Each episode's conditions are drawn uniformly from
+    ``conditions`` at reset, or given by ``reset(options={"cond": ...})``.
 
     Args:
         num_envs: batch size B.
@@ -101,6 +104,8 @@ class DiffusionSDEVectorEnv(VectorEnv):
         sync_checks: check every action for NaN/inf when it arrives (a host sync). Defaults to
             True on CPU, where it costs nothing, and False elsewhere: then non-finite actions are
             recorded on the device and raised at the episode's last step, one sync per episode.
+        conditions: for a conditional model, the condition indices episodes draw from (default:
+            all of them).
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         dtype: torch.dtype | str = torch.float32,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         sync_checks: bool | None = None,
+        conditions: Any = None,
     ) -> None:
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -137,6 +143,8 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self.T = float(self.schedule.T)
         self.event_shape = tuple(score_model.event_shape)
         self.integrator = integrator
+        self.num_conditions: int | None = getattr(score_model, "num_conditions", None)
+        self.conditions = self._allowed_conditions(conditions)
 
         grid64 = time_grid(self.T, n_steps=n_steps if grid is None else None, grid=grid, eps=eps)
         self.grid = grid64  # float64, on the CPU: the exact grid the coefficients come from
@@ -166,12 +174,13 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self.sync_checks = self.device.type == "cpu" if sync_checks is None else bool(sync_checks)
 
         np_dtype = np.float32 if self.dtype == torch.float32 else np.float64
-        self.single_observation_space = spaces.Dict(
-            {
-                "x": spaces.Box(-obs_bound, obs_bound, self.event_shape, np_dtype),
-                "t": spaces.Box(0.0, self.T, (1,), np_dtype),
-            }
-        )
+        obs_spaces: dict[str, spaces.Space] = {
+            "x": spaces.Box(-obs_bound, obs_bound, self.event_shape, np_dtype),
+            "t": spaces.Box(0.0, self.T, (1,), np_dtype),
+        }
+        if self.num_conditions is not None:
+            obs_spaces["cond"] = spaces.Discrete(self.num_conditions)
+        self.single_observation_space = spaces.Dict(obs_spaces)
         self.single_action_space = spaces.Box(-1.0, 1.0, self.event_shape, np.float32)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -180,8 +189,22 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self._seeded = False
         self._k = -1  # -1: never reset; n_steps: episode over
         self._x = torch.empty(0)
+        self._cond: Tensor | None = None
         self._kl_total = torch.empty(0)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+
+    def _allowed_conditions(self, conditions: Any) -> Tensor | None:
+        if self.num_conditions is None:
+            if conditions is not None:
+                raise ValueError("conditions were given but the score model is unconditional")
+            return None
+        allowed = torch.arange(self.num_conditions) if conditions is None else torch.as_tensor(conditions).flatten()
+        if allowed.numel() == 0 or allowed.is_floating_point() or not self._in_range(allowed):
+            raise ValueError(f"conditions must be integers in [0, {self.num_conditions}), got {conditions!r}")
+        return allowed.to(device=self.device, dtype=torch.int64)
+
+    def _in_range(self, cond: Tensor) -> bool:
+        return bool(((cond >= 0) & (cond < self.num_conditions)).all())
 
     @staticmethod
     def _action_scales(action_scale: ActionScale, t: Tensor) -> Tensor:
@@ -230,8 +253,13 @@ class DiffusionSDEVectorEnv(VectorEnv):
         Args:
             seed: seeds the env's one torch generator (all rows draw from it). Without a seed, the
                 first reset draws fresh entropy and later ones continue the stream.
-            options: unused (reserved for conditions).
+            options: ``{"cond": c}`` fixes the episode's conditions (an int for all rows, or one per
+                row) for a conditional model.
         """
+        options = options or {}
+        unknown = set(options) - {"cond"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; expected 'cond'")
         if not self.sync_checks and self._k >= 0 and bool(self._nonfinite):
             self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
             raise ValueError("actions contained NaN or inf during the episode this reset abandons")
@@ -244,6 +272,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         elif not self._seeded:
             self._generator.manual_seed(int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1))
         self._seeded = True
+        self._cond = self._episode_conditions(options.get("cond"))
         self._x = torch.randn(
             (self.num_envs, *self.event_shape), generator=self._generator, device=self.device, dtype=self.dtype
         )
@@ -251,6 +280,21 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self._kl_total = torch.zeros(self.num_envs, device=self.device, dtype=self.dtype)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         return self._observation(0), {}
+
+    def _episode_conditions(self, cond: Any) -> Tensor | None:
+        if self.num_conditions is None or self.conditions is None:
+            if cond is not None:
+                raise ValueError("options['cond'] was given but the score model is unconditional")
+            return None
+        if cond is None:
+            pick = torch.randint(len(self.conditions), (self.num_envs,), generator=self._generator, device=self.device)
+            return self.conditions[pick]
+        c = torch.as_tensor(cond)
+        if c.is_floating_point() or c.dtype == torch.bool or c.ndim > 1 or c.numel() not in (1, self.num_envs):
+            raise ValueError(f"options['cond'] must be one int or {self.num_envs} ints, got {cond!r}")
+        if not self._in_range(c):
+            raise ValueError(f"conditions must lie in [0, {self.num_conditions}), got {cond!r}")
+        return c.to(device=self.device, dtype=torch.int64).expand(self.num_envs).clone()
 
     @torch.no_grad()
     def step(self, actions: Any) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, dict[str, Any]]:
@@ -281,7 +325,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         c = self._steps[k]
         delta = c.action_scale * action
         noise = torch.randn(self._x.shape, generator=self._generator, device=self.device, dtype=self.dtype)
-        self._x = torch.add(self.transition_mean(k, self._x, delta), noise, alpha=c.noise_std)
+        self._x = torch.add(self.transition_mean(k, self._x, delta, self._cond), noise, alpha=c.noise_std)
         kl = self.step_kl(k, delta)
         self._kl_total.add_(kl)  # a fresh tensor each episode, handed out only at its end
         reward = -self.kl_coef * kl
@@ -295,11 +339,11 @@ class DiffusionSDEVectorEnv(VectorEnv):
             if not self.sync_checks and bool(self._nonfinite):
                 self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # reported once
                 raise ValueError("actions contained NaN or inf during this episode (checked at its end)")
-            terminal = self.reward_model(self._x)
+            terminal = self.reward_model(self._x, self._cond)
             reward = reward + terminal
             info["terminal_reward"] = terminal
             if self.gold_model is not None:
-                info["gold_reward"] = self.gold_model(self._x)
+                info["gold_reward"] = self.gold_model(self._x, self._cond)
             info["kl_total"] = self._kl_total
             info["objective"] = terminal - self.kl_coef * self._kl_total
         obs = self._observation(self._k)
@@ -311,7 +355,10 @@ class DiffusionSDEVectorEnv(VectorEnv):
         return obs, reward, terminated, truncated, info
 
     def _observation(self, k: int) -> dict[str, Tensor]:
-        return {"x": self._x.clone(), "t": self._fill(self._t_values[k]).unsqueeze(1)}
+        obs = {"x": self._x.clone(), "t": self._fill(self._t_values[k]).unsqueeze(1)}
+        if self._cond is not None:
+            obs["cond"] = self._cond.clone()
+        return obs
 
     def _fill(self, value: float | int | bool) -> Tensor:
         # A fresh tensor per call: a returned tensor must never alias the env's state or another one.

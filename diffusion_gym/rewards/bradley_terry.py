@@ -38,35 +38,48 @@ class BradleyTerryReward(nn.Module):
     pins that constant by a stated convention (see :func:`anchor_offset`).
 
     Args:
-        net: maps ``(B, *event_shape)`` to ``(B,)`` or ``(B, 1)``.
+        net: maps ``(B, *event_shape)`` (and, if ``conditional``, conditions ``(B,)``) to ``(B,)`` or
+            ``(B, 1)``.
+        conditional: whether the reward depends on the condition; an unconditional one ignores it.
     """
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, conditional: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.conditional = conditional
         self.register_buffer("offset", torch.zeros(()))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        out = self.net(x) if cond is None else self.net(x, cond)
+        if self.conditional:
+            if cond is None:
+                raise ValueError("this reward is conditional: pass cond")
+            out = self.net(x, cond)
+        else:
+            out = self.net(x)
         return out.reshape(x.shape[0]) + self.offset
 
 
 @dataclass
 class PreferencePairs:
-    """Pairs of samples with a label: ``prefer_a[i] = 1`` when ``a[i]`` was preferred to ``b[i]``."""
+    """Pairs of samples with a label: ``prefer_a[i] = 1`` when ``a[i]`` was preferred to ``b[i]``
+    (for the condition ``cond[i]``, e.g. the prompt both were generated for, if there is one)."""
 
     a: Tensor
     b: Tensor
     prefer_a: Tensor
+    cond: Tensor | None = None
 
     def __len__(self) -> int:
         return self.prefer_a.shape[0]
 
+    def subset(self, idx: Tensor | slice) -> PreferencePairs:
+        return PreferencePairs(
+            self.a[idx], self.b[idx], self.prefer_a[idx], None if self.cond is None else self.cond[idx]
+        )
+
     def split(self, n_first: int) -> tuple[PreferencePairs, PreferencePairs]:
         """The first ``n_first`` pairs and the rest."""
-        head = PreferencePairs(self.a[:n_first], self.b[:n_first], self.prefer_a[:n_first])
-        tail = PreferencePairs(self.a[n_first:], self.b[n_first:], self.prefer_a[n_first:])
-        return head, tail
+        return self.subset(slice(0, n_first)), self.subset(slice(n_first, None))
 
 
 @torch.no_grad()
@@ -76,13 +89,15 @@ def label_pairs(
     b: Tensor,
     generator: torch.Generator,
     temperature: float = 1.0,
+    cond: Tensor | None = None,
 ) -> PreferencePairs:
-    """Noisy comparisons of ``a`` against ``b`` by ``utility``: Bradley-Terry with logistic noise."""
+    """Noisy comparisons of ``a`` against ``b`` (under condition ``cond``) by ``utility``:
+    Bradley-Terry with logistic noise."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    p_a = torch.sigmoid((utility(a) - utility(b)) / temperature)
-    prefer_a = (torch.rand(p_a.shape, generator=generator, device=p_a.device) < p_a).to(a.dtype)
-    return PreferencePairs(a, b, prefer_a)
+    p_a = torch.sigmoid((utility(a, cond) - utility(b, cond)) / temperature)
+    prefer_a = (torch.rand(p_a.shape, generator=generator, device=p_a.device) < p_a).to(p_a.dtype)
+    return PreferencePairs(a, b, prefer_a, cond)
 
 
 def fit_bradley_terry(
@@ -104,9 +119,9 @@ def fit_bradley_terry(
     losses = []
     n = len(pairs)
     for _ in tqdm(range(steps), desc="Bradley-Terry fit", disable=not progress):
-        idx = torch.randint(n, (min(batch_size, n),), generator=generator).to(pairs.a.device)
-        logits = model(pairs.a[idx]) - model(pairs.b[idx])
-        loss = F.binary_cross_entropy_with_logits(logits, pairs.prefer_a[idx])
+        batch = pairs.subset(torch.randint(n, (min(batch_size, n),), generator=generator).to(pairs.a.device))
+        logits = model(batch.a, batch.cond) - model(batch.b, batch.cond)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.prefer_a)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -116,7 +131,7 @@ def fit_bradley_terry(
 
 
 @torch.no_grad()
-def anchor_offset(model: BradleyTerryReward, gold: RewardModel, x: Tensor) -> None:
+def anchor_offset(model: BradleyTerryReward, gold: RewardModel, x: Tensor, cond: Tensor | None = None) -> None:
     """Set ``model.offset`` so that the proxy's mean on ``x`` equals the gold utility's mean on ``x``.
 
     This makes proxy and gold rewards directly comparable on the reference law ``x`` is drawn
@@ -124,13 +139,15 @@ def anchor_offset(model: BradleyTerryReward, gold: RewardModel, x: Tensor) -> No
     not change any comparison, the optimal policy, or any optimality gap.
     """
     model.offset.zero_()
-    model.offset.fill_((gold(x) - model(x)).mean().item())
+    model.offset.fill_((gold(x, cond) - model(x, cond)).mean().item())
 
 
 @torch.no_grad()
-def pairwise_agreement(reward: RewardModel, gold: RewardModel, a: Tensor, b: Tensor) -> float:
+def pairwise_agreement(
+    reward: RewardModel, gold: RewardModel, a: Tensor, b: Tensor, cond: Tensor | None = None
+) -> float:
     """Fraction of pairs that ``reward`` orders as ``gold`` does (gold ties excluded)."""
-    dg = gold(a) - gold(b)
-    dr = reward(a) - reward(b)
+    dg = gold(a, cond) - gold(b, cond)
+    dr = reward(a, cond) - reward(b, cond)
     keep = dg != 0
     return (torch.sign(dg[keep]) == torch.sign(dr[keep])).float().mean().item()

@@ -1,0 +1,150 @@
+"""Any diffusers UNet with a DDPM-family schedule as a :class:`ScoreModel` in continuous diffusion time.
+
+The scheduler's ``alphas_cumprod`` become a :class:`~diffusion_gym.sde.DiscreteVPSchedule`:
+timestep n sits at ``s = (n + 1) / M`` (T = 1), ``log abar`` is linear in s between timesteps, and
+the UNet is called at the fractional timestep ``s M - 1``. Its output is turned into the score by
+the prediction type (``x_s = alpha x_0 + sigma eps``):
+
+- epsilon:      ``score = -eps / sigma``
+- v_prediction: ``eps = sigma x_s + alpha v``
+- sample:       ``eps = (x_s - alpha x_0) / sigma``
+
+Conditions are integer indices (a class, or a row of a prompt-embedding table); classifier-free
+guidance (Ho & Salimans 2022) mixes the conditional and unconditional noise predictions,
+``eps = eps_u + w (eps_c - eps_u)``, in one batched UNet call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from diffusion_gym.sde import DiscreteVPSchedule
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+
+
+class Conditioning(Protocol):
+    """Maps condition indices (B,) to the UNet's keyword arguments, and gives the null condition."""
+
+    num_conditions: int
+
+    def unet_kwargs(self, cond: Tensor) -> dict[str, Tensor]: ...
+
+    def null_kwargs(self, batch: int, device: torch.device) -> dict[str, Tensor]: ...
+
+
+class ClassLabels(nn.Module):
+    """Class-conditional ``UNet2DModel`` (``num_class_embeds``): condition i is class label i, and
+    ``null_class`` is the label the model was trained on for "no class" (label dropout)."""
+
+    def __init__(self, num_classes: int, null_class: int) -> None:
+        super().__init__()
+        self.num_conditions, self.null_class = int(num_classes), int(null_class)
+
+    def unet_kwargs(self, cond: Tensor) -> dict[str, Tensor]:
+        return {"class_labels": cond}
+
+    def null_kwargs(self, batch: int, device: torch.device) -> dict[str, Tensor]:
+        return {"class_labels": torch.full((batch,), self.null_class, dtype=torch.int64, device=device)}
+
+
+class PromptEmbeddings(nn.Module):
+    """``UNet2DConditionModel``: condition i is row i of a prompt-embedding table (P, L, D); the null
+    condition is the embedding of the empty (or negative) prompt, shape (L, D)."""
+
+    def __init__(self, prompt_embeds: Tensor, null_embeds: Tensor) -> None:
+        super().__init__()
+        if prompt_embeds.ndim != 3 or null_embeds.shape != prompt_embeds.shape[1:]:
+            raise ValueError(
+                f"expected prompt embeddings (P, L, D) and a null embedding (L, D), got "
+                f"{tuple(prompt_embeds.shape)} and {tuple(null_embeds.shape)}"
+            )
+        self.register_buffer("prompt_embeds", prompt_embeds)
+        self.register_buffer("null_embeds", null_embeds)
+        self.num_conditions = prompt_embeds.shape[0]
+
+    def unet_kwargs(self, cond: Tensor) -> dict[str, Tensor]:
+        return {"encoder_hidden_states": self.prompt_embeds[cond]}
+
+    def null_kwargs(self, batch: int, device: torch.device) -> dict[str, Tensor]:
+        return {"encoder_hidden_states": self.null_embeds.expand(batch, *self.null_embeds.shape)}
+
+
+class DiffusersScore(nn.Module):
+    """The score of a diffusers UNet (epsilon, v or sample prediction) on a continuous-time schedule.
+
+    Args:
+        unet: a ``UNet2DModel`` or ``UNet2DConditionModel``.
+        schedule: the scheduler's ``alphas_cumprod`` on continuous time.
+        prediction_type: what the UNet predicts.
+        conditioning: how condition indices reach the UNet (None: unconditional).
+        guidance_scale: classifier-free guidance weight w (1: the conditional model alone).
+        event_shape: one sample's shape; defaults to ``(in_channels, sample_size, sample_size)``.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        schedule: DiscreteVPSchedule,
+        prediction_type: PredictionType = "epsilon",
+        conditioning: Conditioning | None = None,
+        guidance_scale: float = 1.0,
+        event_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+        if guidance_scale != 1.0 and conditioning is None:
+            raise ValueError("classifier-free guidance needs a conditional model")
+        self.unet = unet
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.conditioning = conditioning
+        self.guidance_scale = float(guidance_scale)
+        if event_shape is None:
+            size = unet.config.sample_size
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            event_shape = (unet.config.in_channels, *size)
+        self.event_shape: tuple[int, ...] = tuple(event_shape)
+        self.num_conditions: int | None = None if conditioning is None else conditioning.num_conditions
+
+    def _unet(self, x: Tensor, timestep: Tensor, kwargs: dict[str, Any]) -> Tensor:
+        return self.unet(x, timestep, **kwargs, return_dict=False)[0]
+
+    def predict_noise(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The (guided) noise prediction ``eps(x_s)``."""
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+        timestep = self.schedule.timestep(s).expand(x.shape[0])
+        if self.conditioning is None:
+            out = self._unet(x, timestep, {})
+        elif cond is None:
+            raise ValueError("this model is conditional: pass cond (condition indices of shape (B,))")
+        elif self.guidance_scale == 1.0:
+            out = self._unet(x, timestep, self.conditioning.unet_kwargs(cond))
+        else:
+            cond_kwargs = self.conditioning.unet_kwargs(cond)
+            null_kwargs = self.conditioning.null_kwargs(x.shape[0], x.device)
+            both = {k: torch.cat([cond_kwargs[k], null_kwargs[k]]) for k in cond_kwargs}
+            out_c, out_u = self._unet(torch.cat([x, x]), torch.cat([timestep, timestep]), both).chunk(2)
+            out = out_u + self.guidance_scale * (out_c - out_u)
+        return self._to_noise(s, x, out)
+
+    def _to_noise(self, s: Tensor, x: Tensor, out: Tensor) -> Tensor:
+        if self.prediction_type == "epsilon":
+            return out
+        alpha, sigma = self._alpha_sigma(s, x)
+        if self.prediction_type == "v_prediction":
+            return sigma * x + alpha * out
+        return (x - alpha * out) / sigma
+
+    def _alpha_sigma(self, s: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return self.schedule.alpha(s).reshape(shape), self.schedule.sigma(s).reshape(shape)
+
+    def score(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``-eps(x_s) / sigma_s``."""
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+        return -self.predict_noise(s, x, cond) / self._alpha_sigma(s, x)[1]

@@ -1,0 +1,66 @@
+"""The class-conditional digits base model of ``DiffusionSDE-Digits-v0``: a small diffusers
+``UNet2DModel`` trained on the 8x8 digits by :mod:`diffusion_gym.base_models.train_digits`.
+
+It predicts noise on DDPMScheduler's default (linear, 1,000-step) schedule, trained in continuous
+time (fractional timesteps, see :class:`~diffusion_gym.sde.DiscreteVPSchedule`) so that any grid
+is in-distribution, with 10% label dropout to the null class 10 for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file
+
+from diffusion_gym.base_models.diffusers_unet import ClassLabels, DiffusersScore
+from diffusion_gym.datasets.digits import NUM_CLASSES
+from diffusion_gym.sde import DiscreteVPSchedule
+
+WEIGHTS_NAME = "digits_unet"
+NULL_CLASS = NUM_CLASSES
+
+UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": (32, 64, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 8,
+    "attention_head_dim": 8,
+    "num_class_embeds": NUM_CLASSES + 1,
+}
+
+
+def digits_schedule() -> DiscreteVPSchedule:
+    """DDPMScheduler's default linear schedule (betas 1e-4 to 0.02 over 1,000 steps) on continuous time."""
+    return DiscreteVPSchedule(DDPMScheduler().alphas_cumprod)
+
+
+def weights_dir() -> Path:
+    return Path(str(resources.files("diffusion_gym.base_models") / "weights"))
+
+
+def load_digits_unet(path: Path | None = None) -> UNet2DModel:
+    """The shipped UNet (or the safetensors file at ``path``, with its JSON beside it), eval mode, frozen."""
+    path = Path(path) if path is not None else weights_dir() / f"{WEIGHTS_NAME}.safetensors"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    unet = UNet2DModel(**meta["unet_config"])
+    unet.load_state_dict(load_file(path))
+    return unet.eval().requires_grad_(False)
+
+
+def digits_score_model(guidance_scale: float = 1.0, path: Path | None = None) -> DiffusersScore:
+    """The digits base model as a ScoreModel; condition i is digit class i."""
+    return DiffusersScore(
+        load_digits_unet(path),
+        digits_schedule(),
+        prediction_type="epsilon",
+        conditioning=ClassLabels(NUM_CLASSES, NULL_CLASS),
+        guidance_scale=guidance_scale,
+    )

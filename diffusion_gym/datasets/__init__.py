@@ -1,0 +1,1 @@
+"""Datasets that ship inside PyPI packages (nothing is downloaded)."""

@@ -1,0 +1,116 @@
+"""``DiffusionSDE-SD-v0``: the latent reverse SDE of a local Stable Diffusion directory.
+
+The state is the latent (4, H/8, W/8 for SD); the condition is a prompt index into the env's prompt
+set, encoded once when the env is built (or given as embeddings, which needs no tokenizer); the VAE
+decodes the final latent for the terminal reward. Rewards: JPEG compressibility (the default, no
+weights) or incompressibility, an aesthetic, PickScore or ImageReward scorer from local weights
+(:mod:`diffusion_gym.rewards.scorers`), or any RewardModel of decoded images in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffusion_gym.base_models.stable_diffusion import (
+    LatentDecoder,
+    encode_prompts,
+    load_parts,
+    stable_diffusion_score,
+)
+from diffusion_gym.envs.single import DiffusionSDEEnv
+from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.rewards.composite import DecodedReward
+from diffusion_gym.rewards.protocol import RewardModel
+from diffusion_gym.rewards.scorers import image_reward
+
+DEFAULTS: dict[str, Any] = {"n_steps": 50, "integrator": "ddpm"}
+
+
+def task_models(
+    model_path: str | Path | None = None,
+    prompts: Sequence[str] | None = None,
+    prompt_embeds: Tensor | None = None,
+    negative_prompt_embeds: Tensor | None = None,
+    guidance_scale: float = 7.5,
+    reward: str | RewardModel = "jpeg_compressibility",
+    gold: str | RewardModel | None = None,
+    reward_kwargs: dict[str, Any] | None = None,
+    resolution: int | None = None,
+) -> tuple[Any, RewardModel, RewardModel | None]:
+    """(latent score model, terminal reward, gold) of a local Stable Diffusion directory.
+
+    Args:
+        model_path: the pipeline directory (``StableDiffusionPipeline.save_pretrained``).
+        prompts: the prompt set (text; needs the directory's tokenizer and text encoder).
+        prompt_embeds: or the prompts' text-encoder hidden states, (P, L, D).
+        negative_prompt_embeds: the unconditional embedding (L, D) for guidance; default: the empty
+            prompt's, or zeros when only embeddings are given.
+        guidance_scale: classifier-free guidance weight.
+        reward: a scorer name (``jpeg_compressibility``, ``jpeg_incompressibility``, ``aesthetic``,
+            ``pickscore``, ``imagereward``) or a RewardModel of images in [-1, 1].
+        gold: likewise, reported in ``info["gold_reward"]`` (default: none).
+        reward_kwargs: keyword arguments of the named scorers (local weight paths).
+        resolution: image side in pixels (default: the UNet's native size).
+    """
+    if model_path is None:
+        raise ValueError("DiffusionSDE-SD-v0 needs model_path=<a local Stable Diffusion directory>")
+    parts = load_parts(model_path, resolution)
+    if prompt_embeds is None:
+        if not prompts:
+            raise ValueError("pass prompts (text) or prompt_embeds (P, L, D)")
+        prompt_embeds, null = encode_prompts(model_path, list(prompts))
+    else:
+        prompt_embeds = torch.as_tensor(prompt_embeds)
+        if prompt_embeds.ndim == 2:
+            prompt_embeds = prompt_embeds[None]
+        null = None
+        if prompts is not None and len(prompts) != prompt_embeds.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts but {prompt_embeds.shape[0]} prompt embeddings")
+    if negative_prompt_embeds is not None:
+        null = torch.as_tensor(negative_prompt_embeds)
+    elif null is None:
+        null = torch.zeros_like(prompt_embeds[0])
+    score = stable_diffusion_score(parts, prompt_embeds, null, guidance_scale)
+    decoder = LatentDecoder(parts.vae)
+    kwargs = reward_kwargs or {}
+
+    def build(spec: str | RewardModel) -> RewardModel:
+        scorer = image_reward(spec, prompts, **kwargs) if isinstance(spec, str) else spec
+        return DecodedReward(decoder, scorer)
+
+    return score, build(reward), None if gold is None else build(gold)
+
+
+def make_env(**kwargs: Any) -> DiffusionSDEEnv:
+    """Entry point of ``gym.make("DiffusionSDE-SD-v0", model_path=..., prompts=[...], **kwargs)``."""
+    task, env_kwargs = _split(kwargs)
+    return DiffusionSDEEnv(*task_models(**task), **(DEFAULTS | env_kwargs))
+
+
+def make_vector_env(num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv:
+    """Entry point of ``gym.make_vec("DiffusionSDE-SD-v0", num_envs, vectorization_mode="vector_entry_point", ...)``."""
+    task, env_kwargs = _split(kwargs)
+    return DiffusionSDEVectorEnv(num_envs, *task_models(**task), **(DEFAULTS | env_kwargs))
+
+
+_TASK_KWARGS = (
+    "model_path",
+    "prompts",
+    "prompt_embeds",
+    "negative_prompt_embeds",
+    "guidance_scale",
+    "reward",
+    "gold",
+    "reward_kwargs",
+    "resolution",
+)
+
+
+def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    task = {k: kwargs.pop(k) for k in _TASK_KWARGS if k in kwargs}
+    return task, kwargs

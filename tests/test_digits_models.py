@@ -1,0 +1,83 @@
+"""The digits task's shipped models: classifier accuracy, proxy agreement, utilities, training scripts."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion_gym.base_models.digits import load_digits_unet
+from diffusion_gym.base_models.train_digits import main as train_unet
+from diffusion_gym.datasets.digits import digits
+from diffusion_gym.metrics import class_accuracy
+from diffusion_gym.rewards.bradley_terry import pairwise_agreement
+from diffusion_gym.rewards.digits import UTILITIES, comparison_pairs, gold_utility, load_proxy
+from diffusion_gym.rewards.digits_classifier import load_classifier
+from diffusion_gym.rewards.train_digits_classifier import main as train_classifier
+from diffusion_gym.rewards.train_digits_proxies import main as train_proxies
+
+
+def test_classifier_heldout_accuracy():
+    images, labels = digits("heldout")
+    assert class_accuracy(load_classifier(), images, labels) >= 0.97  # shipped: 0.997
+
+
+def test_splits_are_disjoint_and_fixed():
+    train, _ = digits("train")
+    held, _ = digits("heldout")
+    assert len(train) + len(held) == 1797
+    assert not (train[:, None] == held[None]).flatten(2).all(-1).any()  # no image in both
+    torch.testing.assert_close(digits("heldout")[0], held)
+
+
+@pytest.mark.parametrize("utility", UTILITIES)
+def test_every_shipped_proxy_agrees_with_its_gold(utility):
+    """Fresh held-out pairs (a seed the training never used): agreement >= 0.85 on all pairs."""
+    pairs = comparison_pairs(utility, 3000, torch.Generator().manual_seed(12345))
+    agreement = pairwise_agreement(load_proxy(utility), gold_utility(utility), pairs.a, pairs.b, pairs.cond)
+    assert agreement >= 0.85
+
+
+def test_utilities_order_obvious_cases():
+    images, labels = digits("heldout")
+    x, y = images[:50], labels[:50]
+    thick = F.max_pool2d(x, 3, 1, 1)
+    noisy = (x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    alignment, thickness = gold_utility("alignment"), gold_utility("thickness")
+    compress = gold_utility("jpeg_compressibility")
+    assert (alignment(x, y) > alignment(x, (y + 1) % 10)).float().mean() > 0.95
+    assert (thickness(thick) > thickness(x)).all()
+    assert (compress(noisy) < compress(x)).float().mean() > 0.9
+    torch.testing.assert_close(gold_utility("alignment_thickness")(x, y), alignment(x, y) + thickness(x))
+    with pytest.raises(ValueError, match="needs the condition"):
+        alignment(x)
+    with pytest.raises(ValueError, match="unknown digits utility"):
+        gold_utility("beauty")
+
+
+def test_training_scripts_run_a_few_steps(tmp_path):
+    metrics = train_classifier(["--out", str(tmp_path), "--steps", "5", "--quiet"])
+    assert 0 <= metrics["heldout_accuracy"] <= 1
+    assert load_classifier(tmp_path)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    results = train_proxies(
+        ["--out", str(tmp_path), "--only", "thickness", "--pairs", "300", "--heldout", "100", "--steps", "5", "--quiet"]
+    )
+    assert set(results) == {"thickness"}
+    assert load_proxy("thickness", tmp_path)(torch.zeros(2, 1, 8, 8)).shape == (2,)
+
+
+def test_unet_training_writes_both_checkpoints_and_resumes(tmp_path):
+    """A run stopped after 7 of 20 steps and resumed ends with the weights of an uninterrupted run."""
+    args = ["--steps", "20", "--batch-size", "8", "--checkpoint-every", "5", "--quiet"]
+    train_unet(["--out", str(tmp_path / "straight"), *args])
+    train_unet(["--out", str(tmp_path / "resumed"), *args, "--stop-after", "7"])
+    assert (tmp_path / "resumed" / "digits_unet_checkpoint.pt").exists()
+    assert not (tmp_path / "resumed" / "digits_unet.safetensors").exists()
+    train_unet(["--out", str(tmp_path / "resumed"), *args])
+    assert not (tmp_path / "resumed" / "digits_unet_checkpoint.pt").exists()  # removed once finished
+    straight = load_digits_unet(tmp_path / "straight" / "digits_unet.safetensors").state_dict()
+    resumed = load_digits_unet(tmp_path / "resumed" / "digits_unet.safetensors").state_dict()
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
+    early = json.loads((tmp_path / "straight" / "digits_unet_10pct.json").read_text())
+    assert early["steps_trained"] == 2 and early["unet_config"]["num_class_embeds"] == 11

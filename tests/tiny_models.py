@@ -1,0 +1,116 @@
+"""Tiny random diffusers / transformers models built from configs, saved locally: offline test fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+CHARS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def write_tiny_tokenizer(directory: Path, max_length: int = 16):
+    """A character-level CLIPTokenizer from a hand-written vocabulary (no download)."""
+    from transformers import CLIPTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in CHARS:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=max_length)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def tiny_text_config() -> dict:
+    return dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=64,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+
+
+def build_tiny_stable_diffusion(directory: Path) -> Path:
+    """A StableDiffusionPipeline of tiny random parts (latents 4x8x8, images 16x16), saved to ``directory``."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config()))
+    tokenizer = write_tiny_tokenizer(directory / "_tokenizer")
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_clip(directory: Path) -> Path:
+    """A tiny random CLIP model with its tokenizer and preprocessor config (32x32 images)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(1)
+    config = CLIPConfig(
+        text_config=tiny_text_config(),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(directory)
+    write_tiny_tokenizer(directory)
+    preprocessor = {
+        "crop_size": {"height": 32, "width": 32},
+        "size": {"shortest_edge": 32},
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    return directory

@@ -45,6 +45,7 @@ class Rollouts:
         gold_reward: the gold utility of the final sample (None if the task has none).
         kl: the path KL to the pretrained sampler (sum of the per-step KLs).
         x: the final samples ``Y_N``.
+        cond: each episode's condition, on conditional tasks.
     """
 
     objective: Tensor
@@ -52,6 +53,7 @@ class Rollouts:
     gold_reward: Tensor | None
     kl: Tensor
     x: Tensor
+    cond: Tensor | None = None
 
     def summary(self) -> dict[str, Estimate]:
         """Mean and standard error of every per-sample quantity."""
@@ -64,7 +66,11 @@ class Rollouts:
 
 @torch.no_grad()
 def rollout(
-    env: DiffusionSDEVectorEnv, policy: Policy | None = None, n_samples: int | None = None, seed: int | None = None
+    env: DiffusionSDEVectorEnv,
+    policy: Policy | None = None,
+    n_samples: int | None = None,
+    seed: int | None = None,
+    cond: Tensor | None = None,
 ) -> Rollouts:
     """Run whole episodes until ``n_samples`` finals are collected (default: one batch).
 
@@ -73,19 +79,24 @@ def rollout(
         policy: observation to action; None is the pretrained sampler (zero action).
         n_samples: how many final samples; rounded up to whole batches, then truncated.
         seed: seeds the first reset.
+        cond: on conditional tasks, the condition of each of the ``n_samples`` episodes (default:
+            drawn by the env).
     """
     n = env.num_envs if n_samples is None else int(n_samples)
-    parts: dict[str, list[Tensor]] = {
-        "objective": [],
-        "terminal_reward": [],
-        "gold_reward": [],
-        "kl_total": [],
-        "x": [],
-    }
+    keys = ("objective", "terminal_reward", "gold_reward", "kl_total", "x", "cond")
+    parts: dict[str, list[Tensor]] = {key: [] for key in keys}
+    if cond is not None:
+        cond = torch.as_tensor(cond).flatten()
+        if len(cond) != n:
+            raise ValueError(f"cond must hold one condition per sample ({n}), got {len(cond)}")
+        cond = torch.cat([cond, cond[-1:].expand(-n % env.num_envs)])  # whole batches
     zero = torch.zeros((env.num_envs, *env.event_shape), device=env.device, dtype=env.dtype)
     collected = 0
     while collected < n:
-        obs, _ = env.reset(seed=seed if collected == 0 else None)
+        options = None if cond is None else {"cond": cond[collected : collected + env.num_envs]}
+        obs, _ = env.reset(seed=seed if collected == 0 else None, options=options)
+        if "cond" in obs:
+            parts["cond"].append(obs["cond"].cpu())
         for _ in range(env.n_steps):
             obs, _, _, _, info = env.step(zero if policy is None else policy(obs))
         final = info.get("final_obs", obs)  # SAME_STEP autoreset already started the next episode
@@ -95,4 +106,6 @@ def rollout(
                 parts[key].append(info[key].cpu())
         collected += env.num_envs
     cat = {k: torch.cat(v)[:n] if v else None for k, v in parts.items()}
-    return Rollouts(cat["objective"], cat["terminal_reward"], cat["gold_reward"], cat["kl_total"], cat["x"])
+    return Rollouts(
+        cat["objective"], cat["terminal_reward"], cat["gold_reward"], cat["kl_total"], cat["x"], cat["cond"]
+    )

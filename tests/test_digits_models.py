@@ -11,7 +11,7 @@ from diffusion_gym.base_models.train_digits import main as train_unet
 from diffusion_gym.datasets.digits import digits
 from diffusion_gym.metrics import class_accuracy
 from diffusion_gym.rewards.bradley_terry import pairwise_agreement
-from diffusion_gym.rewards.digits import UTILITIES, comparison_pairs, gold_utility, load_proxy
+from diffusion_gym.rewards.digits import UTILITIES, comparison_pairs, gold_utility, load_proxy, on_manifold_fit
 from diffusion_gym.rewards.digits_classifier import load_classifier
 from diffusion_gym.rewards.train_digits_classifier import main as train_classifier
 from diffusion_gym.rewards.train_digits_proxies import main as train_proxies
@@ -31,11 +31,28 @@ def test_splits_are_disjoint_and_fixed():
 
 
 @pytest.mark.parametrize("utility", UTILITIES)
-def test_every_shipped_proxy_agrees_with_its_gold(utility):
-    """Fresh held-out pairs (a seed the training never used): agreement >= 0.85 on all pairs."""
-    pairs = comparison_pairs(utility, 3000, torch.Generator().manual_seed(12345))
-    agreement = pairwise_agreement(load_proxy(utility), gold_utility(utility), pairs.a, pairs.b, pairs.cond)
-    assert agreement >= 0.85
+def test_every_shipped_proxy_agrees_with_its_gold(utility, digits_base_samples):
+    """Pairs the proxies never saw: augmented held-out digits, and same-class pairs of clean held-out
+    digits and base-model samples. Agreement with the gold >= 0.85 on the pairs the gold orders
+    (utilities differing by more than 0.1: below that a temperature-1 comparison is nearly a coin
+    flip, and the same-class pairs of the flat alignment utility are mostly such ties), and >= 0.8
+    on all pairs."""
+    pairs = comparison_pairs(
+        utility, 3000, torch.Generator().manual_seed(12345), split="heldout", clean=digits_base_samples
+    )
+    proxy, gold = load_proxy(utility), gold_utility(utility)
+    with torch.no_grad():
+        clear = (gold(pairs.a, pairs.cond) - gold(pairs.b, pairs.cond)).abs() > 0.1
+    assert pairwise_agreement(proxy, gold, pairs.a[clear], pairs.b[clear], pairs.cond[clear]) >= 0.85
+    assert pairwise_agreement(proxy, gold, pairs.a, pairs.b, pairs.cond) >= 0.8
+
+
+def test_default_proxy_tracks_the_gold_on_base_samples(digits_base_samples):
+    """On what the env's policies start from, the default task's proxy follows its gold (where the
+    alignment gold is nearly flat, the proxy must not invent differences)."""
+    fit = on_manifold_fit(load_proxy("alignment_thickness"), gold_utility("alignment_thickness"), *digits_base_samples)
+    assert fit["base_samples_correlation"] > 0.8
+    assert fit["base_samples_proxy_std"] < 1.5 * fit["base_samples_gold_std"]
 
 
 def test_utilities_order_obvious_cases():
@@ -60,7 +77,8 @@ def test_training_scripts_run_a_few_steps(tmp_path):
     assert 0 <= metrics["heldout_accuracy"] <= 1
     assert load_classifier(tmp_path)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     results = train_proxies(
-        ["--out", str(tmp_path), "--only", "thickness", "--pairs", "300", "--heldout", "100", "--steps", "5", "--quiet"]
+        ["--out", str(tmp_path), "--only", "thickness", "--pairs", "300", "--heldout", "100", "--steps", "5"]
+        + ["--base-samples", "20", "--quiet"]
     )
     assert set(results) == {"thickness"}
     assert load_proxy("thickness", tmp_path)(torch.zeros(2, 1, 8, 8)).shape == (2,)

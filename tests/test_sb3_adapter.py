@@ -53,3 +53,14 @@ def test_sb3_ppo_runs_on_both_paths(path, tmp_path):
     action, _ = model.predict({"x": np.zeros(2, np.float32), "t": np.zeros(1, np.float32)}, deterministic=True)
     assert model.num_timesteps >= (64 if path == "gym" else 512)
     assert action.shape == (2,) and np.isfinite(action).all()
+
+
+def test_adapter_passes_reset_options_once():
+    from diffusion_gym.envs.digits import make_vector_env as make_digits
+
+    venv = SB3VecEnv(make_digits(4, n_steps=1, utility="thickness"))
+    venv.set_options({"cond": 3})
+    assert (venv.reset()["cond"] == 3).all()
+    venv.seed(0)
+    draws = [venv.reset()["cond"] for _ in range(3)]  # options were used once: conditions are drawn again
+    assert any((d != 3).any() for d in draws)

@@ -99,6 +99,43 @@ def test_missing_model_is_a_clear_error(kwargs, error, message):
         make_vector_env(1, prompt_embeds=embeddings(), **kwargs)
 
 
+def test_unconditional_embedding_comes_from_the_text_encoder_or_must_be_given(sd_dir, tmp_path):
+    """With embeddings only, guidance uses the directory's empty-prompt embedding; a directory with no
+    text encoder needs negative_prompt_embeds (or no guidance) instead of silently guiding from zeros."""
+    from diffusion_gym.base_models.stable_diffusion import encode_prompts
+
+    env = make_vector_env(1, model_path=str(sd_dir), prompt_embeds=embeddings(), n_steps=2)
+    null = env.score_model.conditioning.null_embeds
+    torch.testing.assert_close(null, encode_prompts(sd_dir, [])[1])
+    bare = tmp_path / "no_text"
+    bare.mkdir()
+    for part in ("unet", "vae", "scheduler"):
+        (bare / part).symlink_to(sd_dir / part)
+    with pytest.raises(ValueError, match="negative_prompt_embeds"):
+        make_vector_env(1, model_path=str(bare), prompt_embeds=embeddings())
+    make_vector_env(1, model_path=str(bare), prompt_embeds=embeddings(), guidance_scale=1.0)
+    given = torch.ones(16, 32)
+    env = make_vector_env(1, model_path=str(bare), prompt_embeds=embeddings(), negative_prompt_embeds=given)
+    torch.testing.assert_close(env.score_model.conditioning.null_embeds, given)
+
+
+def test_reward_and_gold_take_their_own_scorer_arguments(sd_dir):
+    env = make_vector_env(
+        2,
+        model_path=str(sd_dir),
+        prompt_embeds=embeddings(),
+        reward="jpeg_compressibility",
+        reward_kwargs={"quality": 50},
+        gold="jpeg_compressibility",
+        gold_kwargs={"quality": 95},
+        n_steps=2,
+    )
+    env.reset(seed=0)
+    for _ in range(2):
+        _, _, _, _, info = env.step(torch.zeros(2, 4, 8, 8))
+    assert (info["terminal_reward"] > info["gold_reward"]).all()  # quality 50 compresses better
+
+
 def test_bad_prompt_arguments(sd_dir):
     with pytest.raises(ValueError, match="prompts"):
         make_vector_env(1, model_path=str(sd_dir))

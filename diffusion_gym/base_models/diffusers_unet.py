@@ -116,7 +116,7 @@ class DiffusersScore(nn.Module):
 
     def predict_noise(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """The (guided) noise prediction ``eps(x_s)``."""
-        s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+        s = self._times(s, x)
         timestep = self.schedule.timestep(s).expand(x.shape[0])
         if self.conditioning is None:
             out = self._unet(x, timestep, {})
@@ -144,7 +144,17 @@ class DiffusersScore(nn.Module):
         shape = (-1,) + (1,) * (x.ndim - 1)
         return self.schedule.alpha(s).reshape(shape), self.schedule.sigma(s).reshape(shape)
 
+    @staticmethod
+    def _times(s: Tensor | float, x: Tensor) -> Tensor:
+        """A 0-d time, or one per row as (B,) (a (B, 1) column is accepted too)."""
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+        if s.ndim and s.numel() != x.shape[0]:
+            raise ValueError(
+                f"diffusion time must be a scalar or one per row ({x.shape[0]}), got shape {tuple(s.shape)}"
+            )
+        return s.reshape(-1) if s.ndim else s
+
     def score(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """``-eps(x_s) / sigma_s``."""
-        s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+        s = self._times(s, x)
         return -self.predict_noise(s, x, cond) / self._alpha_sigma(s, x)[1]

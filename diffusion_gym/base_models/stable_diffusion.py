@@ -65,6 +65,11 @@ def load_parts(model_path: str | Path, resolution: int | None = None) -> StableD
     )
 
 
+def has_text_encoder(model_path: str | Path) -> bool:
+    """Whether the directory has the tokenizer and text encoder that text prompts need."""
+    return (Path(model_path) / "tokenizer").is_dir() and (Path(model_path) / "text_encoder").is_dir()
+
+
 @torch.no_grad()
 def encode_prompts(model_path: str | Path, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
     """Text-encoder hidden states of each prompt (P, L, D) and of the empty prompt (L, D)."""
@@ -96,7 +101,7 @@ def stable_diffusion_score(
         parts.unet,
         parts.schedule,
         prediction_type=parts.prediction_type,  # type: ignore[arg-type]
-        conditioning=PromptEmbeddings(prompt_embeds.float(), null_embeds.float()),
+        conditioning=PromptEmbeddings(prompt_embeds.float().clone(), null_embeds.float().clone()),
         guidance_scale=guidance_scale,
         event_shape=parts.latent_shape,
     )

@@ -20,6 +20,7 @@ import copy
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     start, losses = 0, []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
-        if state["run"] == run:
+        if state["run"] != run:
+            warnings.warn(f"ignoring {ckpt_path}: it was written by a run with {state['run']}, not {run}", stacklevel=2)
+        else:
             unet.load_state_dict(state["unet"])
             ema.load_state_dict(state["ema"])
             opt.load_state_dict(state["opt"])

@@ -33,7 +33,9 @@ class SB3VecEnv(VecEnv):
         super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
 
     def reset(self) -> VecEnvObs:
-        obs, _ = self.env.reset(seed=self._seeds[0])
+        """Reset all rows; ``seed()`` and ``set_options()`` apply to this reset only (SB3's rule), so the
+        automatic resets between episodes draw fresh conditions."""
+        obs, _ = self.env.reset(seed=self._seeds[0], options=self._options[0] or None)
         self._reset_seeds()
         self._reset_options()
         return _to_numpy(obs)

@@ -19,6 +19,7 @@ from torch import Tensor
 from diffusion_gym.base_models.stable_diffusion import (
     LatentDecoder,
     encode_prompts,
+    has_text_encoder,
     load_parts,
     stable_diffusion_score,
 )
@@ -40,6 +41,7 @@ def task_models(
     reward: str | RewardModel = "jpeg_compressibility",
     gold: str | RewardModel | None = None,
     reward_kwargs: dict[str, Any] | None = None,
+    gold_kwargs: dict[str, Any] | None = None,
     resolution: int | None = None,
 ) -> tuple[Any, RewardModel, RewardModel | None]:
     """(latent score model, terminal reward, gold) of a local Stable Diffusion directory.
@@ -49,12 +51,14 @@ def task_models(
         prompts: the prompt set (text; needs the directory's tokenizer and text encoder).
         prompt_embeds: or the prompts' text-encoder hidden states, (P, L, D).
         negative_prompt_embeds: the unconditional embedding (L, D) for guidance; default: the empty
-            prompt's, or zeros when only embeddings are given.
+            prompt's, encoded by the directory's text encoder (required when it has none and
+            ``guidance_scale != 1``).
         guidance_scale: classifier-free guidance weight.
         reward: a scorer name (``jpeg_compressibility``, ``jpeg_incompressibility``, ``aesthetic``,
             ``pickscore``, ``imagereward``) or a RewardModel of images in [-1, 1].
         gold: likewise, reported in ``info["gold_reward"]`` (default: none).
-        reward_kwargs: keyword arguments of the named scorers (local weight paths).
+        reward_kwargs: keyword arguments of the reward's scorer (local weight paths).
+        gold_kwargs: likewise for the gold's scorer.
         resolution: image side in pixels (default: the UNet's native size).
     """
     if model_path is None:
@@ -68,22 +72,29 @@ def task_models(
         prompt_embeds = torch.as_tensor(prompt_embeds)
         if prompt_embeds.ndim == 2:
             prompt_embeds = prompt_embeds[None]
-        null = None
         if prompts is not None and len(prompts) != prompt_embeds.shape[0]:
             raise ValueError(f"{len(prompts)} prompts but {prompt_embeds.shape[0]} prompt embeddings")
+        null = None
     if negative_prompt_embeds is not None:
         null = torch.as_tensor(negative_prompt_embeds)
     elif null is None:
-        null = torch.zeros_like(prompt_embeds[0])
+        if has_text_encoder(model_path):
+            null = encode_prompts(model_path, [])[1]
+        elif guidance_scale != 1.0:
+            raise ValueError(
+                "classifier-free guidance needs the unconditional embedding: pass negative_prompt_embeds (the "
+                "empty prompt's), or use a directory with tokenizer/ and text_encoder/, or guidance_scale=1"
+            )
+        else:
+            null = torch.zeros_like(prompt_embeds[0])  # never used without guidance
     score = stable_diffusion_score(parts, prompt_embeds, null, guidance_scale)
     decoder = LatentDecoder(parts.vae)
-    kwargs = reward_kwargs or {}
 
-    def build(spec: str | RewardModel) -> RewardModel:
-        scorer = image_reward(spec, prompts, **kwargs) if isinstance(spec, str) else spec
+    def build(spec: str | RewardModel, kwargs: dict[str, Any] | None) -> RewardModel:
+        scorer = image_reward(spec, prompts, **(kwargs or {})) if isinstance(spec, str) else spec
         return DecodedReward(decoder, scorer)
 
-    return score, build(reward), None if gold is None else build(gold)
+    return score, build(reward, reward_kwargs), None if gold is None else build(gold, gold_kwargs)
 
 
 def make_env(**kwargs: Any) -> DiffusionSDEEnv:
@@ -107,6 +118,7 @@ _TASK_KWARGS = (
     "reward",
     "gold",
     "reward_kwargs",
+    "gold_kwargs",
     "resolution",
 )
 

@@ -201,7 +201,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         allowed = torch.arange(self.num_conditions) if conditions is None else torch.as_tensor(conditions).flatten()
         if allowed.numel() == 0 or allowed.is_floating_point() or not self._in_range(allowed):
             raise ValueError(f"conditions must be integers in [0, {self.num_conditions}), got {conditions!r}")
-        return allowed.to(device=self.device, dtype=torch.int64)
+        return allowed.to(device=self.device, dtype=torch.int64).clone()
 
     def _in_range(self, cond: Tensor) -> bool:
         return bool(((cond >= 0) & (cond < self.num_conditions)).all())

@@ -44,3 +44,15 @@ class DecodedReward(nn.Module):
 
     def forward(self, latents: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.image_reward(self.decoder(latents), cond)
+
+
+class ClampedInput(nn.Module):
+    """``r(clamp(x, low, high), c)``: an image reward that sees pixels in their valid range, as a
+    decoded or displayed image would be (the state itself is never clipped)."""
+
+    def __init__(self, term: RewardModel, low: float = -1.0, high: float = 1.0) -> None:
+        super().__init__()
+        self.term, self.low, self.high = term, float(low), float(high)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.term(x.clamp(self.low, self.high), cond)

@@ -10,8 +10,9 @@ Gold utilities (the hidden "true" preferences):
   of the 4x bilinear upsample, in units of 25 bytes (real digits: 735 +- 36 bytes).
 
 The task's default utility is ``alignment + thickness``: a well-formed digit of the requested class
-drawn with a thicker pen. Each learned proxy is a small CNN fitted to 40,000 noisy comparisons
-(Bradley-Terry, temperature 1) of its gold on augmented digits, by
+drawn with a thicker pen. Each learned proxy is a small CNN fitted to 200,000 noisy comparisons
+(Bradley-Terry, temperature 1) of its gold on augmented digits and on clean digits and base-model
+samples, by
 :mod:`diffusion_gym.rewards.train_digits_proxies`; incompressibility's proxy is the negated
 compressibility proxy.
 """
@@ -36,7 +37,7 @@ from diffusion_gym.rewards.bradley_terry import (
     label_pairs,
     pairwise_agreement,
 )
-from diffusion_gym.rewards.composite import NegatedReward, SumReward
+from diffusion_gym.rewards.composite import ClampedInput, NegatedReward, SumReward
 from diffusion_gym.rewards.digits_classifier import DigitsClassifier, load_classifier, weights_dir
 from diffusion_gym.rewards.jpeg import JpegSize
 from diffusion_gym.rewards.protocol import RewardModel
@@ -76,7 +77,11 @@ def digits_jpeg(sign: int) -> JpegSize:
 
 
 def gold_utility(name: str) -> RewardModel:
-    """The gold utility ``name`` (one of :data:`UTILITIES`)."""
+    """The gold utility ``name`` (one of :data:`UTILITIES`), of images clamped to [-1, 1]."""
+    return ClampedInput(_gold(name))
+
+
+def _gold(name: str) -> RewardModel:
     if name == "alignment":
         return PromptAlignment(load_classifier())
     if name == "thickness":
@@ -119,11 +124,16 @@ def proxy_path(name: str, directory: Path | None = None) -> Path:
 
 
 def load_proxy(name: str, directory: Path | None = None) -> RewardModel:
-    """The learned proxy of utility ``name`` (shipped, or saved in ``directory``), frozen."""
+    """The learned proxy of utility ``name`` (shipped, or saved in ``directory``), frozen, of images
+    clamped to [-1, 1]."""
+    return ClampedInput(_proxy(name, directory))
+
+
+def _proxy(name: str, directory: Path | None) -> RewardModel:
     if name == "alignment_thickness":
-        return SumReward(load_proxy("alignment", directory), load_proxy("thickness", directory))
+        return SumReward(_proxy("alignment", directory), _proxy("thickness", directory))
     if name == "jpeg_incompressibility":
-        return NegatedReward(load_proxy("jpeg_compressibility", directory))
+        return NegatedReward(_proxy("jpeg_compressibility", directory))
     if name not in PROXIES:
         raise ValueError(f"unknown digits utility {name!r}; expected one of {UTILITIES}")
     path = proxy_path(name, directory)
@@ -132,11 +142,11 @@ def load_proxy(name: str, directory: Path | None = None) -> RewardModel:
     return model.eval().requires_grad_(False)
 
 
-def augmented_digits(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Images to compare: training digits, each left as is or shifted, thickened, thinned, noised,
-    blended with another digit, or dimmed, so that the proxies also see the off-manifold images an
-    over-optimising policy produces. Returns images in [-1, 1] and their source labels."""
-    x_train, y_train = digits("train")
+def augmented_digits(n: int, generator: torch.Generator, split: str = "train") -> tuple[Tensor, Tensor]:
+    """Images to compare: digits of ``split``, each left as is or shifted, thickened, thinned,
+    noised, blended with another digit, or dimmed, so that the proxies also see the off-manifold
+    images an over-optimising policy produces. Returns images in [-1, 1] and their source labels."""
+    x_train, y_train = digits(split)
     idx = torch.randint(len(y_train), (n,), generator=generator)
     x, y = x_train[idx].clone(), y_train[idx]
     kind = torch.randint(7, (n,), generator=generator)
@@ -165,43 +175,92 @@ class ProxyConfig:
     """How a digits proxy is trained (saved next to its weights)."""
 
     seed: int = 0
-    n_pairs: int = 40_000
+    n_pairs: int = 200_000
     n_heldout: int = 10_000
-    steps: int = 2_500
+    steps: int = 3_000
     batch_size: int = 256
     lr: float = 2e-3
+    weight_decay: float = 1e-3
     temperature: float = 1.0
+    same_class_fraction: float = 0.3
+    n_base_samples: int = 4_000
 
 
-def comparison_pairs(name: str, n: int, generator: torch.Generator, temperature: float = 1.0) -> PreferencePairs:
-    """``n`` labelled pairs for utility ``name``. Both images of a pair are judged for one condition:
-    the first image's source class half the time, a random class otherwise."""
-    a, label_a = augmented_digits(n, generator)
-    b, _ = augmented_digits(n, generator)
-    random_class = torch.randint(NUM_CLASSES, (n,), generator=generator)
-    cond = torch.where(torch.rand(n, generator=generator) < 0.5, label_a, random_class)
-    return label_pairs(gold_utility(name), a, b, generator, temperature, cond)
+def comparison_pairs(
+    name: str,
+    n: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    split: str = "train",
+    clean: tuple[Tensor, Tensor] | None = None,
+    same_class_fraction: float = 0.3,
+) -> PreferencePairs:
+    """``n`` labelled pairs for utility ``name``; both images of a pair are judged for one condition.
+
+    Most pairs are two augmented digits of ``split``, judged for the first one's class half the
+    time and a random class otherwise. A ``same_class_fraction`` of them are two clean images of one
+    class judged for that class: real digits of ``split`` and, if given, ``clean`` (images, labels),
+    e.g. samples of the base model. Those on-manifold pairs are what the env's policies start
+    from; without them a proxy of a utility that is flat there (alignment) is free to invent
+    differences between good digits.
+    """
+    n_same = round(same_class_fraction * n)
+    a, label_a = augmented_digits(n - n_same, generator, split)
+    b, _ = augmented_digits(n - n_same, generator, split)
+    random_class = torch.randint(NUM_CLASSES, (n - n_same,), generator=generator)
+    cond = torch.where(torch.rand(n - n_same, generator=generator) < 0.5, label_a, random_class)
+
+    pool_x, pool_y = digits(split)
+    if clean is not None:
+        pool_x, pool_y = torch.cat([pool_x, clean[0].clamp(-1, 1)]), torch.cat([pool_y, clean[1]])
+    order = torch.argsort(pool_y, stable=True)
+    counts = torch.bincount(pool_y, minlength=NUM_CLASSES)
+    starts = torch.cumsum(counts, 0) - counts
+    same_cond = torch.randint(NUM_CLASSES, (n_same,), generator=generator)
+
+    def pick() -> Tensor:
+        offset = (torch.rand(n_same, generator=generator) * counts[same_cond]).long()
+        return pool_x[order[starts[same_cond] + offset]]
+
+    a, b, cond = torch.cat([a, pick()]), torch.cat([b, pick()]), torch.cat([cond, same_cond])
+    shuffle = torch.randperm(n, generator=generator)
+    return label_pairs(gold_utility(name), a[shuffle], b[shuffle], generator, temperature, cond[shuffle])
 
 
-def train_proxy(name: str, config: ProxyConfig, progress: bool = True) -> tuple[BradleyTerryReward, dict[str, float]]:
+def train_proxy(
+    name: str,
+    config: ProxyConfig,
+    base_samples: tuple[Tensor, Tensor] | None = None,
+    progress: bool = True,
+) -> tuple[BradleyTerryReward, dict[str, float]]:
     """Fit the proxy of ``name`` (one of :data:`PROXIES`); returns it and held-out metrics.
 
-    Agreement is the fraction of held-out pairs the proxy orders as the gold does, over all pairs
-    and over those whose gold utilities differ by more than 0.1 (below that a comparison at
-    temperature 1 is close to a coin flip); log-losses are on the held-out noisy labels, the gold's
-    own being the floor.
+    Training pairs come from the training split of the digits, held-out pairs from the held-out
+    split; ``base_samples`` (images and classes of the base model) join the on-manifold pools,
+    three quarters for training and one quarter held out. Metrics: agreement (the fraction of
+    held-out pairs the proxy orders as the gold does) over all pairs and over those whose gold
+    utilities differ by more than 0.1 (below that a comparison at temperature 1 is close to a
+    coin flip); held-out log-losses, the gold's own being the floor; and on the held-out base
+    samples, the correlation of proxy and gold and their standard deviations.
     """
     if name not in PROXIES:
         raise ValueError(f"no proxy is trained for {name!r}; trained ones: {PROXIES}")
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     gold = gold_utility(name)
-    train, held = comparison_pairs(name, config.n_pairs + config.n_heldout, gen, config.temperature).split(
-        config.n_pairs
-    )
+    train_clean = held_clean = None
+    if base_samples is not None:
+        cut = 3 * len(base_samples[1]) // 4
+        train_clean = (base_samples[0][:cut], base_samples[1][:cut])
+        held_clean = (base_samples[0][cut:], base_samples[1][cut:])
+    frac = config.same_class_fraction
+    train = comparison_pairs(name, config.n_pairs, gen, config.temperature, "train", train_clean, frac)
+    held = comparison_pairs(name, config.n_heldout, gen, config.temperature, "heldout", held_clean, frac)
     conditional = name == "alignment"
     model = BradleyTerryReward(DigitsRewardNet(conditional), conditional=conditional)
-    fit_bradley_terry(model, train, config.steps, gen, config.batch_size, config.lr, progress=progress)
+    fit_bradley_terry(
+        model, train, config.steps, gen, config.batch_size, config.lr, config.weight_decay, progress=progress
+    )
     model.eval()
     x_train, y_train = digits("train")
     anchor_offset(model, gold, x_train, y_train)
@@ -218,7 +277,20 @@ def train_proxy(name: str, config: ProxyConfig, progress: bool = True) -> tuple[
         "heldout_logloss": F.binary_cross_entropy_with_logits(logits, held.prefer_a).item(),
         "heldout_logloss_gold": F.binary_cross_entropy_with_logits(gold_logits, held.prefer_a).item(),
     }
+    if held_clean is not None:
+        metrics |= on_manifold_fit(model, gold, *held_clean)
     return model, metrics
+
+
+@torch.no_grad()
+def on_manifold_fit(proxy: RewardModel, gold: RewardModel, images: Tensor, cond: Tensor) -> dict[str, float]:
+    """How a proxy tracks its gold on clean images: correlation and the two standard deviations."""
+    p, g = proxy(images, cond).double(), gold(images, cond).double()
+    return {
+        "base_samples_correlation": torch.corrcoef(torch.stack([p, g]))[0, 1].item(),
+        "base_samples_proxy_std": p.std().item(),
+        "base_samples_gold_std": g.std().item(),
+    }
 
 
 def save_proxy(name: str, model: BradleyTerryReward, config: ProxyConfig, metrics: dict, directory: Path) -> None:

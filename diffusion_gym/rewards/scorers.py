@@ -90,7 +90,7 @@ class ClipImagePreprocess(nn.Module):
         x = (images.clamp(-1, 1) + 1) / 2
         h, w = x.shape[-2:]
         scale = self.size / min(h, w)
-        x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", align_corners=False)
+        x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", antialias=True)
         top, left = (x.shape[-2] - self.crop) // 2, (x.shape[-1] - self.crop) // 2
         x = x[..., top : top + self.crop, left : left + self.crop]
         return (x - self.mean) / self.std
@@ -163,10 +163,20 @@ class PickScoreScorer(nn.Module):
 
 class ImageRewardScorer(nn.Module):
     """ImageReward of each image against its prompt, through the ``image-reward`` package (not
-    differentiable here: images go through PIL)."""
+    differentiable here: images go through PIL).
+
+    The package pins its model to the device it was loaded on, in float32, so the model is kept
+    out of this module's parameters: moving the env to another device or dtype leaves it where it
+    is, and scores are moved to the images' device and dtype afterwards. Its BLIP loads the
+    tokenizer ``bert-base-uncased`` by name, which must therefore be in the local Hugging Face cache.
+    """
 
     def __init__(
-        self, model_path: str | Path | None = None, med_config: str | Path | None = None, prompts: Sequence[str] = ()
+        self,
+        model_path: str | Path | None = None,
+        med_config: str | Path | None = None,
+        prompts: Sequence[str] = (),
+        device: str = "cpu",
     ) -> None:
         super().__init__()
         try:
@@ -175,7 +185,14 @@ class ImageRewardScorer(nn.Module):
             raise ImportError("the imagereward scorer needs its package: pip install image-reward") from e
         path = _local(model_path, "ImageReward.pt (model_path)", "imagereward")
         config = _local(med_config, "med_config.json (med_config)", "imagereward")
-        self.model = ImageReward.load(str(path), device="cpu", med_config=str(config))
+        try:
+            _transformers().BertTokenizer.from_pretrained("bert-base-uncased", local_files_only=True)
+        except OSError as e:
+            raise FileNotFoundError(
+                "the imagereward scorer's BLIP loads the tokenizer 'bert-base-uncased' by name: it must be in the "
+                "local Hugging Face cache (HF_HOME); nothing is downloaded"
+            ) from e
+        self._model = [ImageReward.load(str(path), device=device, med_config=str(config))]  # not a submodule
         self.prompts = list(prompts)
 
     @torch.no_grad()
@@ -184,9 +201,8 @@ class ImageRewardScorer(nn.Module):
 
         if cond is None:
             raise ValueError("imagereward needs the condition (the prompt index)")
-        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        scores = [
-            self.model.score(self.prompts[int(c)], Image.fromarray(p))
-            for p, c in zip(pixels, cond.tolist(), strict=True)
-        ]
+        model = self._model[0]
+        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        pairs = zip(pixels, cond.tolist(), strict=True)
+        scores = [float(model.score(self.prompts[int(c)], Image.fromarray(p))) for p, c in pairs]
         return torch.tensor(scores, dtype=images.dtype, device=images.device)

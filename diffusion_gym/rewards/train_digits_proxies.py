@@ -10,8 +10,20 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from diffusion_gym.envs.digits import make_vector_env
+from diffusion_gym.evaluation import rollout
 from diffusion_gym.rewards.digits import PROXIES, ProxyConfig, save_proxy, train_proxy
 from diffusion_gym.rewards.digits_classifier import weights_dir
+
+
+def base_model_samples(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` samples of the digits base model with zero action (classes in turn), and their classes."""
+    env = make_vector_env(min(n, 1000), utility="thickness", reward="gold")
+    cond = torch.arange(n) % 10
+    samples = rollout(env, None, n, seed=seed + 1, cond=cond)
+    return samples.x, cond
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -22,14 +34,23 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--pairs", type=int, default=defaults.n_pairs)
     parser.add_argument("--heldout", type=int, default=defaults.n_heldout)
     parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--base-samples", type=int, default=defaults.n_base_samples)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    config = replace(defaults, seed=args.seed, n_pairs=args.pairs, n_heldout=args.heldout, steps=args.steps)
+    config = replace(
+        defaults,
+        seed=args.seed,
+        n_pairs=args.pairs,
+        n_heldout=args.heldout,
+        steps=args.steps,
+        n_base_samples=args.base_samples,
+    )
     out = args.out if args.out is not None else weights_dir()
+    base = base_model_samples(config.n_base_samples, config.seed) if config.n_base_samples else None
     results = {}
     for name in args.only or PROXIES:
-        model, metrics = train_proxy(name, config, progress=not args.quiet)
+        model, metrics = train_proxy(name, config, base, progress=not args.quiet)
         save_proxy(name, model, config, metrics, out)
         results[name] = metrics
         print(name, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

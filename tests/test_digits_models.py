@@ -32,19 +32,20 @@ def test_splits_are_disjoint_and_fixed():
 
 @pytest.mark.parametrize("utility", UTILITIES)
 def test_every_shipped_proxy_agrees_with_its_gold(utility, digits_base_samples):
-    """Pairs the proxies never saw: augmented held-out digits, and same-class pairs of clean held-out
-    digits and base-model samples. Agreement with the gold >= 0.85 on the pairs the gold orders
-    (utilities differing by more than 0.1: below that a temperature-1 comparison is nearly a coin
-    flip, and the same-class pairs of the flat alignment utility are mostly such ties), and >= 0.8
-    on all pairs."""
-    pairs = comparison_pairs(
-        utility, 3000, torch.Generator().manual_seed(12345), split="heldout", clean=digits_base_samples
-    )
+    """On pairs the proxies never saw, built from the held-out digits, agreement with the gold is
+    >= 0.85 on all pairs of augmented digits (measured 0.93 to 0.99), and >= 0.85 on the pairs the
+    gold orders when same-class pairs of clean digits and base-model samples join them (gold
+    utilities differing by more than 0.1: below that a temperature-1 comparison is nearly a coin
+    flip, and such pairs of the flat alignment utility are mostly ties; all pairs: >= 0.8)."""
+    gen = torch.Generator().manual_seed(12345)
     proxy, gold = load_proxy(utility), gold_utility(utility)
+    augmented = comparison_pairs(utility, 3000, gen, split="heldout", same_class_fraction=0.0)
+    assert pairwise_agreement(proxy, gold, augmented.a, augmented.b, augmented.cond) >= 0.85
+    mixed = comparison_pairs(utility, 3000, gen, split="heldout", clean=digits_base_samples)
     with torch.no_grad():
-        clear = (gold(pairs.a, pairs.cond) - gold(pairs.b, pairs.cond)).abs() > 0.1
-    assert pairwise_agreement(proxy, gold, pairs.a[clear], pairs.b[clear], pairs.cond[clear]) >= 0.85
-    assert pairwise_agreement(proxy, gold, pairs.a, pairs.b, pairs.cond) >= 0.8
+        clear = (gold(mixed.a, mixed.cond) - gold(mixed.b, mixed.cond)).abs() > 0.1
+    assert pairwise_agreement(proxy, gold, mixed.a[clear], mixed.b[clear], mixed.cond[clear]) >= 0.85
+    assert pairwise_agreement(proxy, gold, mixed.a, mixed.b, mixed.cond) >= 0.8
 
 
 def test_default_proxy_tracks_the_gold_on_base_samples(digits_base_samples):

@@ -2,26 +2,13 @@
 
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler
 
 from diffusion_gym.base_models.diffusers_unet import ClassLabels, DiffusersScore
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.sde import DiscreteVPSchedule, LinearVPSchedule, schedule_from_config
 
-
-def tiny_unet(**kwargs) -> UNet2DModel:
-    torch.manual_seed(0)
-    config = dict(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    return UNet2DModel(**(config | kwargs)).eval()
+from .tiny_models import tiny_unet
 
 
 class ZeroReward(torch.nn.Module):

@@ -114,3 +114,21 @@ def build_tiny_clip(directory: Path) -> Path:
     }
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return directory
+
+
+def tiny_unet(**kwargs):
+    """A tiny random UNet2DModel on 1x8x8 images (keyword arguments override the config)."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    config = dict(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    return UNet2DModel(**(config | kwargs)).eval()

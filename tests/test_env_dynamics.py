@@ -152,3 +152,46 @@ def test_fixed_action_field_moves_the_reward_and_pays_exactly_its_price():
     assert (kl > 0).all()
     torch.testing.assert_close(ret, terminal - 0.5 * kl, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(info["objective"], ret, rtol=1e-12, atol=1e-12)
+
+
+def test_recorded_transitions_are_the_step_math_and_change_nothing():
+    """With record_transitions the env returns m_k and delta_k of every step; the states are the same
+    as without (to rounding), x_{k+1} = m_k + c_k delta_k + sqrt(v_k) xi with m_k = pretrained_mean(k, x_k), and
+    the generator state restores a run exactly."""
+
+    def field(obs):
+        return torch.tanh(obs["x"] - 0.5)
+
+    def run(env, state=None):
+        if state is None:
+            env.reset(seed=11)
+        else:
+            env.set_rng_state(state)
+        obs, _ = env.reset()
+        out = [(obs["x"], None)]
+        for _ in range(env.n_steps):
+            obs, _, _, _, info = env.step(field(obs))
+            out.append((obs["x"], info))
+        return out
+
+    plain = make_vector_env(64, n_steps=8, integrator="exponential", dtype="float64", action_scale=lambda t: 1 + t)
+    recorded = make_vector_env(64, n_steps=8, integrator="exponential", dtype="float64", action_scale=lambda t: 1 + t)
+    recorded.record_transitions = True
+    a, b = run(plain), run(recorded)
+    for k in range(1, len(a)):
+        x_prev, (x, info) = b[k - 1][0], b[k]
+        torch.testing.assert_close(x, a[k][0], rtol=1e-12, atol=1e-12)  # same noise; sums in another order
+        assert "delta" not in (a[k][1] or {})
+        torch.testing.assert_close(info["pretrained_mean"], recorded.pretrained_mean(k - 1, x_prev), rtol=0, atol=0)
+        c = recorded.step_coefficients(k - 1)
+        torch.testing.assert_close(info["delta"], (1 + recorded.grid[k - 1].item()) * field({"x": x_prev}))
+        torch.testing.assert_close(
+            recorded.transition_mean(k - 1, x_prev, info["delta"]),
+            info["pretrained_mean"] + c.score_scale * info["delta"],
+        )
+    t = torch.tensor([0.0, 0.25, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(recorded.action_scale_at(t), 1 + t)
+    torch.testing.assert_close(recorded.action_scale_at(recorded.grid[:-1]), recorded.action_scales)
+    state = recorded.rng_state()
+    first, again = run(recorded, state), run(recorded, state)
+    assert all(torch.equal(u[0], v[0]) for u, v in zip(first, again, strict=True))

@@ -106,6 +106,9 @@ class DiffusionSDEVectorEnv(VectorEnv):
             recorded on the device and raised at the episode's last step, one sync per episode.
         conditions: for a conditional model, the condition indices episodes draw from (default:
             all of them).
+        record_transitions: also return, in ``info``, the pretrained mean ``m_k`` of each step's
+            transition (``"pretrained_mean"``) and the score correction applied (``"delta"``), so
+            that agents get exact transition densities without evaluating the score again.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         sync_checks: bool | None = None,
         conditions: Any = None,
+        record_transitions: bool = False,
     ) -> None:
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -150,6 +154,8 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self.grid = grid64  # float64, on the CPU: the exact grid the coefficients come from
         disc64 = discretize(self.schedule, grid64, integrator)
         self.discretization: Discretization = disc64.to(self.device, self.dtype)
+        self._action_scale_spec = action_scale
+        self.record_transitions = bool(record_transitions)
         scale64 = self._action_scales(action_scale, grid64[:-1])
         self.action_scales = scale64.to(self.device, self.dtype)
         self._steps = [
@@ -205,6 +211,20 @@ class DiffusionSDEVectorEnv(VectorEnv):
 
     def _in_range(self, cond: Tensor) -> bool:
         return bool(((cond >= 0) & (cond < self.num_conditions)).all())
+
+    def action_scale_at(self, t: Tensor) -> Tensor:
+        """``action_scale(t)`` at any environment times (the env's grid holds it only at its own)."""
+        if callable(self._action_scale_spec):
+            return torch.as_tensor(self._action_scale_spec(t), dtype=t.dtype, device=t.device).expand(t.shape)
+        return torch.full_like(t, float(self._action_scale_spec))
+
+    def rng_state(self) -> Tensor:
+        """The state of the env's torch generator (for checkpoints that resume exactly)."""
+        return self._generator.get_state()
+
+    def set_rng_state(self, state: Tensor) -> None:
+        self._generator.set_state(state)
+        self._seeded = True
 
     @staticmethod
     def _action_scales(action_scale: ActionScale, t: Tensor) -> Tensor:
@@ -325,7 +345,11 @@ class DiffusionSDEVectorEnv(VectorEnv):
         c = self._steps[k]
         delta = c.action_scale * action
         noise = torch.randn(self._x.shape, generator=self._generator, device=self.device, dtype=self.dtype)
-        self._x = torch.add(self.transition_mean(k, self._x, delta, self._cond), noise, alpha=c.noise_std)
+        if self.record_transitions:
+            pretrained = self.pretrained_mean(k, self._x, self._cond)
+            self._x = torch.add(torch.add(pretrained, delta, alpha=c.score_scale), noise, alpha=c.noise_std)
+        else:
+            self._x = torch.add(self.transition_mean(k, self._x, delta, self._cond), noise, alpha=c.noise_std)
         kl = self.step_kl(k, delta)
         self._kl_total.add_(kl)  # a fresh tensor each episode, handed out only at its end
         reward = -self.kl_coef * kl
@@ -333,6 +357,8 @@ class DiffusionSDEVectorEnv(VectorEnv):
         last = self._k == self.n_steps
 
         info: dict[str, Any] = {"t": self._fill(c.t), "dt": self._fill(c.dt), "kl": kl, "clipped": clipped}
+        if self.record_transitions:
+            info["pretrained_mean"], info["delta"] = pretrained, delta
         terminated = torch.full((self.num_envs,), last, device=self.device)
         truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         if last:

@@ -1,0 +1,316 @@
+"""The zoo's one API: ``Agent(env, config)``, ``learn``, ``policy``, ``evaluate``, ``save`` / ``load``.
+
+An agent trains on a batched :class:`~diffusion_gym.envs.vector.DiffusionSDEVectorEnv` (one
+iteration = one episode of every row = ``num_envs`` reward queries) and represents its policy as
+a score-correction field ``delta(t, x, c)``. Checkpoints hold every random state (torch's, the
+agent's generator, the env's), so a run killed after a checkpoint and resumed ends where an
+uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from agents.common.networks import FieldMLP
+from agents.common.trajectories import Trajectories, collect
+from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.evaluation import Estimate, rollout
+
+Callback = Callable[["Agent", dict[str, float]], bool | None]
+"""Called after every iteration with the agent and its logged scalars; returning False stops learning."""
+
+
+@dataclass
+class AgentConfig:
+    """Settings every agent has.
+
+    Attributes:
+        seed: seeds the initial weights, the agent's generator and the env's first reset.
+        lr: the policy's learning rate (Adam).
+        hidden: hidden widths of the policy (and value) MLPs.
+        max_grad_norm: gradient clipping of every update.
+        anneal_lr: decay every learning rate linearly to 10% of its value over the reward-query budget.
+        policy_net: the policy's network: ``"mlp"`` (an MLP of time, flattened state and condition),
+            ``"lora"`` (the base UNet with LoRA adapters; UNet bases only) or ``"auto"`` (LoRA on a
+            UNet base, else the MLP).
+        lora_rank: the rank of the LoRA adapters.
+        logdir: TensorBoard directory (None: no logging).
+        progress: show a tqdm bar.
+    """
+
+    seed: int = 0
+    lr: float = 1e-3
+    hidden: tuple[int, ...] = (128, 128)
+    max_grad_norm: float = 1.0
+    anneal_lr: bool = True
+    policy_net: str = "auto"
+    lora_rank: int = 4
+    logdir: str | None = None
+    progress: bool = True
+
+
+class Agent:
+    """Base class: the training loop, acting, evaluation, logging and checkpoints.
+
+    Subclasses build their networks and optimisers in ``__init__`` (registering what a checkpoint
+    must hold in ``self.modules`` and ``self.optimizers``), implement :meth:`mean_action` (the
+    deterministic policy, an action in (-1, 1)) and :meth:`update` (one iteration's learning from
+    fresh trajectories), and may override :meth:`behaviour_action` to explore.
+    """
+
+    name = "agent"
+
+    def __init__(self, env: Any, config: AgentConfig) -> None:
+        env = getattr(env, "unwrapped", env)
+        if not isinstance(env, DiffusionSDEVectorEnv):
+            raise TypeError(f"agents train on the batched DiffusionSDEVectorEnv, got {type(env).__name__}")
+        env.record_transitions = True
+        self.env = env
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.reward_queries = 0
+        self.iteration = 0
+        self._writer: Any = None
+
+    # ---------------------------------------------------------------------------------------------
+    # The policy.
+
+    def mean_action(self, t: Tensor, x: Tensor, cond: Tensor | None) -> Tensor:
+        """The deterministic policy's action in (-1, 1) at env times ``t`` (B,) for states ``x``."""
+        raise NotImplementedError
+
+    def behaviour_action(self, k: int, obs: dict[str, Tensor]) -> Tensor:
+        """The action taken while learning at step k (default: the deterministic policy)."""
+        return self.mean_action(obs["t"][:, 0], obs["x"], obs.get("cond"))
+
+    @torch.no_grad()
+    def policy(self, t: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The score correction ``delta(t, x, c) = action_scale(t) * action``, batched."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        scale = self.env.action_scale_at(t).view(-1, *([1] * (x.ndim - 1)))
+        return scale * self.mean_action(t, x, cond)
+
+    # ---------------------------------------------------------------------------------------------
+    # Learning.
+
+    def update(self, traj: Trajectories) -> dict[str, float]:
+        """Learn from one batch of fresh trajectories; return scalars to log."""
+        raise NotImplementedError
+
+    def learn(
+        self,
+        reward_queries: int,
+        callback: Callback | None = None,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int = 10,
+    ) -> Agent:
+        """Train until ``reward_queries`` terminal rewards have been queried in total (a resumed run
+        continues towards the same total).
+
+        Args:
+            reward_queries: the total budget; each iteration queries ``num_envs`` rewards.
+            callback: called after each iteration with the logged scalars; returning False stops.
+            checkpoint: save here (atomically) every ``checkpoint_every`` iterations and at the end.
+            checkpoint_every: iterations between checkpoints.
+        """
+        if self.iteration == 0 and self.reward_queries == 0:
+            self.env.reset(seed=self.config.seed)
+        bar = tqdm(
+            total=reward_queries,
+            initial=min(self.reward_queries, reward_queries),
+            desc=self.name,
+            unit="queries",
+            disable=not self.config.progress,
+        )
+        base_lrs = {
+            name: [g.get("initial_lr", g["lr"]) for g in opt.param_groups] for name, opt in self.optimizers.items()
+        }
+        while self.reward_queries < reward_queries:
+            if self.config.anneal_lr:
+                factor = max(0.1, 1.0 - self.reward_queries / reward_queries)
+                for name, opt in self.optimizers.items():
+                    for group, lr in zip(opt.param_groups, base_lrs[name], strict=True):
+                        group.setdefault("initial_lr", lr)
+                        group["lr"] = lr * factor
+            traj = collect(self.env, self.behaviour_action)
+            stats = self.update(traj)
+            self.iteration += 1
+            self.reward_queries += traj.batch
+            stats |= self._episode_stats(traj)
+            self._log(stats)
+            bar.update(traj.batch)
+            bar.set_postfix(objective=f"{stats['objective']:.3f}", kl=f"{stats['kl']:.3f}")
+            if checkpoint is not None and (
+                self.iteration % checkpoint_every == 0 or self.reward_queries >= reward_queries
+            ):
+                self.save(checkpoint)
+            if callback is not None and callback(self, stats) is False:
+                break
+        bar.close()
+        if self._writer is not None:
+            self._writer.flush()
+        return self
+
+    def _episode_stats(self, traj: Trajectories) -> dict[str, float]:
+        stats = {
+            "objective": traj.objective.mean().item(),
+            "proxy": traj.terminal_reward.mean().item(),
+            "kl": traj.kl.sum(0).mean().item(),
+        }
+        if traj.gold_reward is not None:
+            stats["gold"] = traj.gold_reward.mean().item()
+        return stats
+
+    def _log(self, stats: dict[str, float]) -> None:
+        if self.config.logdir is None:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(self.config.logdir, purge_step=self.reward_queries or None)
+        for key, value in stats.items():
+            if math.isfinite(value):
+                self._writer.add_scalar(f"{self.name}/{key}", value, self.reward_queries)
+
+    def clip_and_step(self, name: str, loss: Tensor) -> float:
+        """Backpropagate ``loss`` into optimiser ``name``'s parameters, clip, step; returns the grad norm."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in opt.param_groups for p in group["params"]]
+        norm = nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        opt.step()
+        return float(norm)
+
+    # ---------------------------------------------------------------------------------------------
+    # Evaluation.
+
+    @torch.no_grad()
+    def evaluate(
+        self, env: DiffusionSDEVectorEnv | None = None, n: int = 4096, seed: int = 12345
+    ) -> dict[str, Estimate]:
+        """Objective, proxy and gold reward and KL of the deterministic policy, with standard errors.
+
+        ``env`` may have another grid than the training env (the policy is a function of time); the
+        training env's random stream is left as it was.
+        """
+        env = getattr(env, "unwrapped", env) or self.env
+        state = env.rng_state()
+
+        def act(obs: dict[str, Tensor]) -> Tensor:
+            return self.mean_action(obs["t"][:, 0], obs["x"], obs.get("cond"))
+
+        out = rollout(env, act, n, seed=seed).summary()
+        env.set_rng_state(state)
+        return {"proxy" if k == "terminal_reward" else k: v for k, v in out.items()}
+
+    # ---------------------------------------------------------------------------------------------
+    # Checkpoints.
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.name,
+            "config": asdict(self.config),
+            "modules": {k: _trainable_state(m) for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "reward_queries": self.reward_queries,
+            "iteration": self.iteration,
+            "torch_rng": torch.get_rng_state(),
+            "generator": self.generator.get_state(),
+            "env_rng": self.env.rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["agent"] != self.name:
+            raise ValueError(f"checkpoint of a {state['agent']} agent, not {self.name}")
+        for k, m in self.modules.items():
+            missing, unexpected = m.load_state_dict(state["modules"][k], strict=False)
+            if unexpected or set(missing) - _frozen(m):
+                raise ValueError(f"checkpoint does not match {k}: missing {missing}, unexpected {unexpected}")
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        self.reward_queries, self.iteration = state["reward_queries"], state["iteration"]
+        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["generator"])
+        self.env.set_rng_state(state["env_rng"])
+
+    def save(self, path: str | Path) -> None:
+        """Write the checkpoint atomically (a temporary file renamed over ``path``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> Agent:
+        """Restore a checkpoint written by :meth:`save` into this agent (same config and env)."""
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        return self
+
+
+class FieldAgent(Agent):
+    """An agent whose policy is a field ``delta(t, x, c) = action_scale(t) tanh(actor(t, x, c))``, zero
+    at the start (the pretrained model), optionally with an MLP value ``critic(t, x, c)``. The actor
+    is an MLP, or on a UNet base the UNet with LoRA adapters (``config.policy_net``).
+
+    The config must have ``lr`` (actor) and, with a critic, ``value_lr``.
+    """
+
+    def __init__(self, env: Any, config: AgentConfig, critic: bool) -> None:
+        super().__init__(env, config)
+        e = self.env
+        self.actor = make_actor(e, config)
+        self.modules = {"actor": self.actor}
+        trainable = [p for p in self.actor.parameters() if p.requires_grad]
+        self.optimizers = {"actor": torch.optim.Adam(trainable, lr=config.lr)}
+        if critic:
+            self.critic = FieldMLP(e.event_shape, e.T, e.num_conditions, config.hidden, scalar=True, zero_init=False)
+            self.critic.to(e.device, e.dtype)
+            self.modules["critic"] = self.critic
+            self.optimizers["critic"] = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr)  # type: ignore[attr-defined]
+
+    def mean_action(self, t: Tensor, x: Tensor, cond: Tensor | None) -> Tensor:
+        return torch.tanh(self.actor(t, x, cond))
+
+    def values(self, traj: Trajectories) -> Tensor:
+        """``V(t_k, Y_k)`` for k = 0..N, with ``V(t_N) = 0`` (no reward after the last step), (N + 1, B)."""
+        v = self.critic(*traj.step_inputs(self.env)).view(traj.n_steps, traj.batch)
+        return torch.cat([v, torch.zeros_like(v[:1])])
+
+
+def _frozen(module: nn.Module) -> set[str]:
+    return {name for name, p in module.named_parameters() if not p.requires_grad}
+
+
+def _trainable_state(module: nn.Module) -> dict[str, Tensor]:
+    """A module's state without its frozen parameters (a LoRA policy's copy of the base UNet)."""
+    frozen = _frozen(module)
+    return {k: v for k, v in module.state_dict().items() if k not in frozen}
+
+
+def make_actor(env: DiffusionSDEVectorEnv, config: AgentConfig) -> nn.Module:
+    """The policy network ``config.policy_net`` names, zero at initialisation."""
+    from diffusion_gym.base_models.diffusers_unet import DiffusersScore
+
+    kind = config.policy_net
+    if kind == "auto":
+        kind = "lora" if isinstance(env.score_model, DiffusersScore) else "mlp"
+    if kind == "mlp":
+        return FieldMLP(env.event_shape, env.T, env.num_conditions, config.hidden).to(env.device, env.dtype)
+    if kind == "lora":
+        from agents.common.lora import LoRAScoreField
+
+        return LoRAScoreField(env.score_model, env.action_scale_at, rank=config.lora_rank).to(env.device, env.dtype)
+    raise ValueError(f"policy_net must be 'auto', 'mlp' or 'lora', got {config.policy_net!r}")

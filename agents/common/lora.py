@@ -1,0 +1,77 @@
+"""The policy on a UNet base: the pretrained UNet with LoRA adapters (Hu et al. 2021, "LoRA"),
+whose score minus the pretrained score is the correction ``delta(t, x, c)``.
+
+The adapters are injected with peft (the library behind diffusers' ``add_adapter``, which
+``UNet2DModel`` lacks) into a copy of the env's :class:`DiffusersScore`, so the env's own base model
+is never touched. peft initialises each adapter's B matrix to zero: the adapted UNet *is* the base
+at the start, and ``delta = 0`` exactly. The pretrained score is the same copy with its adapters
+switched off, so only one set of UNet weights is held in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from diffusion_gym.base_models.diffusers_unet import DiffusersScore
+
+DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj")
+"""Attention projections and the resnet convolutions of diffusers' UNets (module-name suffixes)."""
+
+
+class LoRAScoreField(nn.Module):
+    """``f(t, x, c) = (s_{UNet+LoRA}(T - t, x, c) - s_UNet(T - t, x, c)) / action_scale(t)``: the
+    pre-tanh action of a policy whose score correction is what the adapters change.
+
+    Args:
+        score_model: the env's pretrained :class:`DiffusersScore` (copied, not modified).
+        action_scale: the env's ``action_scale_at``, so that ``tanh(f)`` ~ the correction in env units.
+        rank: LoRA rank r.
+        alpha: LoRA alpha (the update is scaled by alpha / r); defaults to r.
+        target_modules: suffixes of the module names that get adapters.
+    """
+
+    def __init__(
+        self,
+        score_model: DiffusersScore,
+        action_scale: Callable[[Tensor], Tensor],
+        rank: int = 4,
+        alpha: float | None = None,
+        target_modules: Sequence[str] = DEFAULT_TARGETS,
+    ) -> None:
+        super().__init__()
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError as err:  # pragma: no cover - peft is a dependency
+            raise ImportError("the LoRA policy needs peft: pip install peft") from err
+        if not isinstance(score_model, DiffusersScore):
+            raise TypeError(f"LoRA policies need a DiffusersScore base, got {type(score_model).__name__}")
+        self.score = copy.deepcopy(score_model)
+        self.score.requires_grad_(False)
+        names = [name for name, _ in self.score.unet.named_modules()]
+        targets = [t for t in target_modules if any(n == t or n.endswith("." + t) for n in names)]
+        if not targets:
+            raise ValueError(f"none of {list(target_modules)} names a module of this UNet")
+        config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights=True)
+        inject_adapter_in_model(config, self.score.unet)
+        self.T = float(score_model.schedule.T)
+        self._action_scale = action_scale
+
+    def _adapters(self, enabled: bool) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.score.unet.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.enable_adapters(enabled)
+
+    def forward(self, t: Tensor, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        s = (self.T - t).to(x.dtype)
+        with torch.no_grad():
+            self._adapters(False)
+            base = self.score.score(s, x, cond)
+            self._adapters(True)
+        correction = self.score.score(s, x, cond) - base
+        return correction / self._action_scale(t.to(x.dtype)).view(-1, *([1] * (x.ndim - 1)))

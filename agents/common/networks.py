@@ -1,0 +1,73 @@
+"""Small networks of (time, state, condition): the score-correction field and the value function."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class TimeFeatures(nn.Module):
+    """Fourier features of environment time t in [0, T]: ``[t/T, sin(2^i pi t/T), cos(2^i pi t/T)]``."""
+
+    def __init__(self, T: float, n_frequencies: int = 6) -> None:
+        super().__init__()
+        self.T = float(T)
+        self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(n_frequencies, dtype=torch.float32))
+        self.dim = 1 + 2 * n_frequencies
+
+    def forward(self, t: Tensor) -> Tensor:
+        u = (t.reshape(-1, 1) / self.T).to(self.frequencies.dtype)
+        angles = u * self.frequencies
+        return torch.cat([u, torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class FieldMLP(nn.Module):
+    """``f(t, x, c)``: an MLP of time features, the flattened state and a condition embedding, with an
+    output of the state's shape (the score correction) or a scalar (a value).
+
+    Args:
+        event_shape: one state's shape.
+        T: the horizon (time features are of t / T).
+        num_conditions: embed condition indices if the task is conditional.
+        hidden: widths of the hidden layers.
+        scalar: output one number per sample instead of a field.
+        zero_init: initialise the last layer to zero (the policy starts at zero correction).
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        T: float,
+        num_conditions: int | None = None,
+        hidden: Sequence[int] = (128, 128),
+        scalar: bool = False,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        self.scalar = scalar
+        self.time = TimeFeatures(T)
+        cond_dim = 16 if num_conditions is not None else 0
+        self.cond = nn.Embedding(num_conditions, cond_dim) if num_conditions is not None else None
+        width = math.prod(self.event_shape) + self.time.dim + cond_dim
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.SiLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 1 if scalar else math.prod(self.event_shape))
+        if zero_init:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def forward(self, t: Tensor, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        parts = [x.flatten(1), self.time(t).to(x.dtype).expand(x.shape[0], -1)]
+        if self.cond is not None:
+            if cond is None:
+                raise ValueError("this network is conditional: pass cond")
+            parts.append(self.cond(cond).to(x.dtype))
+        out = self.head(self.body(torch.cat(parts, dim=1)))
+        return out.squeeze(1) if self.scalar else out.reshape(x.shape[0], *self.event_shape)

@@ -1,0 +1,128 @@
+"""Whole episodes of the batched env, stored time-major, with what exact transition densities need."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.sde import transition_log_prob
+
+ActFn = Callable[[int, dict[str, Tensor]], Tensor]
+"""``act(k, obs) -> action``: the agent's action in [-1, 1] at step k (env units)."""
+
+
+@dataclass
+class Trajectories:
+    """N steps of B episodes; index [k] is step k (time-major).
+
+    Attributes:
+        states: ``Y_0 .. Y_N``, shape (N + 1, B, *event_shape).
+        deltas: the score corrections applied, (N, B, *event_shape).
+        means: the pretrained transition means ``m_k``, (N, B, *event_shape).
+        rewards: the env's rewards (running KL price, plus the terminal reward at the last step), (N, B).
+        kl: the per-step KL, (N, B).
+        cond: the episodes' conditions (B,), or None.
+        terminal_reward, gold_reward, objective: per episode, (B,); gold is None without a gold.
+    """
+
+    states: Tensor
+    deltas: Tensor
+    means: Tensor
+    rewards: Tensor
+    kl: Tensor
+    cond: Tensor | None
+    terminal_reward: Tensor
+    gold_reward: Tensor | None
+    objective: Tensor
+
+    @property
+    def n_steps(self) -> int:
+        return self.deltas.shape[0]
+
+    @property
+    def batch(self) -> int:
+        return self.deltas.shape[1]
+
+    def returns_to_go(self) -> Tensor:
+        """``G_k = sum_{j >= k} r_j``, shape (N, B)."""
+        return self.rewards.flip(0).cumsum(0).flip(0)
+
+    def subset(self, idx: Tensor) -> Trajectories:
+        """The episodes ``idx``."""
+        return Trajectories(
+            states=self.states[:, idx],
+            deltas=self.deltas[:, idx],
+            means=self.means[:, idx],
+            rewards=self.rewards[:, idx],
+            kl=self.kl[:, idx],
+            cond=None if self.cond is None else self.cond[idx],
+            terminal_reward=self.terminal_reward[idx],
+            gold_reward=None if self.gold_reward is None else self.gold_reward[idx],
+            objective=self.objective[idx],
+        )
+
+    def step_inputs(self, env: DiffusionSDEVectorEnv) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(t_k, Y_k, c)`` of every step k < N and episode, flattened time-major to N * B rows."""
+        n, b = self.n_steps, self.batch
+        t = env.grid[:-1].to(env.device, env.dtype).repeat_interleave(b)
+        return t, self.states[:-1].flatten(0, 1), None if self.cond is None else self.cond.repeat(n)
+
+
+@torch.no_grad()
+def collect(env: DiffusionSDEVectorEnv, act: ActFn, options: dict | None = None) -> Trajectories:
+    """Reset ``env`` (continuing its random stream) and run one episode of every row with ``act``."""
+    if not env.record_transitions:
+        raise ValueError("collect needs an env built with record_transitions=True")
+    obs, _ = env.reset(options=options)
+    states, deltas, means, rewards, kls = [obs["x"]], [], [], [], []
+    cond = obs.get("cond")
+    for k in range(env.n_steps):
+        obs, reward, _, _, info = env.step(act(k, obs))
+        states.append(obs["x"])
+        deltas.append(info["delta"])
+        means.append(info["pretrained_mean"])
+        rewards.append(reward)
+        kls.append(info["kl"])
+    return Trajectories(
+        states=torch.stack(states),
+        deltas=torch.stack(deltas),
+        means=torch.stack(means),
+        rewards=torch.stack(rewards),
+        kl=torch.stack(kls),
+        cond=cond,
+        terminal_reward=info["terminal_reward"],
+        gold_reward=info.get("gold_reward"),
+        objective=info["objective"],
+    )
+
+
+def policy_deltas(agent: Any, traj: Trajectories) -> Tensor:
+    """The agent's current (differentiable) deltas at every stored state, (N, B, *event_shape)."""
+    env = agent.env
+    t, x, cond = traj.step_inputs(env)
+    scale = env.action_scales.repeat_interleave(traj.batch).view(-1, *([1] * (x.ndim - 1)))
+    return (scale * agent.mean_action(t, x, cond)).view(traj.n_steps, traj.batch, *env.event_shape)
+
+
+def transition_log_probs(env: DiffusionSDEVectorEnv, traj: Trajectories, deltas: Tensor) -> Tensor:
+    """``log N(Y_{k+1}; m_k + c_k delta_k, v_k I)`` of every stored transition under ``deltas``, (N, B)."""
+    out = []
+    for k in range(traj.n_steps):
+        c = env.step_coefficients(k)
+        mean = torch.add(traj.means[k], deltas[k], alpha=c.score_scale)
+        out.append(transition_log_prob(traj.states[k + 1], mean, c.noise_std))
+    return torch.stack(out)
+
+
+def running_kl(env: DiffusionSDEVectorEnv, deltas: Tensor) -> Tensor:
+    """``sum_k w_k ||delta_k||^2``: each episode's KL to the pretrained path measure under ``deltas``
+    (N, B, ...), differentiable in them: the running price that agents differentiate pathwise, (B,)."""
+    weights = torch.tensor(
+        [env.step_coefficients(k).kl_weight for k in range(deltas.shape[0])], dtype=deltas.dtype, device=deltas.device
+    )
+    return (weights[:, None] * deltas.flatten(2).square().sum(2)).sum(0)

@@ -1,6 +1,41 @@
-"""The agent zoo (continuous-time PPO and q-learning, DDPO, DPOK, SB3 adapters): see DESIGN section 4.
+"""The agent zoo: continuous-time PPO and q-learning ("Scores as Actions"), DDPO, DPOK and any SB3 agent,
+all behind one API (:class:`agents.common.agent.Agent`): ``Agent(env, config)``, ``learn``,
+``policy``, ``evaluate``, ``save`` / ``load``.
 
-Agents read the env's transition coefficients (``DiffusionSDEVectorEnv.step_coefficients``,
-``pretrained_mean``, ``step_kl``) instead of re-implementing the SDE. The algorithms land with
-their own issue; the package exists now so that ``import agents`` works for plug-in code.
+    from agents import AGENTS
+    agent_cls, config_cls = AGENTS["ct_ppo"]
+    agent = agent_cls(venv, config_cls(seed=0)).learn(reward_queries=200_000)
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from agents.common.agent import Agent, AgentConfig
+from agents.ct_ppo import CTPPO, CTPPOConfig
+from agents.ct_q_learning import CTQLearning, CTQLearningConfig
+from agents.ddpo import DDPO, DDPOConfig
+from agents.dpok import DPOK, DPOKConfig
+
+AGENTS: dict[str, tuple[type[Agent], type[AgentConfig]]] = {
+    "ct_ppo": (CTPPO, CTPPOConfig),
+    "ct_q_learning": (CTQLearning, CTQLearningConfig),
+    "ddpo": (DDPO, DDPOConfig),
+    "dpok": (DPOK, DPOKConfig),
+}
+
+
+def register_agent(name: str, agent_cls: type[Agent], config_cls: type[AgentConfig]) -> None:
+    """Add an external agent to the zoo (the benchmarks and the CLI then know it by ``name``)."""
+    AGENTS[name] = (agent_cls, config_cls)
+
+
+def sb3_agents() -> dict[str, tuple[Callable[..., Any], type[AgentConfig]]]:
+    """The SB3 agents (imported on demand: SB3 is slow to import)."""
+    from agents.sb3 import SB3Agent, SB3Config
+
+    return {"sb3": (SB3Agent, SB3Config)}
+
+
+__all__ = ["AGENTS", "Agent", "AgentConfig", "register_agent", "sb3_agents"]

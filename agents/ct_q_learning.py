@@ -1,0 +1,132 @@
+"""Continuous-time q-learning (Jia & Zhou, JMLR 2023, "q-Learning in continuous time"; for diffusion
+models, Gao, Zha & Zhou, arXiv 2409.04832).
+
+The q-function is the instantaneous advantage rate. Here the action (the score correction delta)
+enters the dynamics linearly and the reward through the KL price ``-kl_coef (beta / 2) ||delta||^2``,
+so q is quadratic in delta with a known curvature, and only its maximiser is learned (Gao et al.'s
+result that the optimal policy is Gaussian with known covariance). On the env's grid, step k:
+
+    q_k(y, delta) dt_k = -kl_coef w_k (||delta - mu_psi(t_k, y)||^2 - D sigma_k^2),
+
+zero in expectation under the policy ``pi_psi = exp(q / gamma) / Z = N(mu_psi, sigma_k^2 I)``,
+``sigma_k^2 = gamma dt_k / (2 kl_coef w_k)`` (gamma / (kl_coef beta) for Euler-Maruyama): the
+temperature gamma sets the exploration, at a KL price of ``gamma D / 2`` per unit time.
+
+Learning, from episodes of the exploring policy:
+- the value J_theta by the martingale loss (Jia & Zhou 2022, policy evaluation):
+  ``sum_k (dt_k / T) E[(J_theta(t_k, Y_k) - G_k)^2]`` with ``G_k`` the returns-to-go;
+- the q-function by the martingale orthogonality condition with test functions ``d q / d psi``
+  (Jia & Zhou 2023, Theorem 9 / Algorithm 2): ``sum_k E[(d q_k / d psi) e_k] = 0`` for the
+  temporal-difference residual ``e_k = J(t_{k+1}, Y_{k+1}) - J(t_k, Y_k) + r_k - q_k dt_k``, solved by
+  stochastic approximation: minimise ``-sum_k E[stopgrad(e_k) q_k(Y_k, delta_k) dt_k]``.
+The deterministic policy evaluated is the mean ``mu_psi``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from agents.common.agent import AgentConfig, FieldAgent
+from agents.common.trajectories import Trajectories, policy_deltas
+
+
+@dataclass
+class CTQLearningConfig(AgentConfig):
+    """CT q-learning settings.
+
+    Attributes:
+        value_lr: the value network's learning rate.
+        temperature: gamma; exploration variance ``sigma_k^2 = gamma dt_k / (2 kl_coef w_k)``.
+        epochs: passes over each batch of trajectories.
+        minibatches: minibatches per pass.
+    """
+
+    lr: float = 1e-3
+    value_lr: float = 1e-3
+    temperature: float = 1.0
+    epochs: int = 4
+    minibatches: int = 4
+
+
+class CTQLearning(FieldAgent):
+    """Continuous-time q-learning with a quadratic q-function (see the module docstring)."""
+
+    name = "ct_q_learning"
+
+    def __init__(self, env: Any, config: CTQLearningConfig | None = None) -> None:
+        super().__init__(env, config or CTQLearningConfig(), critic=True)
+        cfg, e = self.config, self.env
+        if e.kl_coef <= 0:
+            raise ValueError("q-learning's Gaussian policy needs kl_coef > 0 (the curvature of q)")
+        coefs = [e.step_coefficients(k) for k in range(e.n_steps)]
+        self.kl_weight = torch.tensor([c.kl_weight for c in coefs], dtype=e.dtype, device=e.device)
+        dt = torch.tensor([c.dt for c in coefs], dtype=e.dtype, device=e.device)
+        self.exploration_std = torch.sqrt(cfg.temperature * dt / (2 * e.kl_coef * self.kl_weight))
+
+    def behaviour_action(self, k: int, obs: dict[str, Tensor]) -> Tensor:
+        """``delta ~ N(mu_psi, sigma_k^2 I)``, as an action (the env clips it to [-1, 1] and records the
+        delta it applied). The means are kept for :meth:`behaviour_log_probs`."""
+        mean = self.mean_action(obs["t"][:, 0], obs["x"], obs.get("cond"))
+        if k == 0:
+            self.behaviour_means: list[Tensor] = []
+        scale = self.env.step_coefficients(k).action_scale
+        self.behaviour_means.append(scale * mean)
+        noise = torch.randn(mean.shape, generator=self.generator).to(mean.device, mean.dtype)
+        return mean + noise * (self.exploration_std[k] / scale)
+
+    def behaviour_log_probs(self, traj: Trajectories, means: Tensor) -> Tensor:
+        """``log pi(delta_k | Y_k)`` of the applied deltas under Gaussians of the given means, (N, B)."""
+        var = self.exploration_std.view(-1, 1, *([1] * len(self.env.event_shape))) ** 2
+        dim = math.prod(self.env.event_shape)
+        quad = ((traj.deltas - means).square() / var).flatten(2).sum(2)
+        return -0.5 * quad - 0.5 * dim * torch.log(2 * math.pi * var.flatten(1))
+
+    def q_dt(self, traj: Trajectories, mu: Tensor) -> Tensor:
+        """``q_k(Y_k, delta_k) dt_k`` of every stored step for the means ``mu``, (N, B)."""
+        dim = math.prod(self.env.event_shape)
+        spread = (traj.deltas - mu).flatten(2).square().sum(2) - dim * self.exploration_std[:, None] ** 2
+        return -self.env.kl_coef * self.kl_weight[:, None] * spread
+
+    def update(self, traj: Trajectories) -> dict[str, float]:
+        cfg, env = self.config, self.env
+        dt_over_T = (env.grid.diff() / env.T).to(env.device, env.dtype)
+        returns = traj.returns_to_go()
+        with torch.no_grad():
+            old_log_pi = self.behaviour_log_probs(traj, torch.stack(self.behaviour_means))
+            j = self.values(traj)
+            increment = traj.rewards + j[1:] - j[:-1]  # the residual's part that does not depend on psi
+            # A per-step baseline: it leaves the orthogonality condition's expectation unchanged
+            # (d q / d mu has mean zero under the policy) and removes the value's bias from it.
+            increment = increment - increment.mean(1, keepdim=True)
+            scale = increment.std().clamp_min(1e-8)
+
+        q_losses, value_losses = [], []
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(traj.batch, generator=self.generator).to(env.device).chunk(cfg.minibatches):
+                sub = traj.subset(idx)
+                q = self.q_dt(sub, policy_deltas(self, sub))
+                # The residual is recomputed with the current q (the test function multiplies the
+                # residual at the same psi): frozen, it would let mu run away from the explored actions.
+                residual = (increment[:, idx] - q).detach() / scale
+                q_loss = -(residual * q).sum(0).mean()
+                self.clip_and_step("actor", q_loss)
+                value_loss = (dt_over_T[:, None] * (self.values(sub)[:-1] - returns[:, idx]).square()).sum(0).mean()
+                self.clip_and_step("critic", value_loss)
+                q_losses.append(q_loss.item())
+                value_losses.append(value_loss.item())
+        with torch.no_grad():
+            log_ratio = self.behaviour_log_probs(traj, policy_deltas(self, traj)) - old_log_pi
+        return {
+            "ratio_mean": log_ratio.exp().mean().item(),
+            "ratio_max": log_ratio.exp().max().item(),
+            "q_loss": sum(q_losses) / len(q_losses),
+            "value_loss": sum(value_losses) / len(value_losses),
+            "increment_scale": scale.item(),
+            "exploration_kl": (env.kl_coef * self.kl_weight * self.exploration_std**2).sum().item()
+            * math.prod(env.event_shape),
+        }

@@ -1,0 +1,84 @@
+"""DPOK: diffusion policy optimisation with KL regularisation (Fan, Watkins, Du, Liu, Ryu, Boutilier,
+Abbeel, Ghavamzadeh, Lee, Lee 2023, arXiv 2305.16381).
+
+The policy gradient of the reward with the per-step KL to the pretrained model as the regulariser
+(their eq. 7: the KL of each step's Gaussian transitions, differentiated directly), a learned value
+baseline for the reward term (their Algorithm 1), and importance ratios clipped with a fixed range
+for reuse of each batch:
+``L = -sum_k E[min(rho_k A_k, clip(rho_k, 1 - eps, 1 + eps) A_k)] + kl_coef sum_k E[w_k ||delta||^2] / s``,
+``A_k = (G_k - V(t_k, Y_k)) / s``, ``G_k`` the return-to-go, ``s`` the standard deviation of the
+unnormalised advantages. Unlike CT-PPO the advantage is a Monte Carlo return (not a TD increment),
+every step has the same weight, and the clip range is the same at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agents.common.agent import AgentConfig, FieldAgent
+from agents.common.trajectories import Trajectories, policy_deltas, running_kl, transition_log_probs
+
+
+@dataclass
+class DPOKConfig(AgentConfig):
+    """DPOK settings.
+
+    Attributes:
+        value_lr: the value network's learning rate.
+        epochs: passes over each batch of trajectories.
+        minibatches: minibatches per pass.
+        clip: the fixed ratio clip range.
+        value_epochs: value-regression passes per iteration.
+    """
+
+    lr: float = 1e-3
+    value_lr: float = 1e-3
+    epochs: int = 4
+    minibatches: int = 4
+    clip: float = 0.1
+    value_epochs: int = 4
+
+
+class DPOK(FieldAgent):
+    """DPOK (see the module docstring)."""
+
+    name = "dpok"
+
+    def __init__(self, env: Any, config: DPOKConfig | None = None) -> None:
+        super().__init__(env, config or DPOKConfig(), critic=True)
+
+    def update(self, traj: Trajectories) -> dict[str, float]:
+        cfg, env = self.config, self.env
+        returns = traj.returns_to_go()
+        with torch.no_grad():
+            advantages = returns - self.values(traj)[:-1]
+            scale = advantages.std().clamp_min(1e-8)
+            advantages = advantages / scale
+            old_logp = transition_log_probs(env, traj, traj.deltas)
+
+        stats: dict[str, list[float]] = {"policy_loss": [], "kl_loss": [], "clip_fraction": [], "ratio_max": []}
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(traj.batch, generator=self.generator).to(env.device).chunk(cfg.minibatches):
+                sub = traj.subset(idx)
+                deltas = policy_deltas(self, sub)
+                ratio = torch.exp(transition_log_probs(env, sub, deltas) - old_logp[:, idx])
+                adv = advantages[:, idx]
+                clipped = torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip)
+                policy_loss = -torch.min(ratio * adv, clipped * adv).sum(0).mean()
+                kl_loss = env.kl_coef * running_kl(env, deltas).mean() / scale
+                self.clip_and_step("actor", policy_loss + kl_loss)
+                stats["policy_loss"].append(policy_loss.item())
+                stats["kl_loss"].append(kl_loss.item())
+                stats["clip_fraction"].append(((ratio - 1).abs() > cfg.clip).float().mean().item())
+                stats["ratio_max"].append(ratio.max().item())
+
+        for _ in range(cfg.value_epochs):
+            for idx in torch.randperm(traj.batch, generator=self.generator).to(env.device).chunk(cfg.minibatches):
+                value_loss = (self.values(traj.subset(idx))[:-1] - returns[:, idx]).square().mean()
+                self.clip_and_step("critic", value_loss)
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out["value_loss"] = value_loss.item()
+        return out

@@ -1,0 +1,115 @@
+"""Any Stable-Baselines3 agent (PPO, SAC, ...) on a diffusion env: the "plug in your own agent" path.
+
+Two routes, both standard SB3: the plain Gymnasium API (``gym.make``, SB3's own ``DummyVecEnv``),
+and the batched torch env through :class:`~diffusion_gym.envs.sb3.SB3VecEnv` (every row of the
+batch is one of SB3's envs). :class:`SB3Agent` wraps either in the zoo's API so that SB3 agents
+appear in the benchmarks beside ours; their policies are SB3's (Gaussian over actions, a
+``MultiInputPolicy`` over ``{"x", "t"}``), evaluated deterministically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv
+from torch import Tensor
+
+from agents.common.agent import Agent, AgentConfig, Callback
+from diffusion_gym.envs.sb3 import SB3VecEnv
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
+
+
+def make_sb3_model(
+    algorithm: str,
+    env: Any,
+    seed: int = 0,
+    logdir: str | None = None,
+    **kwargs: Any,
+) -> BaseAlgorithm:
+    """An SB3 model with a ``MultiInputPolicy`` on ``env`` (a Gymnasium env id, env, or SB3 VecEnv).
+
+    Args:
+        algorithm: "ppo" or "sac".
+        env: what SB3 trains on; a ``DiffusionSDEVectorEnv`` is wrapped in :class:`SB3VecEnv`.
+        seed: SB3's seed.
+        logdir: TensorBoard directory.
+        **kwargs: the algorithm's keyword arguments.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+    if isinstance(env, str):
+        env = DummyVecEnv([lambda: gym.make(env)])
+    elif hasattr(env, "record_transitions"):  # the batched torch env
+        env = SB3VecEnv(env)
+    return ALGORITHMS[algorithm]("MultiInputPolicy", env, seed=seed, tensorboard_log=logdir, device="cpu", **kwargs)
+
+
+@dataclass
+class SB3Config(AgentConfig):
+    """SB3 agent settings.
+
+    Attributes:
+        algorithm: "ppo" or "sac".
+        algo_kwargs: the algorithm's keyword arguments (defaults: SB3's, except PPO's ``n_steps`` =
+            the env's episode length, so each rollout is whole episodes).
+    """
+
+    algorithm: str = "ppo"
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class SB3Agent(Agent):
+    """An SB3 algorithm trained on the batched env through :class:`SB3VecEnv`, in the zoo's API."""
+
+    name = "sb3"
+
+    def __init__(self, env: Any, config: SB3Config | None = None) -> None:
+        super().__init__(env, config or SB3Config())
+        cfg = self.config
+        kwargs = dict(cfg.algo_kwargs)
+        if cfg.algorithm == "ppo":
+            kwargs.setdefault("n_steps", self.env.n_steps)
+            kwargs.setdefault("batch_size", min(256, self.env.n_steps * self.env.num_envs))
+        kwargs.setdefault("learning_rate", cfg.lr)
+        self.model = make_sb3_model(cfg.algorithm, self.env, cfg.seed, cfg.logdir, **kwargs)
+        self.name = f"sb3_{cfg.algorithm}"
+
+    def mean_action(self, t: Tensor, x: Tensor, cond: Tensor | None) -> Tensor:
+        obs = {"x": x.cpu().numpy(), "t": t.reshape(-1, 1).cpu().numpy()}
+        if cond is not None:
+            obs["cond"] = cond.cpu().numpy()
+        action, _ = self.model.predict(obs, deterministic=True)
+        return torch.as_tensor(np.asarray(action), dtype=x.dtype, device=x.device)
+
+    def learn(
+        self,
+        reward_queries: int,
+        callback: Callback | None = None,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int = 10,
+    ) -> Agent:
+        """Train until ``reward_queries`` episodes in total (SB3 counts env steps: N per episode and row)."""
+        steps = reward_queries * self.env.n_steps - self.model.num_timesteps
+        if steps > 0:
+            self.model.learn(total_timesteps=steps, reset_num_timesteps=False, progress_bar=False)
+        self.reward_queries = self.model.num_timesteps // self.env.n_steps
+        if checkpoint is not None:
+            self.save(checkpoint)
+        return self
+
+    def save(self, path: str | Path) -> None:
+        """SB3's own zip (SB3 writes it; the random states of the env are not part of it)."""
+        self.model.save(Path(path))
+
+    def load(self, path: str | Path) -> Agent:
+        self.model = ALGORITHMS[self.config.algorithm].load(Path(path), env=self.model.get_env(), device="cpu")
+        self.reward_queries = self.model.num_timesteps // self.env.n_steps
+        return self

@@ -1,0 +1,129 @@
+"""Train one agent of the zoo on one task, then score it against the optimum at several grids.
+
+    python -m agents.train --agent ct_ppo --env DiffusionSDE-v0 --n-steps 20 --reward-queries 300000
+    python -m agents.train --agent ddpo --set clip=0.05 lr=3e-4 --logdir runs/ddpo --checkpoint runs/ddpo.pt
+    python -m agents.train --agent ct_ppo --env DiffusionSDE-Digits-v0 --num-envs 64 --env-kwargs n_steps=20
+
+A checkpoint that exists is resumed (the same run continues). The policy is then evaluated at
+every ``--eval-steps`` grid, each against J* and J(pretrained) estimated on that same grid, and the
+results are printed and optionally written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+import diffusion_gym  # noqa: F401  (registers the envs)
+from agents import AGENTS, sb3_agents
+from agents.common.agent import Agent
+from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.optimum import optimal_objective
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``["lr=3e-4", "hidden=(64, 64)"]`` -> ``{"lr": 0.0003, "hidden": (64, 64)}`` (Python literals, else strings)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def build_agent(name: str, env: DiffusionSDEVectorEnv, overrides: dict[str, Any]) -> Agent:
+    """An agent of the zoo (or SB3) with its default config updated by ``overrides``."""
+    registry = {**AGENTS, **sb3_agents()}
+    if name not in registry:
+        raise ValueError(f"unknown agent {name!r}; known: {sorted(registry)}")
+    agent_cls, config_cls = registry[name]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"{config_cls.__name__} has no fields {sorted(unknown)}; it has {sorted(fields)}")
+    return agent_cls(env, config_cls(**overrides))
+
+
+def make_env(env_id: str, num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv:
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs).unwrapped
+
+
+def score_at_grids(
+    agent: Agent, env_id: str, env_kwargs: dict[str, Any], steps: list[int], n: int, seed: int
+) -> list[dict[str, float]]:
+    """The policy's objective, rewards and KL at each grid, with J*, J(pre) and the normalized gap there."""
+    rows = []
+    for n_steps in steps:
+        env = make_env(env_id, min(n, 4096), **(env_kwargs | {"n_steps": n_steps}))
+        optimum = optimal_objective(env, n_samples=n, seed=seed)
+        result = agent.evaluate(env, n=n, seed=seed + 1)
+        gap = optimum.normalized_gap(result["objective"])
+        row = {"n_steps": n_steps, "gap": gap.mean, "gap_se": gap.se}
+        row |= {"j_star": optimum.j_star.mean, "j_star_se": optimum.j_star.se}
+        row |= {"j_pretrained": optimum.j_pretrained.mean, "j_pretrained_se": optimum.j_pretrained.se}
+        for key, est in result.items():
+            row |= {key: est.mean, f"{key}_se": est.se}
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agent", default="ct_ppo")
+    parser.add_argument("--env", default="DiffusionSDE-v0")
+    parser.add_argument("--num-envs", type=int, default=512)
+    parser.add_argument("--n-steps", type=int, default=20)
+    parser.add_argument("--env-kwargs", nargs="*", default=[], help="key=value env arguments")
+    parser.add_argument("--reward-queries", type=int, default=300_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
+    parser.add_argument("--logdir", default=None, help="TensorBoard directory")
+    parser.add_argument("--checkpoint", default=None, help="resumed if it exists, written during training")
+    parser.add_argument("--eval-steps", default=None, help="comma-separated grids to score at (default: N)")
+    parser.add_argument("--eval-n", type=int, default=16_384)
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    env_kwargs = {"n_steps": args.n_steps} | parse_assignments(args.env_kwargs)
+    env = make_env(args.env, args.num_envs, **env_kwargs)
+    agent = build_agent(args.agent, env, {"seed": args.seed, "logdir": args.logdir} | parse_assignments(args.set))
+    if args.checkpoint and Path(args.checkpoint).exists():
+        agent.load(args.checkpoint)
+        print(f"resumed from {args.checkpoint} at {agent.reward_queries} reward queries")
+    start = time.perf_counter()
+    agent.learn(args.reward_queries, checkpoint=args.checkpoint)
+    seconds = time.perf_counter() - start
+
+    steps = [int(s) for s in args.eval_steps.split(",")] if args.eval_steps else [env_kwargs["n_steps"]]
+    rows = score_at_grids(agent, args.env, env_kwargs, steps, args.eval_n, args.seed + 1000)
+    print(f"{args.agent} on {args.env}: {agent.reward_queries} reward queries in {seconds:.0f} s (this run)")
+    for row in rows:
+        gold = f"  gold {row['gold_reward']:.3f}" if "gold_reward" in row else ""
+        print(
+            f"  N={row['n_steps']:4d}  J {row['objective']:.4f} ± {row['objective_se']:.4f}"
+            f"  J* {row['j_star']:.4f}  J(pre) {row['j_pretrained']:.4f}"
+            f"  gap {row['gap']:.3f} ± {row['gap_se']:.3f}  KL {row['kl']:.3f}{gold}"
+        )
+    result = {"agent": args.agent, "env": args.env, "config": dataclasses.asdict(agent.config), "seconds": seconds}
+    result |= {"reward_queries": agent.reward_queries, "env_kwargs": env_kwargs, "scores": rows}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The agent zoo: the common API, exact ratios, checkpoints that resume the same run, SB3, the CLI."""
+
+import math
+
+import gymnasium as gym
+import pytest
+import torch
+
+import diffusion_gym  # noqa: F401
+from agents import AGENTS, register_agent
+from agents.common.agent import Agent, AgentConfig
+from agents.common.trajectories import collect, policy_deltas, transition_log_probs
+from agents.ct_q_learning import CTQLearning
+from agents.train import main as train_main
+from diffusion_gym.envs.mixture2d import make_vector_env
+
+pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
+
+
+def tiny_env(**kwargs):
+    return make_vector_env(32, n_steps=5, integrator="exponential", **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_every_agent_learns_evaluates_and_reports(name, tmp_path):
+    agent_cls, config_cls = AGENTS[name]
+    agent = agent_cls(tiny_env(), config_cls(progress=False, logdir=str(tmp_path / "tb")))
+    seen = []
+    agent.learn(reward_queries=96, callback=lambda a, stats: seen.append(stats))
+    assert agent.reward_queries == 96 and agent.iteration == 3 and len(seen) == 3
+    assert {"objective", "proxy", "gold", "kl"} <= set(seen[-1]) and all(math.isfinite(v) for v in seen[-1].values())
+    result = agent.evaluate(n=64)
+    assert set(result) == {"objective", "proxy", "gold_reward", "kl"}
+    assert result["objective"].se > 0
+    delta = agent.policy(0.3, torch.zeros(8, 2))
+    assert delta.shape == (8, 2) and (delta.abs() <= 4.0).all()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars were written
+
+
+@pytest.mark.parametrize("name", ["ct_ppo", "ddpo", "dpok"])
+def test_recomputed_log_probs_match_the_rollouts(name):
+    """Before any update, the exact transition log-densities recomputed from the agent's own policy
+    equal those of the deltas it applied: every ratio is 1 within 1e-5."""
+    agent_cls, config_cls = AGENTS[name]
+    agent = agent_cls(tiny_env(dtype="float64"), config_cls(progress=False))
+    agent.env.reset(seed=0)
+    agent.update(collect(agent.env, agent.behaviour_action))  # a policy that is not zero
+    traj = collect(agent.env, agent.behaviour_action)
+    with torch.no_grad():
+        ratio = torch.exp(
+            transition_log_probs(agent.env, traj, policy_deltas(agent, traj))
+            - transition_log_probs(agent.env, traj, traj.deltas)
+        )
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
+    assert policy_deltas(agent, traj).abs().max() > 1e-3
+
+
+def test_q_learning_recomputed_policy_densities_match():
+    agent = CTQLearning(tiny_env(dtype="float64"), AGENTS["ct_q_learning"][1](progress=False))
+    agent.env.reset(seed=0)
+    agent.update(collect(agent.env, agent.behaviour_action))
+    traj = collect(agent.env, agent.behaviour_action)
+    with torch.no_grad():
+        stored = agent.behaviour_log_probs(traj, torch.stack(agent.behaviour_means))
+        recomputed = agent.behaviour_log_probs(traj, policy_deltas(agent, traj))
+    torch.testing.assert_close(torch.exp(recomputed - stored), torch.ones_like(stored), rtol=0, atol=1e-5)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_a_killed_and_resumed_run_ends_where_an_uninterrupted_one_does(name, tmp_path):
+    agent_cls, config_cls = AGENTS[name]
+    torch.use_deterministic_algorithms(True)
+    try:
+        straight = agent_cls(tiny_env(), config_cls(progress=False, seed=3)).learn(reward_queries=32 * 6)
+
+        def kill_after_third(agent, stats):
+            if agent.iteration == 3:
+                raise Killed  # after the checkpoint of iteration 2, before that of iteration 4
+
+        first = agent_cls(tiny_env(), config_cls(progress=False, seed=3))
+        with pytest.raises(Killed):
+            first.learn(
+                reward_queries=32 * 6, callback=kill_after_third, checkpoint=tmp_path / "ckpt.pt", checkpoint_every=2
+            )
+        resumed = agent_cls(tiny_env(), config_cls(progress=False, seed=3)).load(tmp_path / "ckpt.pt")
+        assert resumed.iteration == 2
+        resumed.learn(reward_queries=32 * 6, checkpoint=tmp_path / "ckpt.pt", checkpoint_every=2)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for key, module in straight.modules.items():
+        for (pname, a), b in zip(module.state_dict().items(), resumed.modules[key].state_dict().values(), strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=0, msg=f"{key}.{pname}")
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+
+
+def test_checkpoints_refuse_another_agent(tmp_path):
+    ppo_cls, ppo_cfg = AGENTS["ct_ppo"]
+    ppo_cls(tiny_env(), ppo_cfg(progress=False)).save(tmp_path / "a.pt")
+    ddpo_cls, ddpo_cfg = AGENTS["ddpo"]
+    with pytest.raises(ValueError, match="ct_ppo agent"):
+        ddpo_cls(tiny_env(), ddpo_cfg(progress=False)).load(tmp_path / "a.pt")
+
+
+def test_agents_need_the_batched_env():
+    with pytest.raises(TypeError, match="batched"):
+        AGENTS["ct_ppo"][0](gym.make("DiffusionSDE-v0"), AGENTS["ct_ppo"][1]())
+
+
+def test_an_external_agent_registers_with_one_function():
+    class Zero(Agent):
+        name = "zero"
+
+        def mean_action(self, t, x, cond):
+            return torch.zeros_like(x)
+
+        def update(self, traj):
+            return {}
+
+    register_agent("zero", Zero, AgentConfig)
+    try:
+        agent = AGENTS["zero"][0](tiny_env(), AgentConfig(progress=False)).learn(64)
+        assert agent.evaluate(n=64)["kl"].mean == 0.0
+    finally:
+        AGENTS.pop("zero")
+
+
+def test_conditional_tasks_train(tmp_path):
+    from diffusion_gym.envs.digits import make_vector_env as make_digits
+
+    agent_cls, config_cls = AGENTS["ct_ppo"]
+    env = make_digits(8, n_steps=3, utility="thickness")
+    agent = agent_cls(env, config_cls(progress=False)).learn(16)
+    assert agent.policy(0.5, torch.zeros(2, 1, 8, 8), torch.tensor([3, 4])).shape == (2, 1, 8, 8)
+
+
+def test_cli_trains_resumes_and_scores(tmp_path, capsys):
+    args = ["--agent", "ddpo", "--num-envs", "32", "--n-steps", "4", "--reward-queries", "64", "--eval-n", "256"]
+    args += ["--env-kwargs", "integrator='exponential'", "--set", "progress=False", "clip=0.2"]
+    args += ["--checkpoint", str(tmp_path / "c.pt"), "--eval-steps", "4,8", "--out", str(tmp_path / "r.json")]
+    result = train_main(args)
+    assert [row["n_steps"] for row in result["scores"]] == [4, 8] and result["config"]["clip"] == 0.2
+    again = train_main(args[:7] + ["128"] + args[8:])
+    assert again["reward_queries"] == 128 and "resumed from" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no fields"):
+        train_main(args[:8] + ["--set", "clipp=0.2"])
+
+
+def lora_agent(**config):
+    from diffusion_gym.envs.digits import make_vector_env as make_digits
+
+    env = make_digits(8, n_steps=3, utility="thickness", integrator="exponential", dtype="float64")
+    agent_cls, config_cls = AGENTS["ct_ppo"]
+    return agent_cls(env, config_cls(progress=False, **config))
+
+
+def test_unet_bases_get_a_lora_policy_that_starts_at_the_pretrained_model():
+    from agents.common.lora import LoRAScoreField
+
+    agent = lora_agent()
+    assert isinstance(agent.actor, LoRAScoreField)
+    trainable = [n for n, p in agent.actor.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    x, cond = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 5, 9])
+    assert torch.equal(agent.policy(0.4, x, cond), torch.zeros_like(x))  # LoRA's B starts at zero
+    base = {k: v.clone() for k, v in agent.env.score_model.state_dict().items()}
+    agent.env.reset(seed=0)
+    agent.update(collect(agent.env, agent.behaviour_action))
+    assert agent.policy(0.4, x, cond).abs().max() > 1e-4
+    for k, v in agent.env.score_model.state_dict().items():
+        assert torch.equal(v, base[k]), k  # the env's base model is a different, untouched copy
+
+
+def test_lora_policy_ratios_and_checkpoints(tmp_path):
+    """The LoRA policy's recomputed transition densities equal the rollouts' (ratio 1 within 1e-5),
+    and its checkpoint holds the adapters (not the frozen UNet) and restores the same policy."""
+    agent = lora_agent()
+    agent.env.reset(seed=0)
+    agent.update(collect(agent.env, agent.behaviour_action))
+    traj = collect(agent.env, agent.behaviour_action)
+    with torch.no_grad():
+        ratio = torch.exp(
+            transition_log_probs(agent.env, traj, policy_deltas(agent, traj))
+            - transition_log_probs(agent.env, traj, traj.deltas)
+        )
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
+    agent.save(tmp_path / "lora.pt")
+    saved = torch.load(tmp_path / "lora.pt", weights_only=False)["modules"]["actor"]
+    assert saved and all("lora_" in k for k in saved)
+    restored = lora_agent().load(tmp_path / "lora.pt")
+    x, cond = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.tensor([1, 2, 7, 8])
+    torch.testing.assert_close(restored.policy(0.7, x, cond), agent.policy(0.7, x, cond), rtol=0, atol=0)
+
+
+def test_lora_needs_a_unet_base():
+    with pytest.raises(TypeError, match="DiffusersScore"):
+        AGENTS["ct_ppo"][0](tiny_env(), AGENTS["ct_ppo"][1](progress=False, policy_net="lora"))
+    with pytest.raises(ValueError, match="policy_net"):
+        AGENTS["ct_ppo"][0](tiny_env(), AGENTS["ct_ppo"][1](progress=False, policy_net="unet"))

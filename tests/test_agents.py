@@ -37,6 +37,16 @@ def test_every_agent_learns_evaluates_and_reports(name, tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars were written
 
 
+def assert_ratios_are_one(agent, traj):
+    """The agent's recomputed transition densities of ``traj`` over the stored ones: 1 within 1e-5."""
+    with torch.no_grad():
+        ratio = torch.exp(
+            transition_log_probs(agent.env, traj, policy_deltas(agent, traj))
+            - transition_log_probs(agent.env, traj, traj.deltas)
+        )
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["ct_ppo", "ddpo", "dpok"])
 def test_recomputed_log_probs_match_the_rollouts(name):
     """Before any update, the exact transition log-densities recomputed from the agent's own policy
@@ -46,12 +56,7 @@ def test_recomputed_log_probs_match_the_rollouts(name):
     agent.env.reset(seed=0)
     agent.update(collect(agent.env, agent.behaviour_action))  # a policy that is not zero
     traj = collect(agent.env, agent.behaviour_action)
-    with torch.no_grad():
-        ratio = torch.exp(
-            transition_log_probs(agent.env, traj, policy_deltas(agent, traj))
-            - transition_log_probs(agent.env, traj, traj.deltas)
-        )
-    torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
+    assert_ratios_are_one(agent, traj)
     assert policy_deltas(agent, traj).abs().max() > 1e-3
 
 
@@ -181,12 +186,7 @@ def test_lora_policy_ratios_and_checkpoints(tmp_path):
     agent.env.reset(seed=0)
     agent.update(collect(agent.env, agent.behaviour_action))
     traj = collect(agent.env, agent.behaviour_action)
-    with torch.no_grad():
-        ratio = torch.exp(
-            transition_log_probs(agent.env, traj, policy_deltas(agent, traj))
-            - transition_log_probs(agent.env, traj, traj.deltas)
-        )
-    torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
+    assert_ratios_are_one(agent, traj)
     agent.save(tmp_path / "lora.pt")
     saved = torch.load(tmp_path / "lora.pt", weights_only=False)["modules"]["actor"]
     assert saved and all("lora_" in k for k in saved)

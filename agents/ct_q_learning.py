@@ -74,10 +74,13 @@ class CTQLearning(FieldAgent):
         mean = self.mean_action(obs["t"][:, 0], obs["x"], obs.get("cond"))
         if k == 0:
             self.behaviour_means: list[Tensor] = []
+            self.behaviour_clipped: list[Tensor] = []
         scale = self.env.step_coefficients(k).action_scale
         self.behaviour_means.append(scale * mean)
         noise = torch.randn(mean.shape, generator=self.generator).to(mean.device, mean.dtype)
-        return mean + noise * (self.exploration_std[k] / scale)
+        action = mean + noise * (self.exploration_std[k] / scale)
+        self.behaviour_clipped.append((action.abs() > 1).float().mean())
+        return action
 
     def behaviour_log_probs(self, traj: Trajectories, means: Tensor) -> Tensor:
         """``log pi(delta_k | Y_k)`` of the applied deltas under Gaussians of the given means, (N, B)."""
@@ -127,6 +130,8 @@ class CTQLearning(FieldAgent):
             "q_loss": sum(q_losses) / len(q_losses),
             "value_loss": sum(value_losses) / len(value_losses),
             "increment_scale": scale.item(),
+            # Exploring actions the env clipped to [-1, 1]: those are not the Gaussian draws q assumes.
+            "clip_fraction": torch.stack(self.behaviour_clipped).mean().item(),
             "exploration_kl": (env.kl_coef * self.kl_weight * self.exploration_std**2).sum().item()
             * math.prod(env.event_shape),
         }

@@ -7,7 +7,8 @@ tracking) or over the batch for unconditional tasks, is the advantage of all its
 is clipped with one fixed range for every step. As every gradient agent of the zoo, it adds the
 running KL price differentiated pathwise (DESIGN 4), so it optimises the same objective as the
 others: ``L = -sum_k E[min(rho_k A, clip(rho_k, 1 - eps, 1 + eps) A)] + kl_coef sum_k E[w_k ||delta||^2] / s``,
-with ``s`` the returns' standard deviation (the advantages' scale before normalisation).
+with ``s`` the standard deviation of the episode's condition's returns (the advantages' scale before
+normalisation), so every condition keeps the objective's balance of reward and KL.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class DDPO(FieldAgent):
                 adv = advantages[idx]
                 clipped = torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip)
                 policy_loss = -torch.min(ratio * adv, clipped * adv).sum(0).mean()
-                kl_loss = env.kl_coef * running_kl(env, deltas).mean() / scale
+                kl_loss = env.kl_coef * (running_kl(env, deltas) / scale[idx]).mean()
                 self.clip_and_step("actor", policy_loss + kl_loss)
                 stats["policy_loss"].append(policy_loss.item())
                 stats["kl_loss"].append(kl_loss.item())
@@ -77,14 +78,14 @@ class DDPO(FieldAgent):
 
 def normalized_per_condition(returns: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
     """``(returns - mean_c) / std_c`` within each condition's episodes (the whole batch if
-    unconditional), and the batch's standard deviation (the scale the normalisation divided by)."""
-    scale = returns.std().clamp_min(1e-8)
-    if cond is None:
-        return (returns - returns.mean()) / scale, scale
-    out = torch.empty_like(returns)
-    for c in cond.unique():
-        mask = cond == c
-        group = returns[mask]
-        std = group.std() if group.numel() > 1 else scale
-        out[mask] = (group - group.mean()) / std.clamp_min(1e-8)
-    return out, scale
+    unconditional), and each episode's ``std_c`` (B,): the scale its KL price is divided by too, so
+    that every condition's objective keeps its balance of reward and KL."""
+    means = returns.mean().expand(returns.shape).clone()
+    scale = returns.std().clamp_min(1e-8).expand(returns.shape).clone()
+    if cond is not None:
+        for c in cond.unique():
+            mask = cond == c
+            means[mask] = returns[mask].mean()
+            if int(mask.sum()) > 1:  # a lone episode keeps the batch's scale
+                scale[mask] = returns[mask].std().clamp_min(1e-8)
+    return (returns - means) / scale, scale

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import torch
 
 import diffusion_gym  # noqa: F401  (registers the envs)
 from agents import AGENTS, sb3_agents
@@ -96,7 +95,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     env_kwargs = {"n_steps": args.n_steps} | parse_assignments(args.env_kwargs)
     env = make_env(args.env, args.num_envs, **env_kwargs)
     agent = build_agent(args.agent, env, {"seed": args.seed, "logdir": args.logdir} | parse_assignments(args.set))

@@ -78,8 +78,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     optimum = optimal_objective(
         make_env(args.env, min(4096, n_optimum), **env_kwargs), n_samples=n_optimum, seed=args.seed + 1
     )
+    names = (args.agents or ",".join(grids)).split(",")
+    if unknown := set(names) - set(grids):
+        parser.error(f"no grid for agents {sorted(unknown)} on {args.env}; known: {sorted(grids)}")
     runs = []
-    for name in (args.agents or ",".join(grids)).split(","):
+    for name in names:
         grid = grids[name]
         for values in itertools.product(*grid.values()):
             setting = dict(zip(grid, values, strict=True))
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             gap = optimum.normalized_gap(result["objective"])
             run = {"agent": name, "setting": setting, "seconds": seconds, "gap": gap.mean, "gap_se": gap.se}
             run |= {"objective": result["objective"].mean, "objective_se": result["objective"].se}
-            run |= {"kl": result["kl"].mean, "gold": result["gold_reward"].mean}
+            run |= {"kl": result["kl"].mean, "gold": result["gold_reward"].mean if "gold_reward" in result else None}
             run["policy_net"] = type(agent.actor).__name__
             runs.append(run)
             print(f"{name:14s} {setting}  gap {gap}  J {result['objective']}  {seconds:.0f} s", flush=True)

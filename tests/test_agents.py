@@ -69,6 +69,7 @@ def test_q_learning_recomputed_policy_densities_match():
         stored = agent.behaviour_log_probs(traj, torch.stack(agent.behaviour_means))
         recomputed = agent.behaviour_log_probs(traj, policy_deltas(agent, traj))
     torch.testing.assert_close(torch.exp(recomputed - stored), torch.ones_like(stored), rtol=0, atol=1e-5)
+    assert policy_deltas(agent, traj).abs().max() > 1e-3  # a policy that is not zero
 
 
 class Killed(Exception):
@@ -113,6 +114,34 @@ def test_checkpoints_refuse_another_agent(tmp_path):
 def test_agents_need_the_batched_env():
     with pytest.raises(TypeError, match="batched"):
         AGENTS["ct_ppo"][0](gym.make("DiffusionSDE-v0"), AGENTS["ct_ppo"][1]())
+    with pytest.raises(ValueError, match="SAME_STEP"):
+        AGENTS["ct_ppo"][0](tiny_env(autoreset_mode="SameStep"), AGENTS["ct_ppo"][1]())
+
+
+def test_a_checkpoint_refuses_another_config(tmp_path):
+    """A resumed run with other settings would mix two configs (the optimiser keeps the saved lr)."""
+    agent_cls, config_cls = AGENTS["ct_ppo"]
+    agent_cls(tiny_env(), config_cls(progress=False, lr=1e-3)).learn(32, checkpoint=tmp_path / "c.pt")
+    agent_cls(tiny_env(), config_cls(progress=True, lr=1e-3)).load(tmp_path / "c.pt")  # display only: fine
+    with pytest.raises(ValueError, match="lr"):
+        agent_cls(tiny_env(), config_cls(progress=False, lr=3e-4)).load(tmp_path / "c.pt")
+
+
+def test_ddpo_normalises_and_prices_per_condition():
+    from agents.ddpo import normalized_per_condition
+
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.tensor([0] * 5 + [1] * 7 + [2])
+    returns = torch.randn(13, generator=gen, dtype=torch.float64) * (1 + 9 * (cond == 1))
+    adv, scale = normalized_per_condition(returns, cond)
+    for c in (0, 1):
+        mask = cond == c
+        torch.testing.assert_close(scale[mask], returns[mask].std().expand(int(mask.sum())))
+        assert abs(adv[mask].mean().item()) < 1e-12 and adv[mask].std().item() == pytest.approx(1.0, rel=1e-12)
+    assert scale[-1] == returns.std() and adv[-1] == 0  # a lone episode: batch scale, its own mean
+    adv, scale = normalized_per_condition(returns, None)
+    torch.testing.assert_close(adv, (returns - returns.mean()) / returns.std())
+    assert torch.equal(scale, returns.std().expand(13))
 
 
 def test_an_external_agent_registers_with_one_function():
@@ -167,10 +196,15 @@ def test_unet_bases_get_a_lora_policy_that_starts_at_the_pretrained_model():
 
     agent = lora_agent()
     assert isinstance(agent.actor, LoRAScoreField)
-    trainable = [n for n, p in agent.actor.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
+
+    def trainable():
+        return [n for n, p in agent.actor.named_parameters() if p.requires_grad]
+
+    before = trainable()
+    assert before and all("lora_" in n for n in before)
     x, cond = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 5, 9])
     assert torch.equal(agent.policy(0.4, x, cond), torch.zeros_like(x))  # LoRA's B starts at zero
+    assert trainable() == before  # the adapters-off pass for the base score switched them back on
     base = {k: v.clone() for k, v in agent.env.score_model.state_dict().items()}
     agent.env.reset(seed=0)
     agent.update(collect(agent.env, agent.behaviour_action))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gymnasium.vector import AutoresetMode
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -73,6 +74,9 @@ class Agent:
         env = getattr(env, "unwrapped", env)
         if not isinstance(env, DiffusionSDEVectorEnv):
             raise TypeError(f"agents train on the batched DiffusionSDEVectorEnv, got {type(env).__name__}")
+        if env.autoreset_mode is AutoresetMode.SAME_STEP:
+            # The last step's observation would be the next episode's start, not Y_N.
+            raise ValueError("agents need autoreset_mode NEXT_STEP or DISABLED, not SAME_STEP")
         env.record_transitions = True
         self.env = env
         self.config = config
@@ -235,6 +239,11 @@ class Agent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["agent"] != self.name:
             raise ValueError(f"checkpoint of a {state['agent']} agent, not {self.name}")
+        ours = asdict(self.config)
+        changed = {k: (v, ours.get(k)) for k, v in state["config"].items() if k not in _RUN_ONLY and ours.get(k) != v}
+        if changed:
+            # The optimisers' saved learning rates (and everything else) would silently mix two configs.
+            raise ValueError(f"checkpoint's config differs from this agent's (saved, current): {changed}")
         for k, m in self.modules.items():
             missing, unexpected = m.load_state_dict(state["modules"][k], strict=False)
             if unexpected or set(missing) - _frozen(m):
@@ -288,6 +297,10 @@ class FieldAgent(Agent):
         """``V(t_k, Y_k)`` for k = 0..N, with ``V(t_N) = 0`` (no reward after the last step), (N + 1, B)."""
         v = self.critic(*traj.step_inputs(self.env)).view(traj.n_steps, traj.batch)
         return torch.cat([v, torch.zeros_like(v[:1])])
+
+
+_RUN_ONLY = {"progress", "logdir"}
+"""Config fields that may differ between a run and its resumption."""
 
 
 def _frozen(module: nn.Module) -> set[str]:

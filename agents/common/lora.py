@@ -5,7 +5,7 @@ The adapters are injected with peft (the library behind diffusers' ``add_adapter
 ``UNet2DModel`` lacks) into a copy of the env's :class:`DiffusersScore`, so the env's own base model
 is never touched. peft initialises each adapter's B matrix to zero: the adapted UNet *is* the base
 at the start, and ``delta = 0`` exactly. The pretrained score is the same copy with its adapters
-switched off, so only one set of UNet weights is held in memory.
+switched off (the copy and the env's UNet are the two sets of UNet weights held).
 """
 
 from __future__ import annotations
@@ -69,9 +69,11 @@ class LoRAScoreField(nn.Module):
 
     def forward(self, t: Tensor, x: Tensor, cond: Tensor | None = None) -> Tensor:
         s = (self.T - t).to(x.dtype)
-        with torch.no_grad():
+        try:
             self._adapters(False)
-            base = self.score.score(s, x, cond)
+            with torch.no_grad():
+                base = self.score.score(s, x, cond)
+        finally:
             self._adapters(True)
         correction = self.score.score(s, x, cond) - base
         return correction / self._action_scale(t.to(x.dtype)).view(-1, *([1] * (x.ndim - 1)))

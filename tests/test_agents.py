@@ -183,10 +183,12 @@ def test_cli_trains_resumes_and_scores(tmp_path, capsys):
         train_main(args[:8] + ["--set", "clipp=0.2"])
 
 
-def lora_agent(**config):
+def lora_agent(base_shift: float = 0.0, **config):
     from diffusion_gym.envs.digits import make_vector_env as make_digits
 
     env = make_digits(8, n_steps=3, utility="thickness", integrator="exponential", dtype="float64")
+    with torch.no_grad():
+        env.score_model.unet.conv_out.bias.add_(base_shift)  # another base model of the same architecture
     agent_cls, config_cls = AGENTS["ct_ppo"]
     return agent_cls(env, config_cls(progress=False, **config))
 
@@ -223,10 +225,12 @@ def test_lora_policy_ratios_and_checkpoints(tmp_path):
     assert_ratios_are_one(agent, traj)
     agent.save(tmp_path / "lora.pt")
     saved = torch.load(tmp_path / "lora.pt", weights_only=False)["modules"]["actor"]
-    assert saved and all("lora_" in k for k in saved)
+    assert set(saved) - {"base_fingerprint"} and all("lora_" in k for k in set(saved) - {"base_fingerprint"})
     restored = lora_agent().load(tmp_path / "lora.pt")
     x, cond = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.tensor([1, 2, 7, 8])
     torch.testing.assert_close(restored.policy(0.7, x, cond), agent.policy(0.7, x, cond), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="another base UNet"):
+        lora_agent(base_shift=1e-3).load(tmp_path / "lora.pt")
 
 
 def test_lora_needs_a_unet_base():

@@ -11,7 +11,8 @@ switched off (the copy and the env's UNet are the two sets of UNet weights held)
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,8 @@ class LoRAScoreField(nn.Module):
             raise TypeError(f"LoRA policies need a DiffusersScore base, got {type(score_model).__name__}")
         self.score = copy.deepcopy(score_model)
         self.score.requires_grad_(False)
+        # Adapters only mean something on the weights they were trained on: checkpoints carry this.
+        self.register_buffer("base_fingerprint", fingerprint(self.score.unet))
         names = [name for name, _ in self.score.unet.named_modules()]
         targets = [t for t in target_modules if any(n == t or n.endswith("." + t) for n in names)]
         if not targets:
@@ -59,6 +62,12 @@ class LoRAScoreField(nn.Module):
         inject_adapter_in_model(config, self.score.unet)
         self.T = float(score_model.schedule.T)
         self._action_scale = action_scale
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        saved = state_dict.get("base_fingerprint")
+        if saved is not None and not torch.allclose(saved.to(self.base_fingerprint), self.base_fingerprint):
+            raise ValueError("these LoRA adapters were trained on another base UNet")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _adapters(self, enabled: bool) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -77,3 +86,10 @@ class LoRAScoreField(nn.Module):
             self._adapters(True)
         correction = self.score.score(s, x, cond) - base
         return correction / self._action_scale(t.to(x.dtype)).view(-1, *([1] * (x.ndim - 1)))
+
+
+@torch.no_grad()
+def fingerprint(module: nn.Module) -> Tensor:
+    """Sums and absolute sums of every parameter, in float64: differs for (almost) any other weights."""
+    sums = [torch.stack([p.double().sum(), p.double().abs().sum()]) for p in module.parameters()]
+    return torch.cat(sums).cpu() if sums else torch.zeros(0, dtype=torch.float64)

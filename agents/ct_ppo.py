@@ -63,11 +63,9 @@ class CTPPO(FieldAgent):
 
     def update(self, traj: Trajectories) -> dict[str, float]:
         cfg, env = self.config, self.env
-        n, b = traj.n_steps, traj.batch
-        coefs = [env.step_coefficients(k) for k in range(n)]
-        kl_weight = torch.tensor([c.kl_weight for c in coefs], dtype=env.dtype, device=env.device)
-        eps = cfg.clip * torch.sqrt(2 * kl_weight)  # (N,)
-        dt_over_T = (env.grid.diff() / env.T).to(env.device, env.dtype)
+        b = traj.batch
+        eps = cfg.clip * torch.sqrt(2 * env.discretization.kl_weight)  # (N,)
+        dt_over_T = env.discretization.dt / env.T
 
         # Advantages: the TD increment of the current value function; returns for the critic.
         with torch.no_grad():
@@ -79,7 +77,7 @@ class CTPPO(FieldAgent):
 
         stats: dict[str, list[float]] = {"policy_loss": [], "kl_loss": [], "clip_fraction": [], "ratio_max": []}
         for _ in range(cfg.epochs):
-            for idx in torch.randperm(b, generator=self.generator).to(env.device).chunk(cfg.minibatches):
+            for idx in self.minibatches(b, cfg.minibatches):
                 sub = traj.subset(idx)
                 deltas = policy_deltas(self, sub)
                 logp = transition_log_probs(env, sub, deltas)
@@ -95,7 +93,7 @@ class CTPPO(FieldAgent):
                 stats["ratio_max"].append(ratio.max().item())
 
         for _ in range(cfg.value_epochs):
-            for idx in torch.randperm(b, generator=self.generator).to(env.device).chunk(cfg.minibatches):
+            for idx in self.minibatches(b, cfg.minibatches):
                 sub = traj.subset(idx)
                 value_loss = (dt_over_T[:, None] * (self.values(sub)[:-1] - returns[:, idx]).square()).sum(0).mean()
                 self.clip_and_step("critic", value_loss)

@@ -63,10 +63,8 @@ class CTQLearning(FieldAgent):
         cfg, e = self.config, self.env
         if e.kl_coef <= 0:
             raise ValueError("q-learning's Gaussian policy needs kl_coef > 0 (the curvature of q)")
-        coefs = [e.step_coefficients(k) for k in range(e.n_steps)]
-        self.kl_weight = torch.tensor([c.kl_weight for c in coefs], dtype=e.dtype, device=e.device)
-        dt = torch.tensor([c.dt for c in coefs], dtype=e.dtype, device=e.device)
-        self.exploration_std = torch.sqrt(cfg.temperature * dt / (2 * e.kl_coef * self.kl_weight))
+        self.kl_weight = e.discretization.kl_weight
+        self.exploration_std = torch.sqrt(cfg.temperature * e.discretization.dt / (2 * e.kl_coef * self.kl_weight))
 
     def behaviour_action(self, k: int, obs: dict[str, Tensor]) -> Tensor:
         """``delta ~ N(mu_psi, sigma_k^2 I)``, as an action (the env clips it to [-1, 1] and records the
@@ -77,7 +75,7 @@ class CTQLearning(FieldAgent):
             self.behaviour_clipped: list[Tensor] = []
         scale = self.env.step_coefficients(k).action_scale
         self.behaviour_means.append(scale * mean)
-        noise = torch.randn(mean.shape, generator=self.generator).to(mean.device, mean.dtype)
+        noise = torch.randn(mean.shape, generator=self.generator, device=self.generator.device).to(mean.dtype)
         action = mean + noise * (self.exploration_std[k] / scale)
         self.behaviour_clipped.append((action.abs() > 1).float().mean())
         return action
@@ -97,7 +95,7 @@ class CTQLearning(FieldAgent):
 
     def update(self, traj: Trajectories) -> dict[str, float]:
         cfg, env = self.config, self.env
-        dt_over_T = (env.grid.diff() / env.T).to(env.device, env.dtype)
+        dt_over_T = env.discretization.dt / env.T
         returns = traj.returns_to_go()
         with torch.no_grad():
             old_log_pi = self.behaviour_log_probs(traj, torch.stack(self.behaviour_means))
@@ -110,7 +108,7 @@ class CTQLearning(FieldAgent):
 
         q_losses, value_losses = [], []
         for _ in range(cfg.epochs):
-            for idx in torch.randperm(traj.batch, generator=self.generator).to(env.device).chunk(cfg.minibatches):
+            for idx in self.minibatches(traj.batch, cfg.minibatches):
                 sub = traj.subset(idx)
                 q = self.q_dt(sub, policy_deltas(self, sub))
                 # The residual is recomputed with the current q (the test function multiplies the

@@ -60,7 +60,7 @@ class DDPO(FieldAgent):
 
         stats: dict[str, list[float]] = {"policy_loss": [], "kl_loss": [], "clip_fraction": [], "ratio_max": []}
         for _ in range(cfg.epochs):
-            for idx in torch.randperm(traj.batch, generator=self.generator).to(env.device).chunk(cfg.minibatches):
+            for idx in self.minibatches(traj.batch, cfg.minibatches):
                 sub = traj.subset(idx)
                 deltas = policy_deltas(self, sub)
                 ratio = torch.exp(transition_log_probs(env, sub, deltas) - old_logp[:, idx])

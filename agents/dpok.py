@@ -61,7 +61,7 @@ class DPOK(FieldAgent):
 
         stats: dict[str, list[float]] = {"policy_loss": [], "kl_loss": [], "clip_fraction": [], "ratio_max": []}
         for _ in range(cfg.epochs):
-            for idx in torch.randperm(traj.batch, generator=self.generator).to(env.device).chunk(cfg.minibatches):
+            for idx in self.minibatches(traj.batch, cfg.minibatches):
                 sub = traj.subset(idx)
                 deltas = policy_deltas(self, sub)
                 ratio = torch.exp(transition_log_probs(env, sub, deltas) - old_logp[:, idx])
@@ -76,7 +76,7 @@ class DPOK(FieldAgent):
                 stats["ratio_max"].append(ratio.max().item())
 
         for _ in range(cfg.value_epochs):
-            for idx in torch.randperm(traj.batch, generator=self.generator).to(env.device).chunk(cfg.minibatches):
+            for idx in self.minibatches(traj.batch, cfg.minibatches):
                 value_loss = (self.values(traj.subset(idx))[:-1] - returns[:, idx]).square().mean()
                 self.clip_and_step("critic", value_loss)
         out = {k: sum(v) / len(v) for k, v in stats.items()}

@@ -81,7 +81,7 @@ class Agent:
         self.env = env
         self.config = config
         torch.manual_seed(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator(device=env.device).manual_seed(config.seed)
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.reward_queries = 0
@@ -113,6 +113,10 @@ class Agent:
         """Learn from one batch of fresh trajectories; return scalars to log."""
         raise NotImplementedError
 
+    def minibatches(self, batch: int, n: int) -> tuple[Tensor, ...]:
+        """``n`` minibatches of episode indices from a fresh random permutation of ``batch`` episodes."""
+        return torch.randperm(batch, generator=self.generator, device=self.generator.device).chunk(n)
+
     def learn(
         self,
         reward_queries: int,
@@ -138,16 +142,14 @@ class Agent:
             unit="queries",
             disable=not self.config.progress,
         )
-        base_lrs = {
-            name: [g.get("initial_lr", g["lr"]) for g in opt.param_groups] for name, opt in self.optimizers.items()
-        }
+        groups = [group for opt in self.optimizers.values() for group in opt.param_groups]
+        for group in groups:
+            group.setdefault("initial_lr", group["lr"])  # saved with the optimiser: a resume anneals alike
         while self.reward_queries < reward_queries:
             if self.config.anneal_lr:
                 factor = max(0.1, 1.0 - self.reward_queries / reward_queries)
-                for name, opt in self.optimizers.items():
-                    for group, lr in zip(opt.param_groups, base_lrs[name], strict=True):
-                        group.setdefault("initial_lr", lr)
-                        group["lr"] = lr * factor
+                for group in groups:
+                    group["lr"] = group["initial_lr"] * factor
             traj = collect(self.env, self.behaviour_action)
             stats = self.update(traj)
             self.iteration += 1

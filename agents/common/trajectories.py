@@ -122,7 +122,5 @@ def transition_log_probs(env: DiffusionSDEVectorEnv, traj: Trajectories, deltas:
 def running_kl(env: DiffusionSDEVectorEnv, deltas: Tensor) -> Tensor:
     """``sum_k w_k ||delta_k||^2``: each episode's KL to the pretrained path measure under ``deltas``
     (N, B, ...), differentiable in them: the running price that agents differentiate pathwise, (B,)."""
-    weights = torch.tensor(
-        [env.step_coefficients(k).kl_weight for k in range(deltas.shape[0])], dtype=deltas.dtype, device=deltas.device
-    )
-    return (weights[:, None] * deltas.flatten(2).square().sum(2)).sum(0)
+    weights = env.discretization.kl_weight[: deltas.shape[0], None]
+    return (weights * deltas.flatten(2).square().sum(2)).sum(0)

@@ -238,3 +238,24 @@ def test_lora_needs_a_unet_base():
         AGENTS["ct_ppo"][0](tiny_env(), AGENTS["ct_ppo"][1](progress=False, policy_net="lora"))
     with pytest.raises(ValueError, match="policy_net"):
         AGENTS["ct_ppo"][0](tiny_env(), AGENTS["ct_ppo"][1](progress=False, policy_net="unet"))
+
+
+def test_tune_records_every_run_of_the_grid(tmp_path):
+    import json
+
+    from agents.tune import GRIDS
+    from agents.tune import main as tune_main
+
+    args = ["--env", "DiffusionSDE-v0", "--agents", "ddpo", "--num-envs", "64", "--n-steps", "4"]
+    args += ["--reward-queries", "128", "--eval-n", "256", "--optimum-n", "512", "--out", str(tmp_path)]
+    runs = tune_main(args)
+    record = json.loads((tmp_path / "DiffusionSDE-v0.json").read_text())
+    assert len(runs) == len(record["runs"]) == 4
+    grid = GRIDS["DiffusionSDE-v0"]["ddpo"]
+    assert sorted((r["setting"]["lr"], r["setting"]["clip"]) for r in record["runs"]) == sorted(
+        (lr, clip) for lr in grid["lr"] for clip in grid["clip"]
+    )
+    assert all(math.isfinite(r["gap"]) and r["gap_se"] > 0 for r in record["runs"])
+    assert (tmp_path / "DiffusionSDE-v0.md").read_text().count("| ddpo |") == 4
+    with pytest.raises(SystemExit):
+        tune_main(args[:3] + ["nope"] + args[4:])

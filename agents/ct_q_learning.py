@@ -69,7 +69,7 @@ class CTQLearning(FieldAgent):
     def behaviour_action(self, k: int, obs: dict[str, Tensor]) -> Tensor:
         """``delta ~ N(mu_psi, sigma_k^2 I)``, as an action (the env clips it to [-1, 1] and records the
         delta it applied). The means are kept for :meth:`behaviour_log_probs`."""
-        mean = self.mean_action(obs["t"][:, 0], obs["x"], obs.get("cond"))
+        mean = self.act(obs)
         if k == 0:
             self.behaviour_means: list[Tensor] = []
             self.behaviour_clipped: list[Tensor] = []

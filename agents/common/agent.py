@@ -95,9 +95,13 @@ class Agent:
         """The deterministic policy's action in (-1, 1) at env times ``t`` (B,) for states ``x``."""
         raise NotImplementedError
 
+    def act(self, obs: dict[str, Tensor]) -> Tensor:
+        """The deterministic policy's action for a batched observation of the env."""
+        return self.mean_action(obs["t"][:, 0], obs["x"], obs.get("cond"))
+
     def behaviour_action(self, k: int, obs: dict[str, Tensor]) -> Tensor:
         """The action taken while learning at step k (default: the deterministic policy)."""
-        return self.mean_action(obs["t"][:, 0], obs["x"], obs.get("cond"))
+        return self.act(obs)
 
     @torch.no_grad()
     def policy(self, t: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -214,11 +218,7 @@ class Agent:
         """
         env = getattr(env, "unwrapped", env) or self.env
         state = env.rng_state()
-
-        def act(obs: dict[str, Tensor]) -> Tensor:
-            return self.mean_action(obs["t"][:, 0], obs["x"], obs.get("cond"))
-
-        out = rollout(env, act, n, seed=seed).summary()
+        out = rollout(env, self.act, n, seed=seed).summary()
         env.set_rng_state(state)
         return {"proxy" if k == "terminal_reward" else k: v for k, v in out.items()}
 

@@ -26,12 +26,13 @@ def write_tiny_tokenizer(directory: Path, max_length: int = 16):
     return tokenizer
 
 
+TINY_TRANSFORMER = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+"""The width and depth of every tiny CLIP tower."""
+
+
 def tiny_text_config() -> dict:
     return dict(
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
+        **TINY_TRANSFORMER,
         vocab_size=64,
         max_position_embeddings=16,
         bos_token_id=0,
@@ -94,14 +95,7 @@ def build_tiny_clip(directory: Path) -> Path:
     torch.manual_seed(1)
     config = CLIPConfig(
         text_config=tiny_text_config(),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            image_size=32,
-            patch_size=8,
-        ),
+        vision_config=dict(**TINY_TRANSFORMER, image_size=32, patch_size=8),
         projection_dim=16,
     )
     CLIPModel(config).save_pretrained(directory)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import Tensor
 
@@ -96,14 +97,24 @@ class SB3Agent(Agent):
         checkpoint: str | Path | None = None,
         checkpoint_every: int = 10,
     ) -> Agent:
-        """Train until ``reward_queries`` episodes in total (SB3 counts env steps: N per episode and row)."""
+        """Train until ``reward_queries`` episodes in total (SB3 counts env steps: N per episode and row).
+
+        ``callback`` is called once per finished batch of episodes, after SB3 has learnt from it,
+        with ``reward_queries`` counting finished episodes (no scalars: SB3 logs its own);
+        returning False stops training.
+        """
         steps = reward_queries * self.env.n_steps - self.model.num_timesteps
         if steps > 0:
-            self.model.learn(total_timesteps=steps, reset_num_timesteps=False, progress_bar=False)
-        self.reward_queries = self.model.num_timesteps // self.env.n_steps
+            hook = _ZooCallback(self, callback) if callback is not None else None
+            self.model.learn(total_timesteps=steps, callback=hook, reset_num_timesteps=False, progress_bar=False)
+        self.reward_queries = self.finished_episodes()
         if checkpoint is not None:
             self.save(checkpoint)
         return self
+
+    def finished_episodes(self) -> int:
+        """Episodes finished by SB3's env steps so far (all rows of the batch step together)."""
+        return self.model.num_timesteps // (self.env.n_steps * self.env.num_envs) * self.env.num_envs
 
     def save(self, path: str | Path) -> None:
         """SB3's own zip (SB3 writes it; the random states of the env are not part of it)."""
@@ -111,5 +122,26 @@ class SB3Agent(Agent):
 
     def load(self, path: str | Path) -> Agent:
         self.model = ALGORITHMS[self.config.algorithm].load(Path(path), env=self.model.get_env(), device="cpu")
-        self.reward_queries = self.model.num_timesteps // self.env.n_steps
+        self.reward_queries = self.finished_episodes()
         return self
+
+
+class _ZooCallback(BaseCallback):
+    """Calls a zoo :data:`~agents.common.agent.Callback` once per finished batch of episodes, at the
+    start of SB3's next rollout (after its update: every rollout for PPO, whose rollouts are whole
+    episodes; the step after each episode boundary for off-policy algorithms, which train every step)."""
+
+    def __init__(self, agent: SB3Agent, callback: Callback) -> None:
+        super().__init__()
+        self.agent, self.callback, self.keep_going = agent, callback, True
+        self.episodes = agent.finished_episodes()
+
+    def _on_step(self) -> bool:
+        return self.keep_going
+
+    def _on_rollout_start(self) -> None:
+        finished = self.agent.finished_episodes()
+        if finished == self.episodes:
+            return
+        self.episodes = self.agent.reward_queries = finished
+        self.keep_going = self.callback(self.agent, {}) is not False

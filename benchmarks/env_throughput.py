@@ -1,8 +1,10 @@
 """Throughput of the batched env against a hand-written sampling loop of the same model, in one process.
 
     python -m benchmarks.env_throughput --device cpu --batch 4096 --steps 100
+    python -m benchmarks.env_throughput --task digits --device cpu --batch 256 --steps 20
 
-Both run full Euler-Maruyama episodes of ``DiffusionSDE-v0``'s mixture score from the same seed:
+Both run full Euler-Maruyama episodes of the task's base model from the same seed (``mixture2d``:
+``DiffusionSDE-v0``'s mixture score; ``digits``: the digits UNet with guidance, every class):
 the env with zero actions (validation, clipping, KL, rewards, observations and infos included),
 the raw loop with nothing but the score and the update, its per-step constants precomputed. The
 two are timed alternately; the script prints particle-steps/s of each (median over repeats), their
@@ -19,8 +21,16 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from diffusion_gym.envs.mixture2d import make_vector_env
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+
+TASKS = {"mixture2d": "DiffusionSDE-v0", "digits": "DiffusionSDE-Digits-v0"}
+
+
+def _cond(env: DiffusionSDEVectorEnv) -> torch.Tensor | None:
+    """Every class in turn, fixed for both loops (the raw loop draws no conditions)."""
+    if env.num_conditions is None:
+        return None
+    return torch.arange(env.num_envs, device=env.device) % env.num_conditions
 
 
 def raw_loop(env: DiffusionSDEVectorEnv, seed: int) -> torch.Tensor:
@@ -35,18 +45,20 @@ def raw_loop(env: DiffusionSDEVectorEnv, seed: int) -> torch.Tensor:
     s_dev = s.to(env.device, env.dtype)
     gen = torch.Generator(device=env.device).manual_seed(seed)
     shape = (env.num_envs, *env.event_shape)
+    cond = _cond(env)
     with torch.no_grad():
         x = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
         for k, bdt in enumerate(beta_dt):
             noise = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
-            x = (1 + 0.5 * bdt) * x + bdt * model.score(s_dev[k], x) + bdt**0.5 * noise
+            x = (1 + 0.5 * bdt) * x + bdt * model.score(s_dev[k], x, cond) + bdt**0.5 * noise
     return x
 
 
 def env_loop(env: DiffusionSDEVectorEnv, seed: int) -> torch.Tensor:
     """One full episode of the batched env with zero actions."""
     zero = torch.zeros((env.num_envs, *env.event_shape), device=env.device, dtype=env.dtype)
-    obs, _ = env.reset(seed=seed)
+    cond = _cond(env)
+    obs, _ = env.reset(seed=seed, options=None if cond is None else {"cond": cond})
     for _ in range(env.n_steps):
         obs, *_ = env.step(zero)
     return obs["x"]
@@ -62,37 +74,96 @@ def _time(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, 
     return time.perf_counter() - start, out
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def measure(
+    task: str = "mixture2d",
+    batch: int = 4096,
+    steps: int = 100,
+    repeats: int = 10,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    progress: bool = False,
+) -> dict[str, float | int | str]:
+    """Particle-steps/s of the env and of the raw loop (medians over ``repeats`` alternated episodes),
+    their ratio and the largest difference between their final samples."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    import gymnasium as gym
+
+    import diffusion_gym  # noqa: F401  (registers the envs)
+
+    device = torch.device(device)
+    env = gym.make_vec(
+        TASKS[task],
+        num_envs=batch,
+        vectorization_mode="vector_entry_point",
+        n_steps=steps,
+        integrator="euler_maruyama",
+        device=device,
+        dtype=dtype,
+    ).unwrapped
+    env_loop(env, 0), raw_loop(env, 0)  # warm-up
+    syncs = host_syncs(env) if device.type == "cuda" else None
+    env_times, raw_times = [], []
+    max_diff = 0.0
+    for r in tqdm(range(repeats), desc="episodes (env, raw)", disable=not progress):
+        t_env, x_env = _time(lambda r=r: env_loop(env, r), device)
+        t_raw, x_raw = _time(lambda r=r: raw_loop(env, r), device)
+        env_times.append(t_env)
+        raw_times.append(t_raw)
+        max_diff = max(max_diff, (x_env - x_raw).abs().max().item())
+    work = batch * steps
+    env_rate, raw_rate = work / statistics.median(env_times), work / statistics.median(raw_times)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return {
+        "env_id": TASKS[task],
+        "device": name,
+        "dtype": dtype,
+        "batch": batch,
+        "steps": steps,
+        "repeats": repeats,
+        "env_rate": env_rate,
+        "raw_rate": raw_rate,
+        "ratio": env_rate / raw_rate,
+        "max_diff": max_diff,
+        "host_syncs_per_episode": syncs,
+    }
+
+
+def host_syncs(env: DiffusionSDEVectorEnv) -> int:
+    """Host synchronisations of one env episode with zero actions on a GPU, counted by torch's
+    sync debug mode: the env defers its action checks to the episode's end there. (On digits the
+    reset's given conditions are range-checked, one sync per episode that drawn conditions skip.)"""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            env_loop(env, 1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="mixture2d", choices=sorted(TASKS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args(argv)
-
-    device = torch.device(args.device)
-    env = make_vector_env(args.batch, n_steps=args.steps, integrator="euler_maruyama", device=device, dtype=args.dtype)
-    env_loop(env, 0), raw_loop(env, 0)  # warm-up
-    env_times, raw_times = [], []
-    max_diff = 0.0
-    for r in tqdm(range(args.repeats), desc="episodes (env, raw)"):
-        t_env, x_env = _time(lambda r=r: env_loop(env, r), device)
-        t_raw, x_raw = _time(lambda r=r: raw_loop(env, r), device)
-        env_times.append(t_env)
-        raw_times.append(t_raw)
-        max_diff = max(max_diff, (x_env - x_raw).abs().max().item())
-
-    work = args.batch * args.steps
-    env_rate, raw_rate = work / statistics.median(env_times), work / statistics.median(raw_times)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device {name}, torch {torch.__version__}, {args.dtype}")
+    m = measure(args.task, args.batch, args.steps, args.repeats, args.device, args.dtype, progress=True)
+    print(f"{m['env_id']} on {m['device']}, torch {torch.__version__}, {args.dtype}")
     print(f"batch {args.batch}, steps {args.steps}, median of {args.repeats} episodes each")
-    print(f"batched env : {env_rate:.3e} particle-steps/s")
-    print(f"raw loop    : {raw_rate:.3e} particle-steps/s")
-    print(f"ratio env/raw: {env_rate / raw_rate:.3f}")
-    print(f"max |x_env - x_raw| over final samples: {max_diff:.2e}")
-    return {"env_rate": env_rate, "raw_rate": raw_rate, "ratio": env_rate / raw_rate, "max_diff": max_diff}
+    print(f"batched env : {m['env_rate']:.3e} particle-steps/s")
+    print(f"raw loop    : {m['raw_rate']:.3e} particle-steps/s")
+    print(f"ratio env/raw: {m['ratio']:.3f}")
+    print(f"max |x_env - x_raw| over final samples: {m['max_diff']:.2e}")
+    if m["host_syncs_per_episode"] is not None:
+        print(f"host synchronisations per env episode: {m['host_syncs_per_episode']}")
+    return m
 
 
 if __name__ == "__main__":

@@ -35,3 +35,26 @@ def class_accuracy(classifier: torch.nn.Module, images: Tensor, labels: Tensor, 
         for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True)
     )
     return hits / len(labels)
+
+
+def per_class_diversity(features: Tensor, labels: Tensor) -> float:
+    """Mean over classes of the mean pairwise Euclidean distance between features of the same class:
+    collapses towards 0 when a policy maps every sample of a class to a few images (reward hacking).
+
+    Args:
+        features: (n, d) features.
+        labels: (n,) class of each row; classes with fewer than 2 rows are skipped.
+
+    Raises:
+        ValueError: if no class has two rows.
+    """
+    f = features.detach().double().flatten(1)
+    per_class = []
+    for c in labels.unique():
+        fc = f[labels == c]
+        m = len(fc)
+        if m >= 2:
+            per_class.append(torch.pdist(fc).sum().item() / (m * (m - 1) / 2))
+    if not per_class:
+        raise ValueError("per-class diversity needs some class with at least 2 samples")
+    return sum(per_class) / len(per_class)

@@ -35,3 +35,21 @@ def test_sb3_agent_on_the_batched_env(tmp_path):
     again = SB3Agent(make_vector_env(16, n_steps=10, integrator="exponential"), SB3Config(progress=False))
     again.load(tmp_path / "sb3.zip")
     assert again.reward_queries == agent.reward_queries
+
+
+def test_sb3_agent_calls_the_zoo_callback_between_rollouts_and_stops_on_false():
+    env = make_vector_env(16, n_steps=10, integrator="exponential")
+    agent = SB3Agent(env, SB3Config(progress=False, algorithm="ppo", algo_kwargs={"n_epochs": 1}))
+    seen = []
+
+    def callback(a, stats):
+        seen.append(a.reward_queries)
+        return len(seen) < 3
+
+    agent.learn(reward_queries=16 * 10, callback=callback)
+    # Each PPO rollout is one episode of the 16 rows; the callback runs before rollouts 2, 3 and 4.
+    assert seen == [16, 32, 48]
+    # SB3 stops at the first step of rollout 4 (it counts that step before asking the callback);
+    # reward_queries counts finished episodes only.
+    assert agent.model.num_timesteps == 48 * 10 + 16
+    assert agent.reward_queries == 48

@@ -1,0 +1,353 @@
+"""``report.md`` from ``results.json`` alone: agents x metrics per task (mean ± s.e. over seeds), the
+discretization-robustness table, and the paper's two claims answered from the numbers.
+
+    python -m benchmarks report DIR      # rewrites DIR/report.md and the plots from DIR/results.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scipy import stats
+
+from diffusion_gym.evaluation import Estimate
+from diffusion_gym.optimum import normalized_gap
+
+CLAIM_AGENTS = ("ct_ppo", "ddpo")
+"""The comparison the paper makes: continuous-time PPO against DDPO."""
+LEVEL = 0.05
+"""Two-sided level of the tests behind "significant"."""
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A mean over seeds with its standard error, the number of seeds k, and the degrees of freedom
+    of the error (k - 1 when the spread over seeds sets it, infinite when Monte Carlo errors do)."""
+
+    mean: float
+    se: float
+    k: int
+    df: float = math.inf
+
+
+def over_seeds(values: Iterable[float | None], errors: Iterable[float | None] | None = None) -> Stat:
+    """Mean over the seeds that have a value and its standard error.
+
+    The error is the larger of the spread over seeds (std / sqrt(k), undefined for one seed) and,
+    when every run gives its own Monte Carlo error, the error those imply for the mean
+    (sqrt(sum se^2) / k): two seeds alone can agree by chance.
+    """
+    errs = list(errors) if errors is not None else None
+    pairs = [(x, None if errs is None else errs[i]) for i, x in enumerate(values) if x is not None and math.isfinite(x)]
+    if not pairs:
+        return Stat(math.nan, math.nan, 0)
+    k = len(pairs)
+    v = [x for x, _ in pairs]
+    spread = statistics.stdev(v) / math.sqrt(k) if k > 1 else math.nan
+    mc = [e for _, e in pairs if e is not None and math.isfinite(e)]
+    monte_carlo = math.sqrt(sum(e * e for e in mc)) / k if mc and len(mc) == k else math.nan
+    if math.isfinite(spread) and not spread < monte_carlo:
+        return Stat(statistics.fmean(v), spread, k, k - 1)
+    return Stat(statistics.fmean(v), monte_carlo, k)
+
+
+def compare(a: Stat, b: Stat) -> tuple[float, float, str]:
+    """``b - a``, its standard error and a verdict of the two-sided test at :data:`LEVEL`: Welch's t
+    (Satterthwaite's degrees of freedom) where a spread over seeds sets an error, else normal."""
+    diff, se = b.mean - a.mean, math.hypot(a.se, b.se)
+    if not math.isfinite(se) or se == 0:
+        return diff, se, "no error bar"
+    terms = [x.se**4 / x.df for x in (a, b) if math.isfinite(x.df) and x.df > 0]
+    df = se**4 / sum(terms) if terms else math.inf
+    crit = stats.norm.ppf(1 - LEVEL / 2) if math.isinf(df) else stats.t.ppf(1 - LEVEL / 2, df)
+    dof = "normal" if math.isinf(df) else f"t, {df:.1f} d.o.f."
+    verdict = "significant" if abs(diff) > crit * se else "not significant"
+    return diff, se, f"{verdict} at {LEVEL:.0%}, {dof}"
+
+
+def fmt(stat: Stat | float, se: float = math.nan, digits: int = 3) -> str:
+    mean, se = (stat.mean, stat.se) if isinstance(stat, Stat) else (stat, se)
+    if not math.isfinite(mean):
+        return "–"
+    if digits == 0:
+        return f"{mean:,.0f}" + (f" ± {se:,.0f}" if math.isfinite(se) else "")
+    if abs(mean) >= 1e3:
+        return f"{mean:.4g}" + (f" ± {se:.2g}" if math.isfinite(se) else "")
+    return f"{mean:.{digits}f}" + (f" ± {se:.{digits}f}" if math.isfinite(se) else "")
+
+
+def runs_by_agent(results: dict[str, Any], task: str, n_train: int) -> dict[str, list[dict[str, Any]]]:
+    """The runs of one task and training grid, by agent label, in the suite's order."""
+    by_agent: dict[str, list[dict[str, Any]]] = {}
+    for run in results["runs"]:
+        if run["task"] == task and run["n_train"] == n_train:
+            by_agent.setdefault(run["agent"], []).append(run)
+    return by_agent
+
+
+def _final(runs: list[dict[str, Any]], n: int, key: str) -> Stat:
+    """A final metric at grid n over seeds; the gap with its policy's share of the error only (the
+    optimum's error is shared by every run on the grid: see :func:`_gap_with_optimum`)."""
+    rows = [run["final"][str(n)] for run in runs if str(n) in run["final"]]
+    err = "gap_se_policy" if key == "gap" else f"{key}_se"
+    return over_seeds([row.get(key) for row in rows], [row.get(err) for row in rows])
+
+
+def _gap_with_optimum(task: dict[str, Any], n: int, gap: Stat) -> Stat:
+    """The mean gap's error with the optimum's (J*, J(pre)) error added once, in quadrature."""
+    if not math.isfinite(gap.mean):
+        return gap
+    o = task["optimum"][str(n)]
+    j_star = Estimate(o["j_star"], o["j_star_se"], o["n"])
+    j_pre = Estimate(o["j_pretrained"], o["j_pretrained_se"], o["n"])
+    j = Estimate(o["j_star"] - gap.mean * (o["j_star"] - o["j_pretrained"]), 0.0, o["n"])
+    optimum_se = normalized_gap(j, j_star, j_pre, o["covariance"]).se
+    return Stat(gap.mean, math.hypot(gap.se, optimum_se), gap.k, gap.df)
+
+
+def _to_gap(runs: list[dict[str, Any]], gap: float, key: str) -> str:
+    stat = over_seeds(run["to_gap"][str(gap)][key] for run in runs)
+    if stat.k == 0:
+        return f"not reached (0/{len(runs)})"
+    text = fmt(stat, digits=0 if key == "reward_queries" else 1)
+    return text if stat.k == len(runs) else f"{text} ({stat.k}/{len(runs)} seeds)"
+
+
+def _robustness(run: dict[str, Any], n_train: int) -> dict[str, float] | None:
+    """A run's mean gap off its training grid and its worst rise there over the gap at the training
+    grid, with the policy's Monte Carlo errors (independent evaluations per grid)."""
+    final = run["final"]
+    others = [(n, row) for n, row in final.items() if int(n) != n_train]
+    if not others or str(n_train) not in final:
+        return None
+    base = final[str(n_train)]
+
+    def err(row: dict[str, Any]) -> float:
+        return row.get("gap_se_policy", row.get("gap_se", math.nan))
+
+    worst_n, worst = max(others, key=lambda item: item[1]["gap"])
+    return {
+        "off_mean": statistics.fmean(row["gap"] for _, row in others),
+        "off_mean_se": math.sqrt(sum(err(row) ** 2 for _, row in others)) / len(others),
+        "worst_rise": worst["gap"] - base["gap"],
+        "worst_rise_se": math.hypot(err(worst), err(base)),
+        "worst_n": int(worst_n),
+    }
+
+
+def _robust_stat(runs: list[dict[str, Any]], n_train: int, key: str) -> Stat:
+    rows = [_robustness(r, n_train) for r in runs]
+    rows = [r for r in rows if r is not None]
+    return over_seeds([r[key] for r in rows], [r[f"{key}_se"] for r in rows])
+
+
+def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
+    """The paper's two claims on one task, stated from the measured numbers whatever they say."""
+    runs = runs_by_agent(results, task, n_train)
+    ours, theirs = CLAIM_AGENTS
+    if ours not in runs or theirs not in runs:
+        return [f"The suite did not run both {ours} and {theirs} on this task; no claim is tested."]
+    a, b = runs[ours], runs[theirs]
+    budget = max(r["reward_queries"] for r in a + b)
+    threshold = results["gap_thresholds"][0]
+    lines = []
+
+    qa = over_seeds(r["to_gap"][str(threshold)]["reward_queries"] for r in a)
+    qb = over_seeds(r["to_gap"][str(threshold)]["reward_queries"] for r in b)
+    head = (
+        f"**Sample efficiency** (reward queries to a normalized gap of {threshold}, i.e. "
+        f"{1 - threshold:.0%} of the gap closed): "
+    )
+    if qa.k == len(a) and qb.k == len(b):
+        diff, se, verdict = compare(qa, qb)
+        if verdict.startswith("significant"):
+            head += f"CT-PPO is {'more' if diff > 0 else 'less'} sample-efficient than DDPO on this task"
+        else:
+            head += "no significant difference between CT-PPO and DDPO on this task"
+        head += (
+            f": {fmt(qa, digits=0)} queries for CT-PPO against {fmt(qb, digits=0)} for DDPO "
+            f"(ratio DDPO / CT-PPO {qb.mean / qa.mean:.2f}; DDPO - CT-PPO {diff:,.0f} ± {se:,.0f}, {verdict}; "
+            f"{len(a)} and {len(b)} seeds)."
+        )
+    elif qa.k or qb.k:
+        fa, fb = qa.k / len(a), qb.k / len(b)
+        counts = (
+            f"CT-PPO reached it in {qa.k}/{len(a)} seeds (after {fmt(qa, digits=0)}), "
+            f"DDPO in {qb.k}/{len(b)} (after {fmt(qb, digits=0)}) within {budget:,} queries"
+        )
+        if fa == fb:
+            head += f"inconclusive: {counts}."
+        else:
+            first = "CT-PPO" if fa > fb else "DDPO"
+            decisive = {fa, fb} == {0.0, 1.0}
+            head += f"{first} reached it in more seeds: {counts}" + (
+                f"; {first} is the more sample-efficient here." if decisive else "; too few seeds to conclude."
+            )
+    else:
+        ga, gb = _final(a, n_train, "gap"), _final(b, n_train, "gap")
+        diff, se, verdict = compare(ga, gb)
+        head += (
+            f"neither reached it within {budget:,} queries, so this budget does not answer it; at the end "
+            f"the gaps are {fmt(ga)} (CT-PPO) and {fmt(gb)} (DDPO), DDPO - CT-PPO {diff:.3f} ± {se:.3f} ({verdict})."
+        )
+    lines.append(head)
+
+    grids = sorted({int(n) for r in a + b for n in r["final"]} - {n_train})
+    if not grids:
+        lines.append("**Robustness across N**: the suite scored no grid other than the training grid.")
+        return lines
+    wa, wb = _robust_stat(a, n_train, "worst_rise"), _robust_stat(b, n_train, "worst_rise")
+    ma, mb = _robust_stat(a, n_train, "off_mean"), _robust_stat(b, n_train, "off_mean")
+    w_diff, w_se, w_verdict = compare(wa, wb)
+    m_diff, m_se, m_verdict = compare(ma, mb)
+    if w_verdict.startswith("significant"):
+        text = f"CT-PPO is {'more' if w_diff > 0 else 'less'} robust across N than DDPO on this task"
+    else:
+        text = "CT-PPO is not measurably more robust across N than DDPO on this task"
+    lines.append(
+        f"**Robustness across N** (trained at N = {n_train}, scored at N = {', '.join(map(str, grids))}, each "
+        f"against J* and J(pre) on that grid): {text}. The worst rise of the normalized gap off the training "
+        f"grid over the gap at N = {n_train} is {fmt(wa)} for CT-PPO and {fmt(wb)} for DDPO (DDPO - CT-PPO "
+        f"{w_diff:.3f} ± {w_se:.3f}, {w_verdict}). The mean gap off the training grid is {fmt(ma)} against "
+        f"{fmt(mb)} (DDPO - CT-PPO {m_diff:.3f} ± {m_se:.3f}, {m_verdict})."
+    )
+    return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    """The markdown report of a results dict (the contents of results.json)."""
+    seeds = results["seeds"]
+    lines = [
+        f"# Benchmark report: suite `{results['suite']}`",
+        "",
+        f"Generated from `results.json` by `python -m benchmarks report`. Command: `{results['command']}`; "
+        f"device {results['device']}, torch {results['torch']}, {results['date']}; "
+        f"{len(results['runs'])} runs, seeds {', '.join(map(str, seeds))}, "
+        f"{results.get('seconds', math.nan):.0f} s in all.",
+        "",
+        "Every figure is a mean over seeds ± its standard error: the larger of the spread over seeds "
+        "(std / sqrt(seeds)) and the runs' own Monte Carlo errors (sqrt(sum se^2) / seeds); a gap's error "
+        "also carries the Monte Carlo error of J* and J(pre) on its grid, once (every run shares them), "
+        'and comparisons of two agents on the same grids leave it out. "Significant" is a two-sided test '
+        f"at {LEVEL:.0%}: Welch's t where the spread over seeds sets an error, normal where Monte Carlo "
+        "errors do. The normalized gap is (J* - J) / (J* - J(pre)) with "
+        "J* and J(pre) estimated on the grid the policy is scored at: 1 is the pretrained model, 0 the "
+        "optimum. Reward queries and seconds to a gap are interpolated on the learning curve "
+        "(evaluations of the deterministic policy; their time is excluded).",
+    ]
+    for key, task in results["tasks"].items():
+        kwargs = ", ".join(f"{k}={v}" for k, v in task["env_kwargs"].items())
+        lines += ["", f"## `{key}`: {task['env']}" + (f" ({kwargs})" if kwargs else ""), ""]
+        lines.append(
+            f"{task['num_envs']} envs, {task['reward_queries']:,} reward queries per run (unless the table says "
+            f"otherwise); learning curves "
+            f"from {task['curve_n']:,} samples per point; final scores from {task['eval_n']:,} samples per "
+            f"grid; J* and J(pre) from {task['optimum_n']:,} pretrained samples per grid."
+        )
+        for n_train in task["n_train"]:
+            lines += _task_tables(results, key, task, n_train)
+    if results.get("throughput"):
+        lines += ["", "## Environment throughput: batched env vs a hand-written loop of the same model", ""]
+        lines += [
+            "Full Euler-Maruyama episodes from the same seed, zero actions, timed alternately in one "
+            "process; particle-steps/s (median over repeats).",
+            "",
+            "| task | device | batch | steps | env | raw loop | env / raw | max abs diff | host syncs / episode |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for m in results["throughput"]:
+            syncs = m.get("host_syncs_per_episode")
+            lines.append(
+                f"| {m['env_id']} | {m['device']} | {m['batch']:,} | {m['steps']} | {m['env_rate']:.3g} | "
+                f"{m['raw_rate']:.3g} | {m['ratio']:.2f} | {m['max_diff']:.1e} | {'–' if syncs is None else syncs} |"
+            )
+    plots = sorted(p for p in results.get("plots", []))
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_train: int) -> list[str]:
+    runs = runs_by_agent(results, key, n_train)
+    opt = task["optimum"][str(n_train)]
+    pre = task["pretrained"].get(str(n_train), {})
+    image = pre.get("image")
+    lines = [
+        "",
+        f"### Trained and scored at N = {n_train}",
+        "",
+        f"J* = {fmt(opt['j_star'], opt['j_star_se'])}, J(pre) = {fmt(opt['j_pretrained'], opt['j_pretrained_se'])}"
+        + (f", pretrained gold reward {fmt(pre['gold'], pre['gold_se'])}" if "gold" in pre else "")
+        + (
+            f", pretrained Frechet distance {image['frechet']:.2f}, per-class diversity {image['diversity']:.2f}"
+            if image
+            else ""
+        )
+        + ".",
+        "",
+    ]
+    thresholds = results["gap_thresholds"]
+    has_gold = any("gold" in r["final"][str(n_train)] for rs in runs.values() for r in rs if str(n_train) in r["final"])
+    has_image = any(r.get("image") for rs in runs.values() for r in rs)
+    has_gpu = any(r.get("peak_gpu_mib") is not None for rs in runs.values() for r in rs)
+    head = ["agent", "seeds", "queries", "gap", "J", "proxy"] + (["gold"] if has_gold else []) + ["KL"]
+    for g in thresholds:
+        head += [f"queries to gap {g}", f"s to gap {g}"]
+    head += ["train s"] + (["Frechet", "diversity"] if has_image else []) + (["peak GPU MiB"] if has_gpu else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for agent, rs in runs.items():
+        row = [agent, str(len(rs)), f"{statistics.fmean(r['reward_queries'] for r in rs):,.0f}"]
+        row.append(fmt(_gap_with_optimum(task, n_train, _final(rs, n_train, "gap"))))
+        row.append(fmt(_final(rs, n_train, "objective")))
+        row.append(fmt(_final(rs, n_train, "proxy")))
+        if has_gold:
+            row.append(fmt(_final(rs, n_train, "gold")))
+        row.append(fmt(_final(rs, n_train, "kl")))
+        for g in thresholds:
+            row += [_to_gap(rs, g, "reward_queries"), _to_gap(rs, g, "seconds")]
+        row.append(fmt(over_seeds(r["train_seconds"] for r in rs), digits=0))
+        if has_image:
+            row.append(fmt(over_seeds((r["image"] or {}).get("frechet") for r in rs), digits=2))
+            row.append(fmt(over_seeds((r["image"] or {}).get("diversity") for r in rs), digits=2))
+        if has_gpu:
+            row.append(fmt(over_seeds(r["peak_gpu_mib"] for r in rs), digits=0))
+        lines.append("| " + " | ".join(row) + " |")
+
+    grids = sorted({int(n) for rs in runs.values() for r in rs for n in r["final"]})
+    if len(grids) > 1:
+        lines += [
+            "",
+            f"Discretization robustness: normalized gap of the policies trained at N = {n_train}, scored at each N "
+            f"(the suite's grids for this task), the mean over the other grids, and the worst rise over the gap at "
+            f"N = {n_train} (those two columns without the optimum's error, as in the claims).",
+            "",
+            "| agent | "
+            + " | ".join(f"N = {n}" for n in grids)
+            + f" | mean over N ≠ {n_train} | worst rise over N = {n_train} |",
+            "|" + "---|" * (len(grids) + 3),
+        ]
+        for agent, rs in runs.items():
+            cells = [fmt(_gap_with_optimum(task, n, _final(rs, n, "gap"))) for n in grids]
+            cells.append(fmt(_robust_stat(rs, n_train, "off_mean")))
+            cells.append(fmt(_robust_stat(rs, n_train, "worst_rise")))
+            lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+        for name, field in (("J*", "j_star"), ("J(pre)", "j_pretrained")):
+            cells = [fmt(task["optimum"][str(n)][field], task["optimum"][str(n)][f"{field}_se"]) for n in grids]
+            lines.append(f"| {name} | " + " | ".join(cells) + " | | |")
+    lines += ["", "**The paper's claims on this task.**", ""] + [f"- {c}" for c in claims(results, key, n_train)]
+    return lines
+
+
+def write_report(out: str | Path) -> Path:
+    """Render ``out/results.json`` into ``out/report.md``."""
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    path = out / "report.md"
+    path.write_text(render(results))
+    return path

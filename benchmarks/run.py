@@ -1,0 +1,451 @@
+"""Run a suite: every agent x task x seed x N_train, scored against the known optimum at every grid.
+
+For each task and grid, J* and J(pretrained) come from one set of pretrained samples on that grid
+(so the pretrained sampler's own discretization error counts neither for nor against an agent).
+Each run trains with a learning curve (the deterministic policy evaluated at ``curve_points``
+budgets; evaluation time is excluded from the wall time), then scores the trained policy at every
+``eval_steps`` grid. Everything lands in ``results.json`` (schema: ``benchmarks/README.md``),
+rewritten after every run; ``report.md`` and the plots are generated from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from agents import AGENTS, sb3_agents
+from agents.common.agent import Agent
+from agents.train import build_agent, make_env
+from benchmarks.suite import RunSpec, Suite, TaskSpec, config_overrides
+from diffusion_gym.evaluation import Estimate, Rollouts, rollout
+from diffusion_gym.optimum import Optimum, optimum_from_rewards
+
+SCHEMA_VERSION = 1
+GAP_THRESHOLDS = (0.5, 0.1)
+"""Normalized gaps whose first crossing is recorded: 50% and 90% of the gap closed."""
+SAMPLES_PER_CLASS = 8
+POINTS_SAVED = 4096
+
+
+SEED_PURPOSES = {"optimum": 1, "curve": 2, "final": 3}
+
+
+def derive_seed(purpose: str, *keys: int) -> int:
+    """A seed for one purpose (the optimum's samples, a curve point, a final score) and its keys
+    (run seed, grid, point), hashed by ``SeedSequence`` so that no two evaluations share noise."""
+    return int(np.random.SeedSequence([SEED_PURPOSES[purpose], *keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Image metrics: a feature map and reference features per task that has them.
+
+
+def _digits_features() -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    from diffusion_gym.datasets.digits import digits
+    from diffusion_gym.rewards.digits_classifier import load_classifier
+
+    classifier = load_classifier()
+
+    @torch.no_grad()
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([classifier.features(b.float().cpu().clamp(-1, 1)) for b in x.split(1024)])
+
+    return features, features(digits("heldout")[0])
+
+
+IMAGE_FEATURES: dict[str, Callable[[], tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]]] = {
+    "DiffusionSDE-Digits-v0": _digits_features,
+}
+"""Env id -> a factory of (feature map, held-out reference features) for the Frechet distance and the
+per-class diversity (classifier features of the held-out digits)."""
+
+
+def image_metrics(
+    env_id: str, x: torch.Tensor, cond: torch.Tensor | None, cache: dict[str, Any]
+) -> dict[str, float] | None:
+    """Frechet distance to held-out data and per-class diversity of final samples ``x`` of classes
+    ``cond`` (image tasks; None for others)."""
+    from diffusion_gym.metrics import frechet_distance, per_class_diversity
+
+    if env_id not in IMAGE_FEATURES:
+        return None
+    if env_id not in cache:
+        cache[env_id] = IMAGE_FEATURES[env_id]()
+    features, reference = cache[env_id]
+    f = features(x)
+    labels = cond.cpu() if cond is not None else torch.zeros(len(f), dtype=torch.int64)
+    return {"frechet": frechet_distance(f, reference), "diversity": per_class_diversity(f, labels)}
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _eval_env(task: TaskSpec, n_steps: int, n: int, device: torch.device) -> Any:
+    cap = 65_536 if device.type == "cuda" else 4096
+    return make_env(task.env, min(n, cap), **(task.env_kwargs | {"n_steps": n_steps, "device": device}))
+
+
+def _estimates(summary: dict[str, Estimate]) -> dict[str, float]:
+    out = {}
+    for key, est in summary.items():
+        key = {"terminal_reward": "proxy", "gold_reward": "gold"}.get(key, key)
+        out[key], out[f"{key}_se"] = est.mean, est.se
+    return out
+
+
+def _saved_samples(r: Rollouts) -> dict[str, torch.Tensor]:
+    """A few samples per class (image tasks) or the first few thousand points, for the sample plots."""
+    if r.cond is None:
+        return {"x": r.x[:POINTS_SAVED].float()}
+    idx = torch.cat([torch.nonzero(r.cond == c).flatten()[:SAMPLES_PER_CLASS] for c in r.cond.unique()])
+    return {"x": r.x[idx].float(), "cond": r.cond[idx]}
+
+
+def task_baseline(task: TaskSpec, device: torch.device, out: Path, cache: dict[str, Any]) -> dict[str, Any]:
+    """J*, J(pre) (and the pretrained sampler's gold reward and image metrics) at every grid the task
+    trains or is scored at; the pretrained samples of each training grid are saved for the plots."""
+    grids = sorted(set(task.eval_steps) | set(task.n_train))
+    optimum: dict[str, Any] = {}
+    pretrained: dict[str, Any] = {}
+    for n_steps in grids:
+        env = _eval_env(task, n_steps, task.optimum_n, device)
+        pre = rollout(env, None, task.optimum_n, seed=derive_seed("optimum", n_steps))
+        opt = optimum_from_rewards(pre.terminal_reward, env.kl_coef)
+        optimum[str(n_steps)] = {
+            "j_star": opt.j_star.mean,
+            "j_star_se": opt.j_star.se,
+            "j_pretrained": opt.j_pretrained.mean,
+            "j_pretrained_se": opt.j_pretrained.se,
+            "covariance": opt.covariance,
+            "n": opt.j_star.n,
+            "kl_coef": env.kl_coef,
+        }
+        if n_steps in task.n_train:
+            row = _estimates(pre.summary())
+            # From as many samples as an agent's (the Frechet distance is biased at small sample counts).
+            m = task.eval_n
+            row["image"] = image_metrics(task.env, pre.x[:m], None if pre.cond is None else pre.cond[:m], cache)
+            path = out / "samples" / f"{task.key}__pretrained__N{n_steps}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(_saved_samples(pre) | {"terminal_reward": pre.terminal_reward.float()}, path)
+            row["samples"] = str(path.relative_to(out))
+            pretrained[str(n_steps)] = row
+    return {
+        "spec": _jsonable(asdict(task)),
+        "env": task.env,
+        "env_kwargs": task.env_kwargs,
+        "n_train": task.n_train,
+        "num_envs": task.num_envs,
+        "reward_queries": task.reward_queries,
+        "eval_steps": task.eval_steps,
+        "eval_n": task.eval_n,
+        "curve_n": task.curve_n,
+        "optimum_n": task.optimum_n,
+        "optimum": optimum,
+        "pretrained": pretrained,
+    }
+
+
+def _optimum(entry: dict[str, Any]) -> Optimum:
+    n = entry["n"]
+    return Optimum(
+        Estimate(entry["j_star"], entry["j_star_se"], n),
+        Estimate(entry["j_pretrained"], entry["j_pretrained_se"], n),
+        entry["covariance"],
+    )
+
+
+def crossing(curve: list[dict[str, float]], threshold: float, key: str) -> float | None:
+    """``key`` (reward queries or seconds) at which the curve's gap first falls to ``threshold``,
+    linearly interpolated between the two evaluations around the crossing; None if it never does.
+    (On the point estimates: with few curve samples a crossing is as noisy as the curve.)"""
+    if curve and curve[0]["gap"] <= threshold:
+        return curve[0][key]
+    for before, after in zip(curve, curve[1:], strict=False):
+        if after["gap"] <= threshold < before["gap"]:
+            frac = (before["gap"] - threshold) / (before["gap"] - after["gap"])
+            return before[key] + frac * (after[key] - before[key])
+    return None
+
+
+class LearningCurve:
+    """The zoo callback that evaluates the deterministic policy at fixed reward-query budgets,
+    ``budget * (i / curve_points)^2`` (the first iteration at or past each).
+
+    Evaluation time is measured and excluded from the run's wall time; the points also go to the
+    run's TensorBoard directory as ``eval/*`` scalars.
+    """
+
+    def __init__(self, spec: RunSpec, optimum: Optimum, device: torch.device, logdir: Path) -> None:
+        task = spec.task
+        # Quadratic spacing: most of the gap closes early, where a fixed-gap crossing needs resolution.
+        self.points = [round(spec.reward_queries * (i / task.curve_points) ** 2) for i in range(task.curve_points + 1)]
+        self.next = 1  # the first point (0 queries) is evaluated before training
+        self.env = _eval_env(task, spec.n_train, task.curve_n, device)
+        self.n, self.run_seed, self.n_train = task.curve_n, spec.seed, spec.n_train
+        self.optimum = optimum
+        self.device = device
+        self.train_peak = 0
+        self.curve: list[dict[str, float]] = []
+        self.start = time.perf_counter()
+        self.eval_seconds = 0.0
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(logdir), filename_suffix=".eval")
+
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self.start - self.eval_seconds
+
+    def evaluate(self, agent: Agent) -> None:
+        t0 = time.perf_counter()
+        seconds = t0 - self.start - self.eval_seconds
+        if self.device.type == "cuda":  # the peak of training alone: evaluation batches are larger
+            self.train_peak = max(self.train_peak, torch.cuda.max_memory_allocated(self.device))
+        seed = derive_seed("curve", self.run_seed, self.n_train, len(self.curve))
+        result = rollout(self.env, agent.act, self.n, seed=seed).summary()
+        gap = self.optimum.normalized_gap(result["objective"])
+        point = {"reward_queries": agent.reward_queries, "seconds": seconds, "gap": gap.mean, "gap_se": gap.se}
+        point |= _estimates(result)
+        self.curve.append(point)
+        for key in ("objective", "proxy", "gold", "kl", "gap"):
+            if key in point:
+                self.writer.add_scalar(f"eval/{key}", point[key], agent.reward_queries)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.eval_seconds += time.perf_counter() - t0
+
+    def peak_mib(self) -> float | None:
+        """Peak GPU memory of training, evaluations excluded (None off-GPU)."""
+        if self.device.type != "cuda":
+            return None
+        return max(self.train_peak, torch.cuda.max_memory_allocated(self.device)) / 2**20
+
+    def __call__(self, agent: Agent, stats: dict[str, float]) -> bool:
+        if self.next < len(self.points) and agent.reward_queries >= self.points[self.next]:
+            self.evaluate(agent)
+            while self.next < len(self.points) and self.points[self.next] <= agent.reward_queries:
+                self.next += 1  # points an iteration jumped over are not evaluated twice
+        return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def run_one(
+    spec: RunSpec, baseline: dict[str, Any], device: torch.device, out: Path, cache: dict[str, Any]
+) -> dict[str, Any]:
+    """Train one agent on one task with one seed at N_train, then score it at every grid."""
+    task = spec.task
+    registry = {**AGENTS, **sb3_agents()}
+    overrides = config_overrides(registry[spec.agent][1], spec.overrides)
+    logdir = out / "tensorboard" / spec.run_id
+    shutil.rmtree(logdir, ignore_errors=True)  # a rerun into the same directory starts a fresh log
+    env = make_env(task.env, spec.num_envs, **(task.env_kwargs | {"n_steps": spec.n_train, "device": device}))
+    torch.manual_seed(spec.seed)
+    agent = build_agent(spec.agent, env, overrides | {"seed": spec.seed, "logdir": str(logdir), "progress": False})
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+    curve = LearningCurve(spec, _optimum(baseline["optimum"][str(spec.n_train)]), device, logdir)
+    curve.evaluate(agent)  # the pretrained policy, at 0 queries
+    curve.start = time.perf_counter()
+    curve.eval_seconds = 0.0
+    agent.learn(spec.reward_queries, callback=curve)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_seconds = curve.train_seconds()
+    peak = curve.peak_mib()
+    if curve.curve[-1]["reward_queries"] < agent.reward_queries:
+        curve.evaluate(agent)
+    curve.close()
+
+    t0 = time.perf_counter()
+    final: dict[str, Any] = {}
+    image = None
+    samples = None
+    for n_steps in task.eval_steps:
+        env_n = _eval_env(task, n_steps, task.eval_n, device)
+        r = rollout(env_n, agent.act, task.eval_n, seed=derive_seed("final", spec.seed, spec.n_train, n_steps))
+        row = _estimates(r.summary())
+        optimum = _optimum(baseline["optimum"][str(n_steps)])
+        gap = optimum.normalized_gap(r.summary()["objective"])
+        # The policy's own share of the gap's error: the optimum's is shared by every run on the grid.
+        policy_se = row["objective_se"] / (optimum.j_star.mean - optimum.j_pretrained.mean)
+        final[str(n_steps)] = row | {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": policy_se}
+        if n_steps == spec.n_train:
+            image = image_metrics(task.env, r.x, r.cond, cache)
+            path = out / "samples" / f"{spec.run_id.replace('/', '__')}.pt"
+            torch.save(_saved_samples(r), path)
+            samples = str(path.relative_to(out))
+    eval_seconds = time.perf_counter() - t0 + curve.eval_seconds
+    pts = curve.curve
+    return {
+        "id": spec.run_id,
+        "spec": run_fingerprint(spec),
+        "task": task.key,
+        "env": task.env,
+        "agent": spec.label,
+        "zoo_agent": spec.agent,
+        "seed": spec.seed,
+        "n_train": spec.n_train,
+        "config": _jsonable(asdict(agent.config)),
+        "num_envs": spec.num_envs,
+        "reward_queries": agent.reward_queries,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "peak_gpu_mib": peak,
+        "curve": pts,
+        "to_gap": {
+            str(g): {"reward_queries": crossing(pts, g, "reward_queries"), "seconds": crossing(pts, g, "seconds")}
+            for g in GAP_THRESHOLDS
+        },
+        "final": final,
+        "image": image,
+        "samples": samples,
+        "tensorboard": str(logdir.relative_to(out)),
+    }
+
+
+def run_fingerprint(spec: RunSpec) -> dict[str, Any]:
+    """What makes a finished run reusable by ``--resume``: its agent, settings, budget and task."""
+    return _jsonable(
+        {
+            "agent": spec.agent,
+            "overrides": spec.overrides,
+            "num_envs": spec.num_envs,
+            "reward_queries": spec.reward_queries,
+        }
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_suite(
+    suite: Suite,
+    device: str | torch.device = "cpu",
+    out: str | Path = "benchmark_results",
+    resume: bool = False,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run every run of ``suite`` (and its throughput section, if any); write ``results.json``, the
+    report and the plots under ``out``; return the results.
+
+    Args:
+        suite: from :func:`benchmarks.suite.load_suite`.
+        device: where envs and agents run.
+        out: the output directory.
+        resume: keep the finished runs of ``out/results.json`` (same suite, device and settings) and
+            run the rest; raises if the file holds another suite or device, or a task changed.
+        command: recorded in the results (default: this process's command line).
+    """
+    from benchmarks.plots import write_plots
+    from benchmarks.report import write_report
+
+    device = torch.device(device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "suite": suite.name,
+        "description": suite.description,
+        "command": command or " ".join(["python", "-m", "benchmarks", *map(shlex.quote, sys.argv[1:])]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "seeds": suite.seeds,
+        "agents": {label: {"agent": agent, "settings": s} for label, (agent, s) in suite.agents.items()},
+        "gap_thresholds": list(GAP_THRESHOLDS),
+        "tasks": {},
+        "runs": [],
+        "throughput": [],
+    }
+    previous_seconds = 0.0
+    if resume and path.exists():
+        old = json.loads(path.read_text())
+        if (old.get("suite"), old.get("device")) != (suite.name, results["device"]):
+            raise ValueError(
+                f"{path} holds suite {old.get('suite')!r} on {old.get('device')!r}, not {suite.name!r} on "
+                f"{results['device']!r}: resume only the same suite on the same device, or choose another --out"
+            )
+        for key, task in old["tasks"].items():
+            if key in suite.tasks and task.get("spec") != _jsonable(asdict(suite.tasks[key])):
+                raise ValueError(f"task {key!r} changed since {path} was written; rerun it without --resume")
+        current = {spec.run_id: run_fingerprint(spec) for spec in suite.runs()}
+        results["tasks"] = {k: v for k, v in old["tasks"].items() if k in suite.tasks}
+        results["runs"] = [r for r in old["runs"] if current.get(r["id"]) == r.get("spec")]
+        results["started"], previous_seconds = old["started"], old.get("seconds", 0.0)
+    done = {run["id"] for run in results["runs"]}
+    runs = [spec for spec in suite.runs() if spec.run_id not in done]
+    throughput = _throughput_jobs(suite, device)
+
+    cache: dict[str, Any] = {}
+    start = time.perf_counter() - previous_seconds
+    bar = tqdm(total=len(runs) + len(throughput), desc=f"suite {suite.name}", unit="run", dynamic_ncols=True)
+    for spec in runs:
+        if spec.task.key not in results["tasks"]:
+            bar.set_postfix_str(f"{spec.task.key}: J* and J(pre) at every grid")
+            results["tasks"][spec.task.key] = task_baseline(spec.task, device, out, cache)
+        bar.set_postfix_str(spec.run_id)
+        results["runs"].append(run_one(spec, results["tasks"][spec.task.key], device, out, cache))
+        results["seconds"] = time.perf_counter() - start
+        _write_json(path, results)
+        bar.update()
+    for job in throughput:
+        from benchmarks.env_throughput import measure
+
+        bar.set_postfix_str(f"throughput {job['task']} batch {job['batch']}")
+        results["throughput"].append(measure(**job, device=device) | {"task": job["task"]})
+        bar.update()
+    bar.close()
+    results["seconds"] = time.perf_counter() - start
+    _write_json(path, results)
+    results["plots"] = write_plots(out)
+    _write_json(path, results)
+    write_report(out)
+    return results
+
+
+def _throughput_jobs(suite: Suite, device: torch.device) -> list[dict[str, Any]]:
+    """The env-throughput measurements of the suite's ``[throughput]`` table, one per task and batch."""
+    table = suite.throughput
+    if not table:
+        return []
+    jobs = []
+    for task, spec in table.items():
+        spec = {k: v for k, v in spec.items() if k not in ("cpu", "cuda")} | spec.get(device.type, {})
+        for batch in spec["batches"]:
+            jobs.append({"task": task, "batch": batch, "steps": spec["steps"], "repeats": spec["repeats"]})
+    return jobs

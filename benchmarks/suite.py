@@ -1,0 +1,218 @@
+"""A benchmark suite: one small TOML file of agents, tasks and budgets, expanded into runs.
+
+A run is one agent x task x seed x N_train. The file (see ``benchmarks/suites/quick.toml``) holds
+
+- ``seeds``, ``agents`` (the names to run, in order), optionally ``imports`` (modules to import
+  first: an external agent registers itself there with :func:`agents.register_agent`);
+- ``[agent_settings.NAME]``: the zoo agent NAME is (``agent = "sb3"``; default: NAME itself) and
+  config overrides for every task (``num_envs`` and ``reward_queries`` there set the run's budget);
+- ``[tasks.KEY]``: the env id and its kwargs, the training grids ``n_train``, the budget
+  (``num_envs``, ``reward_queries``), the learning-curve and final evaluations (``curve_points``,
+  ``curve_n``, ``eval_steps``, ``eval_n``, ``optimum_n``), ``policy_net`` and, under
+  ``[tasks.KEY.agent_settings.NAME]``, per-task config overrides.
+
+Any table may hold ``[cpu]`` / ``[cuda]`` sub-tables, merged over it on that device: one suite
+file describes the GPU run and its smaller CPU counterpart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SUITES_DIR = Path(__file__).parent / "suites"
+DEVICE_TABLES = ("cpu", "cuda")
+RUN_BUDGET = ("num_envs", "reward_queries")
+"""Keys of an agent's settings that set its run's budget instead of its config."""
+
+TASK_FIELDS = {
+    "env": str,
+    "env_kwargs": dict,
+    "n_train": list,
+    "num_envs": int,
+    "reward_queries": int,
+    "curve_points": int,
+    "curve_n": int,
+    "eval_steps": list,
+    "eval_n": int,
+    "optimum_n": int,
+    "policy_net": str,
+    "agent_settings": dict,
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a suite (see the module docstring for the fields)."""
+
+    key: str
+    env: str
+    env_kwargs: dict[str, Any]
+    n_train: list[int]
+    num_envs: int
+    reward_queries: int
+    curve_points: int
+    curve_n: int
+    eval_steps: list[int]
+    eval_n: int
+    optimum_n: int
+    policy_net: str | None = None
+    agent_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: an agent (its label and zoo name, with its config overrides) on a task at N_train with a seed."""
+
+    task: TaskSpec
+    label: str
+    agent: str
+    overrides: dict[str, Any]
+    seed: int
+    n_train: int
+    num_envs: int
+    reward_queries: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.task.key}/{self.label}/N{self.n_train}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A parsed suite for one device type."""
+
+    name: str
+    path: Path
+    description: str
+    seeds: list[int]
+    agents: dict[str, tuple[str, dict[str, Any]]]
+    tasks: dict[str, TaskSpec]
+    throughput: dict[str, Any] | None = None
+
+    def runs(self) -> list[RunSpec]:
+        """Every agent x task x seed x N_train, tasks outermost (a task's optimum is computed once)."""
+        out = []
+        for task in self.tasks.values():
+            for n_train in task.n_train:
+                for label, (agent, overrides) in self.agents.items():
+                    for seed in self.seeds:
+                        merged = dict(overrides)
+                        if task.policy_net is not None and agent != "sb3":
+                            merged.setdefault("policy_net", task.policy_net)
+                        merged |= task.agent_settings.get(label, {})
+                        budget = {key: merged.pop(key, getattr(task, key)) for key in RUN_BUDGET}
+                        out.append(RunSpec(task, label, agent, merged, seed, n_train, **budget))
+        return out
+
+
+def _on_device(table: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """``table`` without its device sub-tables, with the one for ``device_type`` merged over it."""
+    base = {k: v for k, v in table.items() if k not in DEVICE_TABLES}
+    return base | table.get(device_type, {})
+
+
+def suite_path(name_or_path: str | Path) -> Path:
+    """A suite's file: a path, or the name of a file in ``benchmarks/suites/``."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    path = SUITES_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        known = sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+        raise FileNotFoundError(f"no suite {name_or_path!r}; known: {known}, or give a .toml path")
+    return path
+
+
+def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | None = None) -> Suite:
+    """Parse and check a suite file for ``device_type`` ("cpu" or "cuda").
+
+    Args:
+        name_or_path: a suite name (``quick``, ``full``) or a TOML file.
+        device_type: which device sub-tables apply.
+        seeds: overrides the file's seed count (seeds are 0..seeds-1).
+
+    Raises:
+        ValueError: unknown keys, missing fields, or an agent no registry knows.
+    """
+    from agents import AGENTS, sb3_agents
+
+    path = suite_path(name_or_path)
+    raw = _on_device(tomllib.loads(path.read_text()), device_type)
+    unknown = set(raw) - {"description", "seeds", "agents", "agent_settings", "tasks", "imports", "throughput"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    for module in raw.get("imports", []):
+        importlib.import_module(module)  # registers external agents
+
+    settings = raw.get("agent_settings", {})
+    if unknown_settings := set(settings) - set(raw.get("agents", [])):
+        raise ValueError(f"{path}: [agent_settings] for agents not in `agents`: {sorted(unknown_settings)}")
+    registry = {name: config for name, (_, config) in (AGENTS | sb3_agents()).items()}
+    agents: dict[str, tuple[str, dict[str, Any]]] = {}
+    for label in raw.get("agents", []):
+        table = _on_device(settings.get(label, {}), device_type)
+        agent = table.pop("agent", label)
+        if agent not in registry:
+            raise ValueError(f"{path}: agent {label!r} is {agent!r}, unknown; known: {sorted(registry)}")
+        _check_settings(path, label, registry[agent], table)
+        agents[label] = (agent, table)
+
+    tasks = {}
+    for key, table in raw.get("tasks", {}).items():
+        table = _on_device(table, device_type)
+        if missing := set(TASK_FIELDS) - set(table) - {"env_kwargs", "policy_net", "agent_settings"}:
+            raise ValueError(f"{path}: task {key!r} is missing {sorted(missing)}")
+        if extra := set(table) - set(TASK_FIELDS):
+            raise ValueError(f"{path}: task {key!r} has unknown keys {sorted(extra)}")
+        table.setdefault("env_kwargs", {})
+        overrides = {name: _on_device(t, device_type) for name, t in table.get("agent_settings", {}).items()}
+        if unknown_agents := set(overrides) - set(agents):
+            raise ValueError(f"{path}: task {key!r} overrides agents not in the suite: {sorted(unknown_agents)}")
+        for label, t in overrides.items():
+            _check_settings(path, label, registry[agents[label][0]], t)
+        if not set(table["n_train"]) <= set(table["eval_steps"]):
+            raise ValueError(f"{path}: task {key!r}: every n_train grid must be in eval_steps (scored there)")
+        if table["curve_points"] < 1 or min(table["eval_n"], table["curve_n"], table["reward_queries"]) < 1:
+            raise ValueError(f"{path}: task {key!r}: curve_points, curve_n, eval_n and reward_queries must be >= 1")
+        if table["optimum_n"] < table["eval_n"]:
+            raise ValueError(f"{path}: task {key!r}: optimum_n must be >= eval_n (the pretrained image metrics)")
+        tasks[key] = TaskSpec(key=key, **(table | {"agent_settings": overrides}))
+    if not tasks or not agents:
+        raise ValueError(f"{path}: a suite needs at least one task and one agent")
+    n_seeds = int(raw.get("seeds", 1) if seeds is None else seeds)
+    if n_seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {n_seeds}")
+    return Suite(
+        name=path.stem,
+        path=path,
+        description=raw.get("description", ""),
+        seeds=list(range(n_seeds)),
+        agents=agents,
+        tasks=tasks,
+        throughput=raw.get("throughput"),
+    )
+
+
+def _check_settings(path: Path, label: str, config_cls: type, settings: dict[str, Any]) -> None:
+    """Agent settings must be fields of the agent's config or the run's budget keys."""
+    fields = {f.name for f in dataclasses.fields(config_cls)} | set(RUN_BUDGET)
+    if unknown := set(settings) - fields:
+        raise ValueError(f"{path}: settings {sorted(unknown)} of {label!r} are not fields of {config_cls.__name__}")
+
+
+def config_overrides(config_cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    """TOML arrays as tuples where the config field's default is a tuple (``hidden = [64, 64]``)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    return {
+        k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v for k, v in overrides.items()
+    }

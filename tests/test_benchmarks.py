@@ -1,0 +1,300 @@
+"""The benchmark suite: suite files, an end-to-end run of a tiny suite (results.json, report, plots,
+TensorBoard), the report generated from results.json alone, the claims it states, and the metrics."""
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from agents import AGENTS, register_agent
+from agents.common.agent import Agent, AgentConfig
+from agents.common.trajectories import Trajectories
+from benchmarks.__main__ import main as benchmarks_main
+from benchmarks.env_throughput import measure
+from benchmarks.plots import kl_front
+from benchmarks.report import claims, render
+from benchmarks.run import crossing
+from benchmarks.suite import load_suite
+from diffusion_gym.metrics import per_class_diversity
+
+pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
+
+
+@dataclass
+class ZeroConfig(AgentConfig):
+    """No settings of its own."""
+
+
+class ZeroAgent(Agent):
+    """An external agent that never learns: its policy is the pretrained sampler (gap 1 by definition)."""
+
+    name = "zero"
+
+    def mean_action(self, t: Tensor, x: Tensor, cond: Tensor | None) -> Tensor:
+        return torch.zeros_like(x)
+
+    def update(self, traj: Trajectories) -> dict[str, float]:
+        return {}
+
+
+TINY = """
+seeds = 1
+agents = ["ct_ppo", "ddpo", "zero", "sb3_ppo"]
+
+[agent_settings.sb3_ppo]
+agent = "sb3"
+algo_kwargs = { n_epochs = 1, batch_size = 512 }
+
+[tasks.mixture2d]
+env = "DiffusionSDE-v0"
+env_kwargs = { integrator = "exponential" }
+n_train = [10]
+num_envs = 256
+reward_queries = 3072
+curve_points = 3
+curve_n = 1024
+eval_steps = [5, 10, 20]
+eval_n = 8192
+optimum_n = 16384
+
+[tasks.digits]
+env = "DiffusionSDE-Digits-v0"
+env_kwargs = { integrator = "exponential" }
+n_train = [4]
+num_envs = 20
+reward_queries = 40
+curve_points = 1
+curve_n = 20
+eval_steps = [4]
+eval_n = 40
+optimum_n = 40
+policy_net = "mlp"
+
+[tasks.digits.agent_settings.ct_ppo]
+clip = 0.1
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny suite above, run once through the command line, with the external agent registered
+    by one call."""
+    register_agent("zero", ZeroAgent, ZeroConfig)
+    out = tmp_path_factory.mktemp("bench")
+    (out / "tiny.toml").write_text(TINY)
+    try:
+        assert benchmarks_main(["run", "--suite", str(out / "tiny.toml"), "--out", str(out / "res")]) == 0
+    finally:
+        AGENTS.pop("zero")
+    return out / "res"
+
+
+def test_shipped_suites_parse_on_both_devices():
+    for device in ("cpu", "cuda"):
+        quick = load_suite("quick", device)
+        assert set(quick.tasks) == {"mixture2d", "digits"}
+        assert quick.seeds == [0, 1]
+        assert {agent for agent, _ in quick.agents.values()} == set(AGENTS) | {"sb3"}
+        assert len(quick.runs()) == len(quick.agents) * 2 * 2
+        full = load_suite("full", device)
+        assert len(full.seeds) > 2
+        assert full.throughput
+    cpu, cuda = load_suite("full", "cpu"), load_suite("full", "cuda")
+    assert cpu.tasks["mixture2d"].reward_queries < cuda.tasks["mixture2d"].reward_queries
+    assert load_suite("quick", seeds=5).seeds == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.replace('"zero", "sb3_ppo"]', '"nope", "sb3_ppo"]'), "'nope', unknown"),
+        (lambda s: s.replace("num_envs = 256\n", ""), r"missing \['num_envs'\]"),
+        (lambda s: s.replace("curve_n = 1024", "curve_n = 1024\nbatch = 3"), r"unknown keys \['batch'\]"),
+        (lambda s: s.replace("[tasks.digits.agent_settings.ct_ppo]", "[tasks.digits.agent_settings.dpok]"), "not in"),
+        (lambda s: s.replace("clip = 0.1", "clip_range = 0.1"), r"\['clip_range'\] of 'ct_ppo' are not fields"),
+        (lambda s: s.replace("eval_steps = [5, 10, 20]", "eval_steps = [5, 20]"), "n_train grid must be in"),
+        (lambda s: s.replace("curve_points = 3", "curve_points = 0"), "must be >= 1"),
+        (lambda s: "colour = 1\n" + s, "unknown top-level"),
+    ],
+)
+def test_bad_suites_raise(tmp_path, edit, message):
+    register_agent("zero", ZeroAgent, ZeroConfig)
+    try:
+        path = tmp_path / "bad.toml"
+        path.write_text(edit(TINY))
+        with pytest.raises(ValueError, match=message):
+            load_suite(path)
+    finally:
+        AGENTS.pop("zero")
+    with pytest.raises(FileNotFoundError, match="known"):
+        load_suite("no_such_suite")
+
+
+def test_tiny_suite_writes_results_report_plots_and_logs(tiny_run):
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert results["schema_version"] == 1
+    assert [r["id"] for r in results["runs"]] == [
+        f"{task}/{agent}/N{n}/seed0"
+        for task, n in (("mixture2d", 10), ("digits", 4))
+        for agent in ("ct_ppo", "ddpo", "zero", "sb3_ppo")
+    ]
+    for run in results["runs"]:
+        task = results["tasks"][run["task"]]
+        assert run["reward_queries"] >= task["reward_queries"]
+        queries = [p["reward_queries"] for p in run["curve"]]
+        assert queries[0] == 0 and queries == sorted(queries) and queries[-1] == run["reward_queries"]
+        assert set(run["final"]) == {str(n) for n in task["eval_steps"]}
+        assert run["train_seconds"] > 0 and run["peak_gpu_mib"] is None
+        logs = list((tiny_run / run["tensorboard"]).rglob("events.out.tfevents.*"))
+        assert any(p.name.endswith(".eval") for p in logs)  # the learning curve's scalars
+        if run["zoo_agent"] != "sb3":  # the agent's training scalars (SB3 writes its own, below)
+            assert any(not p.name.endswith(".eval") for p in logs)
+        assert (tiny_run / run["samples"]).exists()
+        assert (run["image"] is not None) == (run["task"] == "digits")
+        assert set(run["to_gap"]) == {"0.5", "0.1"}
+    for rel in results["plots"]:
+        assert (tiny_run / rel).stat().st_size > 10_000
+    assert {"plots/curves.png", "plots/reward_kl.png", "plots/proxy_vs_gold.png"} <= set(results["plots"])
+    assert (tiny_run / "report.md").read_text() == render(results)
+    (sb3,) = [r for r in results["runs"] if r["zoo_agent"] == "sb3" and r["task"] == "mixture2d"]
+    # The SB3 callback drove the learning curve: 0 queries, then the first batch at or past each of
+    # 341, 1365 and 3072 queries (256 envs per batch).
+    assert [p["reward_queries"] for p in sb3["curve"]] == [0, 512, 1536, 3072]
+
+
+def test_the_external_zero_agent_scores_a_gap_of_one_at_every_grid(tiny_run):
+    """The registered agent ran through the suite; as the pretrained sampler its normalized gap is 1
+    at every grid, within 4 standard errors (the policy's and the optimum's samples are independent)."""
+    results = json.loads((tiny_run / "results.json").read_text())
+    (zero,) = [r for r in results["runs"] if r["agent"] == "zero" and r["task"] == "mixture2d"]
+    for row in zero["final"].values():
+        assert abs(row["gap"] - 1) < 4 * row["gap_se"]
+        assert row["kl"] == 0
+
+
+def test_report_is_generated_from_results_json(tiny_run, tmp_path):
+    """Edit a number in results.json and rerun `python -m benchmarks report`: the report shows the
+    edit, and is otherwise what the same JSON renders to."""
+    results = json.loads((tiny_run / "results.json").read_text())
+    edited = copy.deepcopy(results)
+    run = next(r for r in edited["runs"] if r["agent"] == "ct_ppo" and r["task"] == "mixture2d")
+    run["final"]["20"]["gap"] = 0.98765
+    edited["device"] = "Some Accelerator 9000"
+    for sub in ("samples", "tensorboard"):
+        (tmp_path / sub).symlink_to(tiny_run / sub)
+    (tmp_path / "results.json").write_text(json.dumps(edited))
+    assert benchmarks_main(["report", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "0.988" in report and "Some Accelerator 9000" in report
+    assert report == render(json.loads((tmp_path / "results.json").read_text()))
+    assert report != (tiny_run / "report.md").read_text()
+    for plot in edited["plots"]:
+        assert (tmp_path / plot).exists()
+
+
+def test_crossing_interpolates_the_first_crossing():
+    curve = [
+        {"reward_queries": 0, "seconds": 0.0, "gap": 1.0},
+        {"reward_queries": 100, "seconds": 2.0, "gap": 0.6},
+        {"reward_queries": 200, "seconds": 4.0, "gap": 0.4},
+        {"reward_queries": 300, "seconds": 6.0, "gap": 0.7},
+        {"reward_queries": 400, "seconds": 8.0, "gap": 0.05},
+    ]
+    assert crossing(curve, 0.5, "reward_queries") == pytest.approx(150)
+    assert crossing(curve, 0.5, "seconds") == pytest.approx(3.0)
+    assert crossing(curve, 0.1, "reward_queries") == pytest.approx(300 + 100 * 0.6 / 0.65)
+    assert crossing(curve, 0.01, "reward_queries") is None
+
+
+def _synthetic(q_ct, q_dd, off_ct, off_dd, gap_se=None):
+    """results with ct_ppo and ddpo reaching gap 0.5 after q (per seed) and scoring `off` off-grid
+    (gap 0.3 at the training grid, N = 20)."""
+    runs = []
+    for agent, qs, offs in (("ct_ppo", q_ct, off_ct), ("ddpo", q_dd, off_dd)):
+        for seed, (q, off) in enumerate(zip(qs, offs, strict=True)):
+            final = {"20": {"gap": 0.3}, "10": {"gap": off}, "50": {"gap": off}}
+            if gap_se is not None:
+                for row in final.values():
+                    row["gap_se_policy"] = gap_se
+            to_gap = {"0.5": {"reward_queries": q, "seconds": 1.0}, "0.1": {"reward_queries": None, "seconds": None}}
+            run = {"task": "t", "agent": agent, "seed": seed, "n_train": 20, "final": final, "to_gap": to_gap}
+            runs.append(run | {"reward_queries": 10_000})
+    return {"runs": runs, "gap_thresholds": [0.5, 0.1]}
+
+
+def test_claims_state_the_answer_whichever_it_is():
+    faster = claims(_synthetic([1000, 1010, 990], [2000, 2020, 1980], [0.3, 0.31, 0.29], [0.6, 0.62, 0.58]), "t", 20)
+    assert "CT-PPO is more sample-efficient" in faster[0] and "CT-PPO is more robust" in faster[1]
+    slower = claims(_synthetic([2000, 2020, 1980], [1000, 1010, 990], [0.6, 0.62, 0.58], [0.3, 0.31, 0.29]), "t", 20)
+    assert "CT-PPO is less sample-efficient" in slower[0] and "CT-PPO is less robust" in slower[1]
+    same = claims(_synthetic([1000, 2000, 1500], [1400, 1600, 1500], [0.3, 0.5, 0.4], [0.35, 0.45, 0.4]), "t", 20)
+    assert "no significant difference" in same[0] and "not measurably more robust" in same[1]
+    partial = claims(_synthetic([1000, 1000, None], [None, None, None], [0.3] * 3, [0.3] * 3), "t", 20)
+    assert "CT-PPO reached it in more seeds" in partial[0] and "too few seeds" in partial[0]
+    decisive = claims(_synthetic([1000, 1000], [None, None], [0.3] * 2, [0.3] * 2), "t", 20)
+    assert "CT-PPO is the more sample-efficient here" in decisive[0]
+    tie = claims(_synthetic([1000, None], [None, 900], [0.3] * 2, [0.3] * 2), "t", 20)
+    assert "inconclusive" in tie[0]
+
+
+def test_two_seeds_need_a_t_test_and_monte_carlo_errors_bound_the_spread():
+    """Two seeds per agent, worst rises 0.01 +- 0.01 against 0.05 +- 0.01: 2.8 combined errors apart,
+    which a normal rule would call, but Welch's t with 2 degrees of freedom (critical value 4.3) does
+    not. When the seeds agree by chance (no spread), each run's Monte Carlo error (0.05 per grid) sets
+    the error instead, and a difference of 0.04 is within it."""
+    spread_only = claims(_synthetic([1000, 1100], [1000, 1100], [0.30, 0.32], [0.34, 0.36]), "t", 20)
+    assert "not measurably more robust" in spread_only[1] and "t, 2.0 d.o.f." in spread_only[1]
+    lucky = claims(_synthetic([1000, 1000], [1000, 1000], [0.30, 0.30], [0.34, 0.34], gap_se=0.05), "t", 20)
+    assert "not measurably more robust" in lucky[1] and "normal" in lucky[1]
+
+
+def test_per_class_diversity_is_the_mean_within_class_distance():
+    features = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [0.0, 1.0], [0.0, 2.0], [9.0, 9.0]])
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])  # class 2 has one sample: skipped
+    assert per_class_diversity(features, labels) == pytest.approx((5.0 + 4.0 / 3.0) / 2, abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2"):
+        per_class_diversity(features[:1], labels[:1])
+
+
+def test_kl_front_of_gaussian_rewards_has_the_closed_form():
+    """r ~ N(0, 1) tilted by exp(r / c) is N(1 / c, 1): E r = 1 / c and KL = 1 / (2 c^2). With 400,000
+    samples the reweighted estimates agree to 0.02 for c >= 0.7 (effective sample size > 5,000)."""
+    r = torch.randn(400_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    coefs = np.array([0.7, 1.0, 2.0, 5.0])
+    kl, reward = kl_front(r, coefs)
+    np.testing.assert_allclose(reward, 1 / coefs, atol=0.02)
+    np.testing.assert_allclose(kl, 1 / (2 * coefs**2), atol=0.02)
+    kl_small, _ = kl_front(r, np.array([0.05]))  # ESS far below 200: dropped
+    assert len(kl_small) == 0
+
+
+@pytest.mark.parametrize(("task", "batch"), [("mixture2d", 512), ("digits", 20)])
+def test_throughput_compares_the_env_with_a_raw_loop_of_the_same_model(task, batch):
+    """Same seed, same model: the env and the hand-written loop end at the same samples (float32)."""
+    m = measure(task, batch=batch, steps=5, repeats=1)
+    assert m["max_diff"] < 1e-4
+    assert m["env_rate"] > 0 and m["raw_rate"] > 0 and math.isfinite(m["ratio"])
+
+
+def test_resume_keeps_finished_runs_and_refuses_a_changed_task(tiny_run, tmp_path):
+    from benchmarks.run import run_suite
+
+    (tmp_path / "tiny.toml").write_text(TINY)
+    for sub in ("samples", "tensorboard"):
+        (tmp_path / sub).symlink_to(tiny_run / sub)
+    (tmp_path / "results.json").write_text((tiny_run / "results.json").read_text())
+    before = json.loads((tiny_run / "results.json").read_text())
+    register_agent("zero", ZeroAgent, ZeroConfig)
+    try:
+        after = run_suite(load_suite(tmp_path / "tiny.toml"), "cpu", tmp_path, resume=True)
+        assert after["runs"] == before["runs"]  # nothing left to run: every run kept as it was
+        (tmp_path / "tiny.toml").write_text(TINY.replace("eval_n = 8192", "eval_n = 4096"))
+        with pytest.raises(ValueError, match="changed"):
+            run_suite(load_suite(tmp_path / "tiny.toml"), "cpu", tmp_path, resume=True)
+    finally:
+        AGENTS.pop("zero")

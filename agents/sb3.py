@@ -103,7 +103,8 @@ class SB3Agent(Agent):
         with ``reward_queries`` counting finished episodes (no scalars: SB3 logs its own);
         returning False stops training.
         """
-        steps = reward_queries * self.env.n_steps - self.model.num_timesteps
+        batches = -(-reward_queries // self.env.num_envs)  # whole batches of episodes: SB3 may stop mid-episode
+        steps = batches * self.env.num_envs * self.env.n_steps - self.model.num_timesteps
         if steps > 0:
             hook = _ZooCallback(self, callback) if callback is not None else None
             self.model.learn(total_timesteps=steps, callback=hook, reset_num_timesteps=False, progress_bar=False)

@@ -298,3 +298,15 @@ def test_resume_keeps_finished_runs_and_refuses_a_changed_task(tiny_run, tmp_pat
             run_suite(load_suite(tmp_path / "tiny.toml"), "cpu", tmp_path, resume=True)
     finally:
         AGENTS.pop("zero")
+
+
+@pytest.mark.parametrize("name", ["quick-cpu", "full-cpu"])
+def test_committed_reports_are_their_results_json_rendered(name):
+    """benchmarks/results/ holds the figures RESULTS.md quotes: each report must be what its
+    results.json renders to with the current report code."""
+    from pathlib import Path
+
+    directory = Path(__file__).parents[1] / "benchmarks" / "results" / name
+    results = json.loads((directory / "results.json").read_text())
+    assert (directory / "report.md").read_text() == render(results)
+    assert all((directory / p).exists() for p in results["plots"])

@@ -168,6 +168,8 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
         diff, se, verdict = compare(qa, qb)
         if verdict.startswith("significant"):
             head += f"CT-PPO is {'more' if diff > 0 else 'less'} sample-efficient than DDPO on this task"
+        elif verdict == "no error bar":
+            head += f"CT-PPO needed {'fewer' if diff > 0 else 'more'} queries than DDPO, untested (no error bar)"
         else:
             head += "no significant difference between CT-PPO and DDPO on this task"
         head += (
@@ -209,7 +211,7 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
     if w_verdict.startswith("significant"):
         text = f"CT-PPO is {'more' if w_diff > 0 else 'less'} robust across N than DDPO on this task"
     else:
-        text = "CT-PPO is not measurably more robust across N than DDPO on this task"
+        text = f"CT-PPO is not measurably more robust across N than DDPO on this task ({w_verdict.split(' at ')[0]})"
     lines.append(
         f"**Robustness across N** (trained at N = {n_train}, scored at N = {', '.join(map(str, grids))}, each "
         f"against J* and J(pre) on that grid): {text}. The worst rise of the normalized gap off the training "

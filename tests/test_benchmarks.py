@@ -240,6 +240,9 @@ def test_claims_state_the_answer_whichever_it_is():
     assert "CT-PPO is the more sample-efficient here" in decisive[0]
     tie = claims(_synthetic([1000, None], [None, 900], [0.3] * 2, [0.3] * 2), "t", 20)
     assert "inconclusive" in tie[0]
+    one_seed = claims(_synthetic([1000], [2000], [0.3], [0.6]), "t", 20)
+    assert "CT-PPO needed fewer queries than DDPO, untested (no error bar)" in one_seed[0]
+    assert "not measurably more robust across N than DDPO on this task (no error bar)" in one_seed[1]
 
 
 def test_two_seeds_need_a_t_test_and_monte_carlo_errors_bound_the_spread():

@@ -31,6 +31,11 @@ def register_agent(name: str, agent_cls: type[Agent], config_cls: type[AgentConf
     AGENTS[name] = (agent_cls, config_cls)
 
 
+def all_agents() -> dict[str, tuple[Callable[..., Any], type[AgentConfig]]]:
+    """Every agent the CLI and the benchmarks know: the zoo's, registered ones and SB3's."""
+    return {**AGENTS, **sb3_agents()}
+
+
 def sb3_agents() -> dict[str, tuple[Callable[..., Any], type[AgentConfig]]]:
     """The SB3 agents (imported on demand: SB3 is slow to import)."""
     from agents.sb3 import SB3Agent, SB3Config
@@ -38,4 +43,4 @@ def sb3_agents() -> dict[str, tuple[Callable[..., Any], type[AgentConfig]]]:
     return {"sb3": (SB3Agent, SB3Config)}
 
 
-__all__ = ["AGENTS", "Agent", "AgentConfig", "register_agent", "sb3_agents"]
+__all__ = ["AGENTS", "Agent", "AgentConfig", "all_agents", "register_agent", "sb3_agents"]

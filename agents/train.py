@@ -22,7 +22,7 @@ from typing import Any
 import gymnasium as gym
 
 import diffusion_gym  # noqa: F401  (registers the envs)
-from agents import AGENTS, sb3_agents
+from agents import all_agents
 from agents.common.agent import Agent
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.optimum import optimal_objective
@@ -43,8 +43,9 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 
 
 def build_agent(name: str, env: DiffusionSDEVectorEnv, overrides: dict[str, Any]) -> Agent:
-    """An agent of the zoo (or SB3) with its default config updated by ``overrides``."""
-    registry = {**AGENTS, **sb3_agents()}
+    """An agent of the zoo (or SB3) with its default config updated by ``overrides`` (lists become
+    tuples where the field's default is one, as TOML and JSON give them)."""
+    registry = all_agents()
     if name not in registry:
         raise ValueError(f"unknown agent {name!r}; known: {sorted(registry)}")
     agent_cls, config_cls = registry[name]
@@ -52,6 +53,10 @@ def build_agent(name: str, env: DiffusionSDEVectorEnv, overrides: dict[str, Any]
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"{config_cls.__name__} has no fields {sorted(unknown)}; it has {sorted(fields)}")
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    overrides = {
+        k: tuple(v) if isinstance(v, list) and isinstance(defaults[k], tuple) else v for k, v in overrides.items()
+    }
     return agent_cls(env, config_cls(**overrides))
 
 

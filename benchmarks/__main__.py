@@ -38,17 +38,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmarks.plots import write_plots
-    from benchmarks.report import write_report
-    from benchmarks.run import run_suite
+    from benchmarks.run import run_suite, write_outputs
     from benchmarks.suite import load_suite
 
     if args.command == "report":
-        path = args.dir / "results.json"
-        results = json.loads(path.read_text())
-        results["plots"] = write_plots(args.dir)
-        path.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"wrote {write_report(args.dir)}")
+        write_outputs(args.dir, json.loads((args.dir / "results.json").read_text()))
+        print(f"wrote {args.dir / 'report.md'} and the plots")
         return 0
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

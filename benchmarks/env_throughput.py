@@ -14,6 +14,7 @@ ratio, and the largest difference between their final samples (0: the same compu
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -62,6 +63,13 @@ def env_loop(env: DiffusionSDEVectorEnv, seed: int) -> torch.Tensor:
     for _ in range(env.n_steps):
         obs, *_ = env.step(zero)
     return obs["x"]
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _time(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
@@ -113,10 +121,9 @@ def measure(
         max_diff = max(max_diff, (x_env - x_raw).abs().max().item())
     work = batch * steps
     env_rate, raw_rate = work / statistics.median(env_times), work / statistics.median(raw_times)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return {
         "env_id": TASKS[task],
-        "device": name,
+        "device": device_name(device),
         "dtype": dtype,
         "batch": batch,
         "steps": steps,

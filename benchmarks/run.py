@@ -11,6 +11,7 @@ rewritten after every run; ``report.md`` and the plots are generated from it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shlex
@@ -27,10 +28,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents import AGENTS, sb3_agents
 from agents.common.agent import Agent
 from agents.train import build_agent, make_env
-from benchmarks.suite import RunSpec, Suite, TaskSpec, config_overrides
+from benchmarks.env_throughput import device_name, measure
+from benchmarks.suite import RunSpec, Suite, TaskSpec
 from diffusion_gym.evaluation import Estimate, Rollouts, rollout
 from diffusion_gym.optimum import Optimum, optimum_from_rewards
 
@@ -94,12 +95,6 @@ def image_metrics(
 # ------------------------------------------------------------------------------------------------
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def _eval_env(task: TaskSpec, n_steps: int, n: int, device: torch.device) -> Any:
     cap = 65_536 if device.type == "cuda" else 4096
     return make_env(task.env, min(n, cap), **(task.env_kwargs | {"n_steps": n_steps, "device": device}))
@@ -111,6 +106,17 @@ def _estimates(summary: dict[str, Estimate]) -> dict[str, float]:
         key = {"terminal_reward": "proxy", "gold_reward": "gold"}.get(key, key)
         out[key], out[f"{key}_se"] = est.mean, est.se
     return out
+
+
+def score(env: Any, agent: Agent, n: int, seed: int, optimum: Optimum) -> tuple[dict[str, float], Rollouts]:
+    """``n`` episodes of the deterministic policy: every estimate with its error, the normalized
+    gap, and the policy's own share of the gap's error (the optimum's is shared by every run on
+    the grid); and the rollouts."""
+    r = rollout(env, agent.act, n, seed=seed)
+    summary = r.summary()
+    gap = optimum.normalized_gap(summary["objective"])
+    policy_se = summary["objective"].se / (optimum.j_star.mean - optimum.j_pretrained.mean)
+    return _estimates(summary) | {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": policy_se}, r
 
 
 def _saved_samples(r: Rollouts) -> dict[str, torch.Tensor]:
@@ -197,6 +203,7 @@ class LearningCurve:
     """
 
     def __init__(self, spec: RunSpec, optimum: Optimum, device: torch.device, logdir: Path) -> None:
+        """Call :meth:`begin` before training."""
         task = spec.task
         # Quadratic spacing: most of the gap closes early, where a fixed-gap crossing needs resolution.
         self.points = [round(spec.reward_queries * (i / task.curve_points) ** 2) for i in range(task.curve_points + 1)]
@@ -207,11 +214,16 @@ class LearningCurve:
         self.device = device
         self.train_peak = 0
         self.curve: list[dict[str, float]] = []
-        self.start = time.perf_counter()
-        self.eval_seconds = 0.0
+        self.start, self.eval_seconds = math.nan, 0.0
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(logdir), filename_suffix=".eval")
+
+    def begin(self, agent: Agent) -> None:
+        """Evaluate the untrained policy (the pretrained model, 0 queries) and start the clock."""
+        self.start = time.perf_counter()
+        self.evaluate(agent)
+        self.start, self.eval_seconds = time.perf_counter(), 0.0
 
     def train_seconds(self) -> float:
         return time.perf_counter() - self.start - self.eval_seconds
@@ -222,10 +234,8 @@ class LearningCurve:
         if self.device.type == "cuda":  # the peak of training alone: evaluation batches are larger
             self.train_peak = max(self.train_peak, torch.cuda.max_memory_allocated(self.device))
         seed = derive_seed("curve", self.run_seed, self.n_train, len(self.curve))
-        result = rollout(self.env, agent.act, self.n, seed=seed).summary()
-        gap = self.optimum.normalized_gap(result["objective"])
-        point = {"reward_queries": agent.reward_queries, "seconds": seconds, "gap": gap.mean, "gap_se": gap.se}
-        point |= _estimates(result)
+        row, _ = score(self.env, agent, self.n, seed, self.optimum)
+        point = {"reward_queries": agent.reward_queries, "seconds": seconds} | row
         self.curve.append(point)
         for key in ("objective", "proxy", "gold", "kl", "gap"):
             if key in point:
@@ -256,21 +266,17 @@ def run_one(
 ) -> dict[str, Any]:
     """Train one agent on one task with one seed at N_train, then score it at every grid."""
     task = spec.task
-    registry = {**AGENTS, **sb3_agents()}
-    overrides = config_overrides(registry[spec.agent][1], spec.overrides)
     logdir = out / "tensorboard" / spec.run_id
     shutil.rmtree(logdir, ignore_errors=True)  # a rerun into the same directory starts a fresh log
     env = make_env(task.env, spec.num_envs, **(task.env_kwargs | {"n_steps": spec.n_train, "device": device}))
     torch.manual_seed(spec.seed)
-    agent = build_agent(spec.agent, env, overrides | {"seed": spec.seed, "logdir": str(logdir), "progress": False})
+    agent = build_agent(spec.agent, env, spec.overrides | {"seed": spec.seed, "logdir": str(logdir), "progress": False})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
 
     curve = LearningCurve(spec, _optimum(baseline["optimum"][str(spec.n_train)]), device, logdir)
-    curve.evaluate(agent)  # the pretrained policy, at 0 queries
-    curve.start = time.perf_counter()
-    curve.eval_seconds = 0.0
+    curve.begin(agent)
     agent.learn(spec.reward_queries, callback=curve)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -286,13 +292,8 @@ def run_one(
     samples = None
     for n_steps in task.eval_steps:
         env_n = _eval_env(task, n_steps, task.eval_n, device)
-        r = rollout(env_n, agent.act, task.eval_n, seed=derive_seed("final", spec.seed, spec.n_train, n_steps))
-        row = _estimates(r.summary())
-        optimum = _optimum(baseline["optimum"][str(n_steps)])
-        gap = optimum.normalized_gap(r.summary()["objective"])
-        # The policy's own share of the gap's error: the optimum's is shared by every run on the grid.
-        policy_se = row["objective_se"] / (optimum.j_star.mean - optimum.j_pretrained.mean)
-        final[str(n_steps)] = row | {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": policy_se}
+        seed = derive_seed("final", spec.seed, spec.n_train, n_steps)
+        final[str(n_steps)], r = score(env_n, agent, task.eval_n, seed, _optimum(baseline["optimum"][str(n_steps)]))
         if n_steps == spec.n_train:
             image = image_metrics(task.env, r.x, r.cond, cache)
             path = out / "samples" / f"{spec.run_id.replace('/', '__')}.pt"
@@ -367,9 +368,6 @@ def run_suite(
             run the rest; raises if the file holds another suite or device, or a task changed.
         command: recorded in the results (default: this process's command line).
     """
-    from benchmarks.plots import write_plots
-    from benchmarks.report import write_report
-
     device = torch.device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -424,18 +422,24 @@ def run_suite(
         _write_json(path, results)
         bar.update()
     for job in throughput:
-        from benchmarks.env_throughput import measure
-
         bar.set_postfix_str(f"throughput {job['task']} batch {job['batch']}")
         results["throughput"].append(measure(**job, device=device) | {"task": job["task"]})
         bar.update()
     bar.close()
     results["seconds"] = time.perf_counter() - start
-    _write_json(path, results)
-    results["plots"] = write_plots(out)
-    _write_json(path, results)
-    write_report(out)
+    write_outputs(out, results)
     return results
+
+
+def write_outputs(out: Path, results: dict[str, Any]) -> None:
+    """The plots, then ``results.json`` (listing them), then ``report.md`` rendered from it."""
+    from benchmarks.plots import write_plots
+    from benchmarks.report import write_report
+
+    _write_json(out / "results.json", results)  # the plots read it
+    results["plots"] = write_plots(out)
+    _write_json(out / "results.json", results)
+    write_report(out)
 
 
 def _throughput_jobs(suite: Suite, device: torch.device) -> list[dict[str, Any]]:

@@ -144,7 +144,7 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
     Raises:
         ValueError: unknown keys, missing fields, or an agent no registry knows.
     """
-    from agents import AGENTS, sb3_agents
+    from agents import all_agents
 
     path = suite_path(name_or_path)
     raw = _on_device(tomllib.loads(path.read_text()), device_type)
@@ -157,7 +157,7 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
     settings = raw.get("agent_settings", {})
     if unknown_settings := set(settings) - set(raw.get("agents", [])):
         raise ValueError(f"{path}: [agent_settings] for agents not in `agents`: {sorted(unknown_settings)}")
-    registry = {name: config for name, (_, config) in (AGENTS | sb3_agents()).items()}
+    registry = {name: config for name, (_, config) in all_agents().items()}
     agents: dict[str, tuple[str, dict[str, Any]]] = {}
     for label in raw.get("agents", []):
         table = _on_device(settings.get(label, {}), device_type)
@@ -208,11 +208,3 @@ def _check_settings(path: Path, label: str, config_cls: type, settings: dict[str
     fields = {f.name for f in dataclasses.fields(config_cls)} | set(RUN_BUDGET)
     if unknown := set(settings) - fields:
         raise ValueError(f"{path}: settings {sorted(unknown)} of {label!r} are not fields of {config_cls.__name__}")
-
-
-def config_overrides(config_cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
-    """TOML arrays as tuples where the config field's default is a tuple (``hidden = [64, 64]``)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
-    return {
-        k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v for k, v in overrides.items()
-    }

@@ -109,3 +109,16 @@ def rollout(
     return Rollouts(
         cat["objective"], cat["terminal_reward"], cat["gold_reward"], cat["kl_total"], cat["x"], cat["cond"]
     )
+
+
+def crossing(curve: list[dict[str, float]], threshold: float, key: str, gap: str = "gap") -> float | None:
+    """``key`` (reward queries or seconds) at which a learning curve's ``gap`` first falls to ``threshold``,
+    linearly interpolated between the two evaluations around the crossing; None if it never does.
+    (On the point estimates: with few curve samples a crossing is as noisy as the curve.)"""
+    if curve and curve[0][gap] <= threshold:
+        return curve[0][key]
+    for before, after in zip(curve, curve[1:], strict=False):
+        if after[gap] <= threshold < before[gap]:
+            frac = (before[gap] - threshold) / (before[gap] - after[gap])
+            return before[key] + frac * (after[key] - before[key])
+    return None

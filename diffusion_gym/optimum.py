@@ -1,4 +1,4 @@
-"""The known optimum of the KL-regularised problem and the normalized optimality gap (DESIGN section 1).
+"""The references a policy is scored against, and the normalized optimality gaps (docs/design.md, section 1).
 
 By Donsker-Varadhan, over all path measures Q,
 ``sup_Q E_Q[r(Y_T)] - kl_coef KL(Q || P_pre) = kl_coef log E_pre[exp(r(Y_T) / kl_coef)] =: J*``,
@@ -7,7 +7,11 @@ the pretrained sampler on the env's own grid (exact for the discrete chain), or,
 quadrature of the noised data density (the continuous-time limit). It is an upper bound for the
 env's policies: they shift the mean of Gaussian transitions and cannot move ``Y_0``, so they reach
 J* only in the continuous-time limit and up to the (here negligible, ``alpha_T ~ 0.0065``)
-dependence of ``Y_T`` on ``Y_0``.
+dependence of ``Y_T`` on ``Y_0``. Two references that a policy of the env can reach complete it
+(:class:`References`): J_best(N), the best policy of the env's own action class on its grid (a
+dynamic programme, 2-D tasks: :mod:`diffusion_gym.dynamic_programming`), and J_oracle(N), the
+continuous-time optimal control applied on the grid (Gaussian-mixture tasks:
+:mod:`diffusion_gym.optimal_control`). ``J_oracle <= J_best <= J*``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from torch import Tensor, nn
 
 from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
-from diffusion_gym.evaluation import Estimate, rollout
+from diffusion_gym.evaluation import Estimate, Rollouts, rollout
 from diffusion_gym.rewards.protocol import RewardModel
 
 
@@ -138,3 +142,74 @@ def normalized_gap(j: Estimate, j_star: Estimate, j_pretrained: Estimate, cov_st
         + 2 * d_star * d_pre * cov_star_pretrained
     )
     return Estimate(num / d, math.sqrt(max(var, 0.0)), min(j.n, j_star.n, j_pretrained.n))
+
+
+@dataclass(frozen=True)
+class References:
+    """Everything a policy's objective on one grid is compared with (docs/design.md, section 1).
+
+    Attributes:
+        optimum: J* and J(pre) by Monte Carlo over the pretrained sampler on the grid.
+        j_best: J_best(N) from the dynamic programme, its ``se`` the numerical error estimate and
+            its ``n`` the spatial grid's cell count (2-D tasks; None elsewhere).
+        j_oracle: J_oracle(N), the continuous-time optimal control's objective on the grid, by Monte
+            Carlo (Gaussian-mixture tasks; None elsewhere).
+        oracle: the optimal control's rollouts behind ``j_oracle`` (rewards, KL), or None.
+    """
+
+    optimum: Optimum
+    j_best: Estimate | None = None
+    j_oracle: Estimate | None = None
+    oracle: Rollouts | None = None
+
+    @property
+    def reachable(self) -> Estimate | None:
+        """The reachable reference: J_best where it is computable, else J_oracle, else None."""
+        return self.j_best if self.j_best is not None else self.j_oracle
+
+    def gap(self, j: Estimate) -> Estimate:
+        """``(J* - J) / (J* - J(pre))``: how far ``j`` is from the optimum over all path measures."""
+        return self.optimum.normalized_gap(j)
+
+    def reachable_gap(self, j: Estimate) -> Estimate | None:
+        """``(J_ref - J) / (J_ref - J(pre))`` with the reachable reference (independent of J(pre)'s
+        samples), or None where the task has none."""
+        ref = self.reachable
+        return None if ref is None else normalized_gap(j, ref, self.optimum.j_pretrained)
+
+
+def references(
+    env: DiffusionSDEVectorEnv,
+    n_samples: int = 65_536,
+    seed: int = 0,
+    oracle_n: int | None = None,
+    oracle_seed: int | None = None,
+    best: bool = True,
+) -> References:
+    """J*, J(pre), and where the task allows them J_best (2-D) and J_oracle (Gaussian mixture), on ``env``'s grid.
+
+    Args:
+        env: the batched env (its grid, integrator, kl_coef and action box define the problem).
+        n_samples: pretrained samples for J* and J(pre).
+        seed: seeds those samples.
+        oracle_n: episodes of the optimal control (default: ``n_samples``).
+        oracle_seed: seeds them (default: ``seed + 1``; independent of the pretrained samples).
+        best: compute J_best where the task is 2-D (a few seconds at N = 200 on a CPU).
+    """
+    from diffusion_gym.dynamic_programming import best_policy
+    from diffusion_gym.optimal_control import MixtureOptimalControl
+
+    env = getattr(env, "unwrapped", env)
+    optimum = optimal_objective(env, n_samples, seed)
+    j_best = None
+    if best and env.event_shape == (2,) and env.num_conditions is None and env.kl_coef > 0:
+        solution = best_policy(env)
+        j_best = Estimate(solution.j_best, solution.error, solution.n_grid**2)
+    j_oracle, oracle = None, None
+    if isinstance(env.score_model, GaussianMixtureScore) and env.kl_coef > 0:
+        control = MixtureOptimalControl.for_env(env)
+        oracle = rollout(
+            env, control.policy(env), oracle_n or n_samples, seed + 1 if oracle_seed is None else oracle_seed
+        )
+        j_oracle = Estimate.of(oracle.objective)
+    return References(optimum, j_best, j_oracle, oracle)

@@ -2,7 +2,7 @@
 
 Diffusion time ``s`` runs from data (s = 0) to noise (s = T); environment time ``t = T - s`` runs
 the other way. Every integrator here has a Gaussian transition whose mean is affine in the action
-(DESIGN section 1):
+(docs/design.md, section 1):
 
     Y_{k+1} | Y_k, delta_k ~ N(a_k Y_k + b_k (s_pre(s_k, Y_k) + delta_k), v_k I),
 

@@ -1,4 +1,4 @@
-"""The environment contract (DESIGN section 2): registration, checkers, spaces, seeding, bad input."""
+"""The environment contract (docs/design.md, section 2): registration, checkers, spaces, seeding, bad input."""
 
 import warnings
 

@@ -1,4 +1,4 @@
-"""The env's mathematics (DESIGN section 1): the pretrained sampler, the exact KL price, the objective."""
+"""The env's mathematics (docs/design.md, section 1): the pretrained sampler, the exact KL price, the objective."""
 
 import math
 

@@ -1,6 +1,6 @@
 """An analytic Gaussian-mixture "pretrained model": exact score, density and sampler at every noise level.
 
-Under the VP forward process a mixture stays a mixture (DESIGN section 3):
+Under the VP forward process a mixture stays a mixture (docs/design.md, section 3):
 ``p_s(x) = sum_i w_i N(x; alpha_s mu_i, alpha_s^2 Sigma_i + sigma_s^2 I)``. Each covariance is
 diagonalised once, ``Sigma_i = U_i diag(lambda_i) U_i^T``, so at any s the noised covariance is
 ``U_i diag(alpha_s^2 lambda_i + sigma_s^2) U_i^T``: inverse and log-determinant are elementwise,

@@ -17,7 +17,7 @@ from diffusion_gym.rewards.protocol import RewardModel
 
 
 class DiffusionSDEEnv(Env):
-    """One sample of the controlled reverse SDE (DESIGN section 2), stepped by the batched env.
+    """One sample of the controlled reverse SDE (docs/design.md, section 2), stepped by the batched env.
 
     It runs a :class:`DiffusionSDEVectorEnv` with one row, so it gives the same trajectory as a
     batched env with ``num_envs=1`` for the same seed and actions. (A batched env with B rows draws

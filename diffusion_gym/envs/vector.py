@@ -1,6 +1,6 @@
 """The batched environment: B reverse-SDE samples stepped as one torch batch on a device.
 
-This file holds the one implementation of the step math (DESIGN sections 1 and 2); the single
+This file holds the one implementation of the step math (docs/design.md, sections 1 and 2); the single
 numpy env and the SB3 adapter wrap it. Tensors stay on ``device``: no host round trip in the
 step loop. Each step is
 
@@ -75,7 +75,7 @@ def _on_device(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
 
 
 class DiffusionSDEVectorEnv(VectorEnv):
-    """``num_envs`` samples of the controlled reverse SDE, stepped together (DESIGN section 2).
+    """``num_envs`` samples of the controlled reverse SDE, stepped together (docs/design.md, section 2).
 
     Observations are ``{"x": (B, *event_shape), "t": (B, 1)}`` torch tensors, plus ``"cond"`` (B,)
     (int64 condition indices: a class, a prompt) when the score model is conditional (it has

@@ -1,6 +1,7 @@
-"""The agent zoo: continuous-time PPO and q-learning ("Scores as Actions"), DDPO, DPOK and any SB3 agent,
-all behind one API (:class:`agents.common.agent.Agent`): ``Agent(env, config)``, ``learn``,
-``policy``, ``evaluate``, ``save`` / ``load``.
+"""The agent zoo: continuous-time PPO and q-learning ("Scores as Actions"), DDPO, DPOK, any SB3 agent, and
+the continuous-time optimal control of Gaussian-mixture tasks as a reference (``oracle``), all behind
+one API (:class:`agents.common.agent.Agent`): ``Agent(env, config)``, ``learn``, ``policy``,
+``evaluate``, ``save`` / ``load``.
 
     from agents import AGENTS
     agent_cls, config_cls = AGENTS["ct_ppo"]
@@ -17,12 +18,14 @@ from agents.ct_ppo import CTPPO, CTPPOConfig
 from agents.ct_q_learning import CTQLearning, CTQLearningConfig
 from agents.ddpo import DDPO, DDPOConfig
 from agents.dpok import DPOK, DPOKConfig
+from agents.oracle import Oracle, OracleConfig
 
 AGENTS: dict[str, tuple[type[Agent], type[AgentConfig]]] = {
     "ct_ppo": (CTPPO, CTPPOConfig),
     "ct_q_learning": (CTQLearning, CTQLearningConfig),
     "ddpo": (DDPO, DDPOConfig),
     "dpok": (DPOK, DPOKConfig),
+    "oracle": (Oracle, OracleConfig),
 }
 
 

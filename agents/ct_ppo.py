@@ -9,17 +9,29 @@ SDE's noise, so step k's "policy density" is the Gaussian transition
 2. advantage = the continuous-time TD increment (the q-rate times dt, Zhao et al.'s estimator):
    ``A_k = r_k + V(t_{k+1}, Y_{k+1}) - V(t_k, Y_k)``, with ``V(t_N, .) = 0``;
 3. policy loss, summed over steps (a Riemann sum: every term is O(dt), so no N enters):
-   ``L = -sum_k E[min(rho_k A_k, clip(rho_k, 1 - eps_k, 1 + eps_k) A_k)]
-         + kl_coef sum_k E[w_k ||delta_theta(t_k, Y_k)||^2]``
+   ``L = -sum_k E[min(rho_k A_k, clip(rho_k, 1 - eps_k, 1 + eps_k) A_k)] / s_k
+         + kl_coef sum_k E[w_k ||delta_theta(t_k, Y_k)||^2] / s_k``
    with ``rho_k`` the exact transition ratio, ``eps_k = clip * sqrt(2 w_k)`` (one step's log-ratio
    is ``sqrt(2 w_k) (delta_new - delta_old) . xi``: the clip bounds the change of delta, not of a
    dt-dependent ratio), and the running KL price ``w_k ||delta||^2`` differentiated pathwise
-   (DESIGN 4: the likelihood-ratio term alone is blind to it). Advantages and the KL term are
-   divided by one scalar (the advantages' standard deviation), which keeps their balance;
+   (docs/design.md, section 4: the likelihood-ratio term alone is blind to it). ``s_k`` scales
+   step k's advantages and its KL price alike, which keeps their balance: one scalar for all steps
+   (the advantages' standard deviation, ``advantage_norm="global"``) or, as the authors ship it, the
+   advantages standardised per time step (``"per_step"``: mean removed, a baseline, and divided by
+   that step's standard deviation), optionally clipped at ``adv_clip``;
 4. value loss: ``sum_k (dt_k / T) E[(V(t_k, Y_k) - G_k)^2]`` against the returns-to-go ``G_k``.
 
+The critic is an MLP of (t, y, c) started cold (``critic="mlp"``), or the authors' critic
+(``critic="reward"``, following ContTimeRL4DM's ``ddpo_continuous/scripts/train_with_valuefunc_cont.py``
+and ``scripts/src/ImageReward_VN.py``): the terminal reward at the denoised estimate blended in time
+with a learned residual (:class:`~agents.common.networks.DenoisedRewardCritic`), optionally fitted
+to pretrained rollouts before RL (``critic_pretrain_queries``, counted as reward queries). It reads
+the reward model at ``x0_hat`` for every state, N evaluations per episode beyond the terminal query
+(the authors' design, not counted as queries: the comparison in benchmarks/RESULTS.md says so).
+
 At theta = theta_old the gradient of L is minus the objective's gradient (an exact decomposition of
-``J = E[r(Y_T)] - kl_coef KL``), which is what makes one set of hyperparameters serve every N.
+``J = E[r(Y_T)] - kl_coef KL``, reweighted per step by ``1 / s_k``), which is what makes one set of
+hyperparameters serve every N.
 """
 
 from __future__ import annotations
@@ -28,14 +40,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from agents.common.agent import AgentConfig, FieldAgent
-from agents.common.trajectories import Trajectories, policy_deltas, running_kl, transition_log_probs
+from agents.common.trajectories import Trajectories, collect, policy_deltas, transition_log_probs
 
 
 @dataclass
 class CTPPOConfig(AgentConfig):
-    """CT-PPO settings (defaults: the small search recorded in agents/tuning/).
+    """CT-PPO settings. Defaults: the winner of the search recorded in agents/tuning/DiffusionSDE-v0.md,
+    the authors' critic and advantage standardisation (the cold MLP critic with one advantage scale
+    ended at the same gap but needed 2.6 times the reward queries to close half of it).
 
     Attributes:
         value_lr: the value network's learning rate.
@@ -43,14 +58,22 @@ class CTPPOConfig(AgentConfig):
         minibatches: minibatches per pass (split along episodes).
         clip: trust region in units of delta . xi per step (``eps_k = clip * sqrt(2 w_k)``).
         value_epochs: value-regression passes per iteration.
+        critic: ``"mlp"`` (cold MLP) or ``"reward"`` (reward at the denoised state + MLP residual).
+        critic_pretrain_queries: pretrained episodes the critic is fitted to before RL (0: none).
+        advantage_norm: ``"global"`` (one scale) or ``"per_step"`` (standardised per time step).
+        adv_clip: clip the scaled advantages to ``[-adv_clip, adv_clip]`` (0: no clipping).
     """
 
     lr: float = 1e-3
     value_lr: float = 1e-3
     epochs: int = 4
     minibatches: int = 4
-    clip: float = 0.3
+    clip: float = 1.0
     value_epochs: int = 4
+    critic: str = "reward"
+    critic_pretrain_queries: int = 0
+    advantage_norm: str = "per_step"
+    adv_clip: float = 5.0
 
 
 class CTPPO(FieldAgent):
@@ -59,45 +82,81 @@ class CTPPO(FieldAgent):
     name = "ct_ppo"
 
     def __init__(self, env: Any, config: CTPPOConfig | None = None) -> None:
-        super().__init__(env, config or CTPPOConfig(), critic=True)
+        config = config or CTPPOConfig()
+        if config.advantage_norm not in ("global", "per_step"):
+            raise ValueError(f"advantage_norm must be 'global' or 'per_step', got {config.advantage_norm!r}")
+        if config.adv_clip < 0 or config.critic_pretrain_queries < 0:
+            raise ValueError("adv_clip and critic_pretrain_queries must be >= 0")
+        super().__init__(env, config, critic=config.critic)
+
+    def before_training(self) -> None:
+        """Fit the critic to returns of the pretrained sampler (zero action) before RL, if configured."""
+        spent, losses = 0, []
+        zero = torch.zeros((self.env.num_envs, *self.env.event_shape), device=self.env.device, dtype=self.env.dtype)
+        while spent < self.config.critic_pretrain_queries:
+            traj = collect(self.env, lambda k, obs: zero)
+            losses.append(self.fit_critic(traj))
+            spent += traj.batch
+        self.reward_queries += spent
+        if losses:
+            self._log({"critic_pretrain_loss": sum(losses) / len(losses)})
+
+    def fit_critic(self, traj: Trajectories) -> float:
+        """``value_epochs`` passes of the time-weighted regression of V on the returns-to-go; the last loss."""
+        cfg, env = self.config, self.env
+        dt_over_T = (env.discretization.dt / env.T)[:, None]
+        returns = traj.returns_to_go()
+        for _ in range(cfg.value_epochs):
+            for idx in self.minibatches(traj.batch, cfg.minibatches):
+                value_loss = (dt_over_T * (self.values(traj.subset(idx))[:-1] - returns[:, idx]).square()).sum(0).mean()
+                self.clip_and_step("critic", value_loss)
+        return value_loss.item()
+
+    def scaled_advantages(self, traj: Trajectories) -> tuple[Tensor, Tensor]:
+        """The TD increments scaled as ``config.advantage_norm`` says (and clipped), and each step's
+        scale ``s_k`` (N, 1) that the KL price is divided by too."""
+        cfg = self.config
+        v = self.values(traj)
+        advantages = traj.rewards + v[1:] - v[:-1]
+        if cfg.advantage_norm == "per_step":
+            scale = advantages.std(1, keepdim=True).clamp_min(1e-8)
+            advantages = (advantages - advantages.mean(1, keepdim=True)) / scale
+        else:
+            scale = advantages.std().clamp_min(1e-8).expand(advantages.shape[0], 1)
+            advantages = advantages / scale
+        if cfg.adv_clip > 0:
+            advantages = advantages.clamp(-cfg.adv_clip, cfg.adv_clip)
+        return advantages, scale
 
     def update(self, traj: Trajectories) -> dict[str, float]:
         cfg, env = self.config, self.env
-        b = traj.batch
         eps = cfg.clip * torch.sqrt(2 * env.discretization.kl_weight)  # (N,)
-        dt_over_T = env.discretization.dt / env.T
+        kl_weight = env.discretization.kl_weight[:, None]
 
-        # Advantages: the TD increment of the current value function; returns for the critic.
         with torch.no_grad():
-            v = self.values(traj)
-            advantages = traj.rewards + v[1:] - v[:-1]
-            scale = advantages.std().clamp_min(1e-8)
+            advantages, scale = self.scaled_advantages(traj)
             old_logp = transition_log_probs(env, traj, traj.deltas)
-        returns = traj.returns_to_go()
 
         stats: dict[str, list[float]] = {"policy_loss": [], "kl_loss": [], "clip_fraction": [], "ratio_max": []}
         for _ in range(cfg.epochs):
-            for idx in self.minibatches(b, cfg.minibatches):
+            for idx in self.minibatches(traj.batch, cfg.minibatches):
                 sub = traj.subset(idx)
                 deltas = policy_deltas(self, sub)
                 logp = transition_log_probs(env, sub, deltas)
                 ratio = torch.exp(logp - old_logp[:, idx])
-                adv = advantages[:, idx] / scale
+                adv = advantages[:, idx]
                 clipped = torch.clamp(ratio, 1 - eps[:, None], 1 + eps[:, None])
                 policy_loss = -torch.min(ratio * adv, clipped * adv).sum(0).mean()
-                kl_loss = env.kl_coef * running_kl(env, deltas).mean() / scale
+                step_kl = kl_weight * deltas.flatten(2).square().sum(2)  # (N, b): w_k ||delta_k||^2
+                kl_loss = env.kl_coef * (step_kl / scale).sum(0).mean()
                 self.clip_and_step("actor", policy_loss + kl_loss)
                 stats["policy_loss"].append(policy_loss.item())
                 stats["kl_loss"].append(kl_loss.item())
                 stats["clip_fraction"].append(((ratio - 1).abs() > eps[:, None]).float().mean().item())
                 stats["ratio_max"].append(ratio.max().item())
 
-        for _ in range(cfg.value_epochs):
-            for idx in self.minibatches(b, cfg.minibatches):
-                sub = traj.subset(idx)
-                value_loss = (dt_over_T[:, None] * (self.values(sub)[:-1] - returns[:, idx]).square()).sum(0).mean()
-                self.clip_and_step("critic", value_loss)
+        value_loss = self.fit_critic(traj)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
-        out["value_loss"] = value_loss.item()
-        out["advantage_scale"] = scale.item()
+        out["value_loss"] = value_loss
+        out["advantage_scale"] = scale.mean().item()
         return out

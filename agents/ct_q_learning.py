@@ -59,7 +59,7 @@ class CTQLearning(FieldAgent):
     name = "ct_q_learning"
 
     def __init__(self, env: Any, config: CTQLearningConfig | None = None) -> None:
-        super().__init__(env, config or CTQLearningConfig(), critic=True)
+        super().__init__(env, config or CTQLearningConfig(), critic="mlp")
         cfg, e = self.config, self.env
         if e.kl_coef <= 0:
             raise ValueError("q-learning's Gaussian policy needs kl_coef > 0 (the curvature of q)")

@@ -5,7 +5,7 @@ Every denoising step is an action whose log-probability is the Gaussian transiti
 is no value function: each episode's return, normalised per condition (their per-prompt stat
 tracking) or over the batch for unconditional tasks, is the advantage of all its steps. The ratio
 is clipped with one fixed range for every step. As every gradient agent of the zoo, it adds the
-running KL price differentiated pathwise (DESIGN 4), so it optimises the same objective as the
+running KL price differentiated pathwise (docs/design.md, section 4), so it optimises the same objective as the
 others: ``L = -sum_k E[min(rho_k A, clip(rho_k, 1 - eps, 1 + eps) A)] + kl_coef sum_k E[w_k ||delta||^2] / s``,
 with ``s`` the standard deviation of the episode's condition's returns (the advantages' scale before
 normalisation), so every condition keeps the objective's balance of reward and KL.
@@ -49,7 +49,7 @@ class DDPO(FieldAgent):
     name = "ddpo"
 
     def __init__(self, env: Any, config: DDPOConfig | None = None) -> None:
-        super().__init__(env, config or DDPOConfig(), critic=False)
+        super().__init__(env, config or DDPOConfig(), critic=None)
 
     def update(self, traj: Trajectories) -> dict[str, float]:
         cfg, env = self.config, self.env

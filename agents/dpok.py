@@ -48,7 +48,7 @@ class DPOK(FieldAgent):
     name = "dpok"
 
     def __init__(self, env: Any, config: DPOKConfig | None = None) -> None:
-        super().__init__(env, config or DPOKConfig(), critic=True)
+        super().__init__(env, config or DPOKConfig(), critic="mlp")
 
     def update(self, traj: Trajectories) -> dict[str, float]:
         cfg, env = self.config, self.env

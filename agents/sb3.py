@@ -55,16 +55,41 @@ def make_sb3_model(
 
 @dataclass
 class SB3Config(AgentConfig):
-    """SB3 agent settings.
+    """SB3 agent settings. The objective is undiscounted (``gamma = 1``), and SB3's exploration noise is
+    itself a score correction the env charges KL for, so its initial size is a setting to search.
 
     Attributes:
         algorithm: "ppo" or "sac".
-        algo_kwargs: the algorithm's keyword arguments (defaults: SB3's, except PPO's ``n_steps`` =
-            the env's episode length, so each rollout is whole episodes).
+        gamma: the discount; 1 is the objective (SB3's default 0.99 optimises another one).
+        gae_lambda: PPO's GAE lambda (1: Monte Carlo returns).
+        log_std_init: PPO's initial log standard deviation of the action noise (SAC: with gSDE only).
+        use_sde: generalised state-dependent exploration (gSDE).
+        target_entropy: SAC's entropy target (``"auto"``: minus the action dimension).
+        algo_kwargs: further keyword arguments of the algorithm, over the above (defaults: SB3's,
+            except PPO's ``n_steps`` = the env's episode length, so each rollout is whole episodes).
     """
 
     algorithm: str = "ppo"
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    log_std_init: float = 0.0
+    use_sde: bool = False
+    target_entropy: str | float = "auto"
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments these settings give the SB3 algorithm (``algo_kwargs`` win)."""
+        kwargs: dict[str, Any] = {"gamma": self.gamma, "learning_rate": self.lr, "use_sde": self.use_sde}
+        policy_kwargs: dict[str, Any] = {}
+        if self.algorithm == "ppo":
+            kwargs["gae_lambda"] = self.gae_lambda
+            policy_kwargs["log_std_init"] = self.log_std_init
+        elif self.algorithm == "sac":
+            kwargs["target_entropy"] = self.target_entropy
+            if self.use_sde:
+                policy_kwargs["log_std_init"] = self.log_std_init
+        kwargs["policy_kwargs"] = policy_kwargs | dict(self.algo_kwargs.get("policy_kwargs", {}))
+        return kwargs | {k: v for k, v in self.algo_kwargs.items() if k != "policy_kwargs"}
 
 
 class SB3Agent(Agent):
@@ -75,11 +100,10 @@ class SB3Agent(Agent):
     def __init__(self, env: Any, config: SB3Config | None = None) -> None:
         super().__init__(env, config or SB3Config())
         cfg = self.config
-        kwargs = dict(cfg.algo_kwargs)
+        kwargs = cfg.algorithm_kwargs()
         if cfg.algorithm == "ppo":
             kwargs.setdefault("n_steps", self.env.n_steps)
             kwargs.setdefault("batch_size", min(256, self.env.n_steps * self.env.num_envs))
-        kwargs.setdefault("learning_rate", cfg.lr)
         self.model = make_sb3_model(cfg.algorithm, self.env, cfg.seed, cfg.logdir, **kwargs)
         self.name = f"sb3_{cfg.algorithm}"
 

@@ -5,8 +5,9 @@
     python -m agents.train --agent ct_ppo --env DiffusionSDE-Digits-v0 --num-envs 64 --env-kwargs n_steps=20
 
 A checkpoint that exists is resumed (the same run continues). The policy is then evaluated at
-every ``--eval-steps`` grid, each against J* and J(pretrained) estimated on that same grid, and the
-results are printed and optionally written as JSON.
+every ``--eval-steps`` grid against the references estimated on that same grid (J*, J(pre), and
+J_best and J_oracle where the task has them: docs/design.md, section 1) with both normalized gaps,
+and the results are printed and optionally written as JSON.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import diffusion_gym  # noqa: F401  (registers the envs)
 from agents import all_agents
 from agents.common.agent import Agent
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
-from diffusion_gym.optimum import optimal_objective
+from diffusion_gym.optimum import references
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -67,16 +68,24 @@ def make_env(env_id: str, num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv
 def score_at_grids(
     agent: Agent, env_id: str, env_kwargs: dict[str, Any], steps: list[int], n: int, seed: int
 ) -> list[dict[str, float]]:
-    """The policy's objective, rewards and KL at each grid, with J*, J(pre) and the normalized gap there."""
+    """The policy's objective, rewards and KL at each grid, with the references there (J*, J(pre), and
+    J_best and J_oracle where the task has them) and both normalized gaps (docs/design.md, section 1)."""
     rows = []
     for n_steps in steps:
         env = make_env(env_id, min(n, 4096), **(env_kwargs | {"n_steps": n_steps}))
-        optimum = optimal_objective(env, n_samples=n, seed=seed)
+        refs = references(env, n_samples=n, seed=seed)
         result = agent.evaluate(env, n=n, seed=seed + 1)
-        gap = optimum.normalized_gap(result["objective"])
+        gap = refs.gap(result["objective"])
         row = {"n_steps": n_steps, "gap": gap.mean, "gap_se": gap.se}
-        row |= {"j_star": optimum.j_star.mean, "j_star_se": optimum.j_star.se}
-        row |= {"j_pretrained": optimum.j_pretrained.mean, "j_pretrained_se": optimum.j_pretrained.se}
+        row |= {"j_star": refs.optimum.j_star.mean, "j_star_se": refs.optimum.j_star.se}
+        row |= {"j_pretrained": refs.optimum.j_pretrained.mean, "j_pretrained_se": refs.optimum.j_pretrained.se}
+        if refs.j_best is not None:
+            row |= {"j_best": refs.j_best.mean, "j_best_error": refs.j_best.se}
+        if refs.j_oracle is not None:
+            row |= {"j_oracle": refs.j_oracle.mean, "j_oracle_se": refs.j_oracle.se}
+        reachable = refs.reachable_gap(result["objective"])
+        if reachable is not None:
+            row |= {"reachable_gap": reachable.mean, "reachable_gap_se": reachable.se}
         for key, est in result.items():
             row |= {key: est.mean, f"{key}_se": est.se}
         rows.append(row)
@@ -115,10 +124,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{args.agent} on {args.env}: {agent.reward_queries} reward queries in {seconds:.0f} s (this run)")
     for row in rows:
         gold = f"  gold {row['gold_reward']:.3f}" if "gold_reward" in row else ""
+        best = f"  J_best {row['j_best']:.4f}" if "j_best" in row else ""
+        oracle = f"  J_oracle {row['j_oracle']:.4f} ± {row['j_oracle_se']:.4f}" if "j_oracle" in row else ""
+        reach = (
+            f"  reachable gap {row['reachable_gap']:.3f} ± {row['reachable_gap_se']:.3f}"
+            if "reachable_gap" in row
+            else ""
+        )
         print(
             f"  N={row['n_steps']:4d}  J {row['objective']:.4f} ± {row['objective_se']:.4f}"
-            f"  J* {row['j_star']:.4f}  J(pre) {row['j_pretrained']:.4f}"
-            f"  gap {row['gap']:.3f} ± {row['gap_se']:.3f}  KL {row['kl']:.3f}{gold}"
+            f"  J* {row['j_star']:.4f}{best}{oracle}  J(pre) {row['j_pretrained']:.4f}"
+            f"  gap {row['gap']:.3f} ± {row['gap_se']:.3f}{reach}  KL {row['kl']:.3f}{gold}"
         )
     result = {"agent": args.agent, "env": args.env, "config": dataclasses.asdict(agent.config), "seconds": seconds}
     result |= {"reward_queries": agent.reward_queries, "env_kwargs": env_kwargs, "scores": rows}

@@ -1,15 +1,21 @@
 """The small, equal hyperparameter search every agent gets on a task, recorded in agents/tuning/.
 
     python -m agents.tune --env DiffusionSDE-v0
-    python -m agents.tune --env DiffusionSDE-Digits-v0
+    python -m agents.tune --env DiffusionSDE-Digits-v0 --agents ct_ppo,ct_ppo_reward,ct_ppo_reward_pretrained
 
-Every agent tries the same number of settings (a 2x2 grid over its learning rate and its one
-algorithm-specific knob: the clip range of the PPO-type agents, the temperature of q-learning) with
-the same reward-query budget, seed and grid (N = 20, the exponential integrator), and is scored by
-its normalized optimality gap at that N. The JSON and the markdown table keep every run; on
-DiffusionSDE-v0 the best setting of each agent is its documented default. On the digits task the
-grid starts from the published DDPO defaults (learning rate 3e-4, clip 1e-4) and the budget is what
-two CPU cores afford, with the MLP policy (see ``BUDGETS``).
+Every agent tries the settings of its grid (a 2x2 grid over its learning rate and its one
+algorithm-specific knob: the clip range of the PPO-type agents, the temperature of q-learning; SB3's
+PPO a 2x2x2 grid over the three knobs that set its exploration and credit assignment) with the same
+reward-query budget, seed and grid (N = 20, the exponential integrator). Each run is scored by the
+normalized gap against J* and, where the task has one, against the reachable reference (J_best,
+else J_oracle; docs/design.md, section 1), and by the reward queries its learning curve needs to
+reach a reachable gap of 0.5. The JSON and the markdown table keep every run.
+
+Selection: within each search the best setting is the one with the lowest final gap; settings
+within two standard errors of it are ties, broken by the fewest queries to a gap of 0.5. The
+searches of one zoo agent's variants (CT-PPO's critics) are pooled the same way: the winner is its
+default. ``--agents`` reruns some searches and keeps the others' recorded runs when they were made
+with the same budget.
 """
 
 from __future__ import annotations
@@ -17,32 +23,76 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from agents.common.agent import Agent
 from agents.train import build_agent, make_env
-from diffusion_gym.optimum import optimal_objective
+from diffusion_gym.evaluation import crossing
+from diffusion_gym.optimum import References, references
 
-GRIDS: dict[str, dict[str, dict[str, list[Any]]]] = {
+
+@dataclass(frozen=True)
+class Search:
+    """One agent's search: the zoo agent, its grid (every combination is a run), settings fixed for all
+    runs, and the family of variants whose picks compete for one default (default: the search alone)."""
+
+    agent: str
+    grid: dict[str, list[Any]]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    family: str | None = None
+
+
+COLD_CRITIC = {"critic": "mlp", "advantage_norm": "global", "adv_clip": 0.0}
+"""CT-PPO with a cold MLP critic and one advantage scale (the zoo's first CT-PPO)."""
+AUTHORS_CRITIC = {"critic": "reward", "advantage_norm": "per_step", "adv_clip": 5.0}
+"""CT-PPO as its authors ship it: reward-initialised critic, advantages standardised per step, clipped at 5."""
+SB3_PPO = {"algorithm": "ppo", "algo_kwargs": {"n_epochs": 4, "batch_size": 1024}}
+SB3_SAC = {"algorithm": "sac", "algo_kwargs": {"learning_starts": 2048, "batch_size": 256, "buffer_size": 200_000}}
+
+SEARCHES: dict[str, dict[str, Search]] = {
     "DiffusionSDE-v0": {
-        "ct_ppo": {"lr": [3e-4, 1e-3], "clip": [0.3, 1.0]},
-        "ddpo": {"lr": [3e-4, 1e-3], "clip": [0.01, 0.1]},
-        "dpok": {"lr": [3e-4, 1e-3], "clip": [0.01, 0.1]},
-        "ct_q_learning": {"lr": [3e-4, 1e-3], "temperature": [0.25, 1.0]},
+        "ct_ppo": Search("ct_ppo", {"lr": [3e-4, 1e-3], "clip": [0.3, 1.0]}, COLD_CRITIC, "ct_ppo"),
+        "ct_ppo_reward": Search("ct_ppo", {"lr": [3e-4, 1e-3], "clip": [0.3, 1.0]}, AUTHORS_CRITIC, "ct_ppo"),
+        "ct_ppo_reward_pretrained": Search(
+            "ct_ppo",
+            {"lr": [3e-4, 1e-3], "clip": [0.3, 1.0]},
+            AUTHORS_CRITIC | {"critic_pretrain_queries": 2048},
+            "ct_ppo",
+        ),
+        "ddpo": Search("ddpo", {"lr": [3e-4, 1e-3], "clip": [0.01, 0.1]}),
+        "dpok": Search("dpok", {"lr": [3e-4, 1e-3], "clip": [0.01, 0.1]}),
+        "ct_q_learning": Search("ct_q_learning", {"lr": [3e-4, 1e-3], "temperature": [0.25, 1.0]}),
+        # Undiscounted (gamma = 1). SB3's action noise is a score correction the env charges KL for:
+        # log_std_init -1 / -3 is a delta noise of 1.5 / 0.2 per coordinate at action_scale 4.
+        "sb3_ppo": Search(
+            "sb3", {"lr": [3e-4, 1e-3], "log_std_init": [-1.0, -3.0], "gae_lambda": [0.95, 1.0]}, SB3_PPO
+        ),
+        # SAC's entropy target sets its exploration: "auto" is -2 (the action's dimension), -10 far less noise.
+        "sb3_sac": Search("sb3", {"lr": [3e-4, 1e-3], "target_entropy": ["auto", -10.0]}, SB3_SAC),
     },
     "DiffusionSDE-Digits-v0": {
-        "ct_ppo": {"lr": [3e-4, 1e-3], "clip": [0.1, 0.3]},
-        "ddpo": {"lr": [3e-4, 1e-3], "clip": [1e-4, 0.1]},
-        "dpok": {"lr": [3e-4, 1e-3], "clip": [1e-4, 0.1]},
+        "ct_ppo": Search("ct_ppo", {"lr": [3e-4, 1e-3], "clip": [0.1, 0.3]}, COLD_CRITIC, "ct_ppo"),
+        "ct_ppo_reward": Search("ct_ppo", {"lr": [3e-4, 1e-3], "clip": [0.1, 0.3]}, AUTHORS_CRITIC, "ct_ppo"),
+        "ct_ppo_reward_pretrained": Search(
+            "ct_ppo",
+            {"lr": [3e-4, 1e-3], "clip": [0.1, 0.3]},
+            AUTHORS_CRITIC | {"critic_pretrain_queries": 256},
+            "ct_ppo",
+        ),
+        "ddpo": Search("ddpo", {"lr": [3e-4, 1e-3], "clip": [1e-4, 0.1]}),
+        "dpok": Search("dpok", {"lr": [3e-4, 1e-3], "clip": [1e-4, 0.1]}),
         # exp(q / gamma) explores at a KL price of gamma D T / 2 per episode (D: the state's dimension):
         # the 2-D grid's temperatures times 2 / 64 give the same exploration price on 8x8 digits.
-        "ct_q_learning": {"lr": [3e-4, 1e-3], "temperature": [0.25 / 32, 1.0 / 32]},
+        "ct_q_learning": Search("ct_q_learning", {"lr": [3e-4, 1e-3], "temperature": [0.25 / 32, 1.0 / 32]}),
     },
 }
-"""Per task, each agent's 2x2 grid."""
+"""Per task, each search by label."""
 
 BUDGETS: dict[str, dict[str, Any]] = {
     "DiffusionSDE-v0": {
@@ -50,6 +100,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "reward_queries": 100_000,
         "eval_n": 8192,
         "optimum_n": 65_536,
+        "curve_points": 8,
+        "curve_n": 2048,
         "policy_net": "mlp",
     },
     # On 2 CPU cores the LoRA UNet policy runs ~8 episodes/s (a few hundred queries in a tuning run's
@@ -59,89 +111,217 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "reward_queries": 4096,
         "eval_n": 1024,
         "optimum_n": 4096,
+        "curve_points": 4,
+        "curve_n": 256,
         "policy_net": "mlp",
     },
 }
 """Per task: envs per batch, reward queries per run, evaluation episodes, the pretrained samples that
-estimate J* and J(pre), and the policy network."""
+estimate J* and J(pre), the learning curve's evaluations and their episodes, and the policy network."""
+GAP = 0.5
+"""The reachable gap whose first crossing on the learning curve is recorded."""
+
+
+class Curve:
+    """The zoo callback that scores the deterministic policy at ``budget * (i / points)^2`` queries."""
+
+    def __init__(self, env: Any, refs: References, budget: int, points: int, n: int, seed: int) -> None:
+        self.env, self.refs, self.n, self.seed = env, refs, n, seed
+        self.budgets = [budget * (i / points) ** 2 for i in range(1, points + 1)]
+        self.points: list[dict[str, float]] = []
+
+    def evaluate(self, agent: Agent) -> None:
+        j = agent.evaluate(self.env, n=self.n, seed=self.seed)["objective"]
+        reachable = self.refs.reachable_gap(j)
+        point = {"reward_queries": agent.reward_queries, "gap": self.refs.gap(j).mean}
+        self.points.append(point | ({"reachable_gap": reachable.mean} if reachable is not None else {}))
+
+    def __call__(self, agent: Agent, stats: dict[str, float]) -> bool:
+        if self.budgets and agent.reward_queries >= self.budgets[0]:
+            self.evaluate(agent)
+            while self.budgets and self.budgets[0] <= agent.reward_queries:
+                self.budgets.pop(0)
+        return True
+
+
+def score_run(agent: Agent, refs: References, n: int, seed: int) -> dict[str, Any]:
+    """The trained policy's objective, KL, gold reward and both gaps."""
+    result = agent.evaluate(n=n, seed=seed)
+    j = result["objective"]
+    gap = refs.gap(j)
+    out = {"gap": gap.mean, "gap_se": gap.se, "objective": j.mean, "objective_se": j.se, "kl": result["kl"].mean}
+    out["gold"] = result["gold_reward"].mean if "gold_reward" in result else None
+    reachable = refs.reachable_gap(j)
+    if reachable is not None:
+        out |= {"reachable_gap": reachable.mean, "reachable_gap_se": reachable.se}
+    return out
+
+
+def select(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best run (see the module docstring): lowest final gap, ties within two standard errors
+    broken by the fewest queries to a reachable gap of 0.5."""
+    key = "reachable_gap" if all("reachable_gap" in r for r in runs) else "gap"
+    best = min(runs, key=lambda r: r[key])
+    ties = [r for r in runs if r[key] - best[key] <= 2 * math.hypot(r[f"{key}_se"], best[f"{key}_se"])]
+    return min(ties, key=lambda r: (math.inf if r["queries_to_gap"] is None else r["queries_to_gap"], r[key]))
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="DiffusionSDE-v0")
-    parser.add_argument("--agents", default=None, help="comma-separated (default: every agent of the task's grid)")
+    parser.add_argument("--agents", default=None, help="comma-separated search labels (default: every search)")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-envs", type=int, default=None, help="default: BUDGETS[env]")
     parser.add_argument("--n-steps", type=int, default=20)
     parser.add_argument("--integrator", default="exponential")
     parser.add_argument("--reward-queries", type=int, default=None, help="default: BUDGETS[env]")
     parser.add_argument("--eval-n", type=int, default=None, help="default: BUDGETS[env]")
     parser.add_argument("--optimum-n", type=int, default=None, help="samples for J* (default: BUDGETS[env])")
+    parser.add_argument("--curve-points", type=int, default=None, help="default: BUDGETS[env]")
+    parser.add_argument("--curve-n", type=int, default=None, help="default: BUDGETS[env]")
     parser.add_argument("--policy-net", default=None, help="mlp | lora | auto (default: BUDGETS[env])")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "tuning")
+    parser.add_argument("--render", action="store_true", help="rewrite the markdown table from the JSON and stop")
     args = parser.parse_args(argv)
-    if args.env not in GRIDS:
-        parser.error(f"no grid for {args.env}; known: {sorted(GRIDS)}")
+    if args.env not in SEARCHES:
+        parser.error(f"no searches for {args.env}; known: {sorted(SEARCHES)}")
     for key, value in BUDGETS[args.env].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    grids = GRIDS[args.env]
+    path = args.out / f"{args.env}.json"
+    if args.render:
+        record = json.loads(path.read_text())
+        write_record(args.out, record["meta"], record["runs"])
+        return record["runs"]
+    searches = SEARCHES[args.env]
+    labels = (args.agents or ",".join(searches)).split(",")
+    if unknown := set(labels) - set(searches):
+        parser.error(f"no search for {sorted(unknown)} on {args.env}; known: {sorted(searches)}")
 
-    env_kwargs = {"n_steps": args.n_steps, "integrator": args.integrator}
-    optimum = optimal_objective(
-        make_env(args.env, min(4096, args.optimum_n), **env_kwargs), n_samples=args.optimum_n, seed=args.seed + 1
+    env_kwargs = {"n_steps": args.n_steps, "integrator": args.integrator, "device": args.device}
+    refs = references(
+        make_env(args.env, min(4096, args.optimum_n), **env_kwargs),
+        n_samples=args.optimum_n,
+        seed=args.seed + 1,
+        oracle_n=args.eval_n,
     )
-    names = (args.agents or ",".join(grids)).split(",")
-    if unknown := set(names) - set(grids):
-        parser.error(f"no grid for agents {sorted(unknown)} on {args.env}; known: {sorted(grids)}")
-    runs = []
-    for name in names:
-        grid = grids[name]
-        for values in itertools.product(*grid.values()):
-            setting = dict(zip(grid, values, strict=True))
-            torch.manual_seed(args.seed)
-            overrides = setting | {"seed": args.seed, "policy_net": args.policy_net}
-            agent = build_agent(name, make_env(args.env, args.num_envs, **env_kwargs), overrides)
-            agent.config.progress = False
-            start = time.perf_counter()
-            agent.learn(args.reward_queries)
-            seconds = time.perf_counter() - start
-            result = agent.evaluate(n=args.eval_n, seed=args.seed + 7)
-            gap = optimum.normalized_gap(result["objective"])
-            run = {"agent": name, "setting": setting, "seconds": seconds, "gap": gap.mean, "gap_se": gap.se}
-            run |= {"objective": result["objective"].mean, "objective_se": result["objective"].se}
-            run |= {"kl": result["kl"].mean, "gold": result["gold_reward"].mean if "gold_reward" in result else None}
-            run["policy_net"] = type(agent.actor).__name__
-            runs.append(run)
-            print(f"{name:14s} {setting}  gap {gap}  J {result['objective']}  {seconds:.0f} s", flush=True)
-
-    args.out.mkdir(parents=True, exist_ok=True)
     meta = {"env": args.env, "env_kwargs": env_kwargs, "num_envs": args.num_envs, "seed": args.seed}
-    meta |= {
-        "reward_queries": args.reward_queries,
-        "j_star": optimum.j_star.mean,
-        "j_pretrained": optimum.j_pretrained.mean,
-    }
-    (args.out / f"{args.env}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2) + "\n")
+    meta |= {k: getattr(args, k) for k in ("reward_queries", "eval_n", "optimum_n", "curve_points", "curve_n")}
+    meta |= {"policy_net": args.policy_net} | reference_summary(refs)
+    kept: list[dict[str, Any]] = []
+    if args.agents and path.exists():
+        old = json.loads(path.read_text())
+        same = all(old["meta"].get(k) == meta[k] for k in ("num_envs", "seed", "reward_queries", "eval_n"))
+        kept = [r for r in old["runs"] if same and r["label"] not in labels]
+
+    runs = []
+    for label in labels:
+        search = searches[label]
+        for values in itertools.product(*search.grid.values()):
+            setting = dict(zip(search.grid, values, strict=True))
+            torch.manual_seed(args.seed)
+            overrides = search.fixed | setting | {"seed": args.seed, "progress": False}
+            if search.agent != "sb3":
+                overrides["policy_net"] = args.policy_net
+            env = make_env(args.env, args.num_envs, **env_kwargs)
+            agent = build_agent(search.agent, env, overrides)
+            curve_env = make_env(args.env, min(args.curve_n, 4096), **env_kwargs)
+            curve = Curve(curve_env, refs, args.reward_queries, args.curve_points, args.curve_n, args.seed + 11)
+            curve.evaluate(agent)
+            start = time.perf_counter()
+            agent.learn(args.reward_queries, callback=curve)
+            seconds = time.perf_counter() - start  # curve evaluations included
+            run = {"label": label, "agent": search.agent, "fixed": search.fixed, "setting": setting}
+            run |= {"seconds": seconds, "reward_queries": agent.reward_queries}
+            run |= score_run(agent, refs, args.eval_n, args.seed + 7)
+            gap_key = "reachable_gap" if refs.reachable is not None else "gap"
+            run |= {"curve": curve.points, "queries_to_gap": crossing(curve.points, GAP, "reward_queries", gap_key)}
+            runs.append(run)
+            print(
+                f"{label:26s} {setting}  gap {run['gap']:.3f}"
+                + (f"  reachable gap {run['reachable_gap']:.3f}" if "reachable_gap" in run else "")
+                + f"  J {run['objective']:.3f}  queries to {GAP}: {run['queries_to_gap']}  {seconds:.0f} s",
+                flush=True,
+            )
+    write_record(args.out, meta, kept + runs)
+    return runs
+
+
+def reference_summary(refs: References) -> dict[str, float | None]:
+    """The references of the search's grid, as the record keeps them."""
+    out: dict[str, float | None] = {"j_star": refs.optimum.j_star.mean, "j_star_se": refs.optimum.j_star.se}
+    out |= {"j_pretrained": refs.optimum.j_pretrained.mean, "j_pretrained_se": refs.optimum.j_pretrained.se}
+    for name, est in (("j_best", refs.j_best), ("j_oracle", refs.j_oracle)):
+        out |= {name: None, f"{name}_se": None} if est is None else {name: est.mean, f"{name}_se": est.se}
+    return out
+
+
+def write_record(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """``<out>/<env>.json`` (every run) and ``<out>/<env>.md`` (the table, each search's pick, the defaults),
+    from the record alone."""
+    env = meta["env"]
+    searches = SEARCHES[env]
+    runs = sorted(runs, key=lambda r: list(searches).index(r["label"]) if r["label"] in searches else len(searches))
+    out.mkdir(parents=True, exist_ok=True)
+    labels = dict.fromkeys(r["label"] for r in runs)
+    picks = {label: select([r for r in runs if r["label"] == label]) for label in labels}
+    families: dict[str, list[dict[str, Any]]] = {}
+    for label, pick in picks.items():
+        family = searches[label].family if label in searches else None
+        families.setdefault(family or label, []).append(pick)
+    winners = {family: select(p) for family, p in families.items() if len(p) > 1}
+    record = {"meta": meta, "picks": {k: _describe(v) for k, v in picks.items()}, "runs": runs}
+    record["winners"] = {k: _describe(v) for k, v in winners.items()}
+    (out / f"{env}.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    def est(name: str) -> str:
+        return f"{meta[name]:.4f} ± {meta[f'{name}_se']:.4f}"
+
+    refs = f"J* = {est('j_star')}, J(pre) = {est('j_pretrained')}"
+    reachable = meta.get("j_best") is not None or meta.get("j_oracle") is not None
+    if meta.get("j_best") is not None:
+        refs += f", J_best = {meta['j_best']:.4f} (numerical error {meta['j_best_se']:.1e})"
+    if meta.get("j_oracle") is not None:
+        refs += f", J_oracle = {est('j_oracle')}"
+    kwargs = meta["env_kwargs"]
     lines = [
-        f"# Hyperparameter search on {args.env}",
+        f"# Hyperparameter search on {env}",
         "",
-        f"N = {args.n_steps} ({args.integrator}), {args.num_envs} envs, {args.reward_queries} reward queries per run, "
-        f"seed {args.seed}, policy network {runs[-1]['policy_net']}; scored by the normalized optimality gap at N "
-        f"(J* = {optimum.j_star}, J(pre) = {optimum.j_pretrained}). "
-        f"Written by `python -m agents.tune --env {args.env}`.",
+        f"N = {kwargs['n_steps']} ({kwargs['integrator']}), {meta['num_envs']} envs, {meta['reward_queries']} reward "
+        f"queries per run, seed {meta['seed']}, policy network {meta.get('policy_net', 'mlp')} (SB3: its own); "
+        f"final scores from {meta['eval_n']} episodes, learning curves from {meta['curve_n']} episodes at "
+        f"{meta['curve_points']} budgets; {refs}. Written by `python -m agents.tune --env {env}`. "
+        "Seconds include the learning curve's evaluations (and other jobs on the machine).",
         "",
-        "| agent | setting | gap | J | KL | seconds |",
-        "|---|---|---|---|---|---|",
+        "Each search's pick (**bold**): the lowest final "
+        + ("reachable gap" if reachable else "gap")
+        + f"; settings within two standard errors of it tie, and the fewest queries to gap {GAP} wins.",
+        "",
+        f"| search | setting | gap (J*) | reachable gap | J | KL | queries to gap {GAP} | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         setting = ", ".join(f"{k}={v}" for k, v in run["setting"].items())
+        if run is picks[run["label"]]:
+            setting = f"**{setting}**"
+        reach = f"{run['reachable_gap']:.3f} ± {run['reachable_gap_se']:.3f}" if "reachable_gap" in run else "–"
+        queries = "not reached" if run.get("queries_to_gap") is None else f"{run['queries_to_gap']:,.0f}"
         lines.append(
-            f"| {run['agent']} | {setting} | {run['gap']:.3f} ± {run['gap_se']:.3f} | "
-            f"{run['objective']:.3f} ± {run['objective_se']:.3f} | {run['kl']:.3f} | {run['seconds']:.0f} |"
+            f"| {run['label']} | {setting} | {run['gap']:.3f} ± {run['gap_se']:.3f} | {reach} | "
+            f"{run['objective']:.3f} ± {run['objective_se']:.3f} | {run['kl']:.3f} | {queries} | {run['seconds']:.0f} |"
         )
-    (args.out / f"{args.env}.md").write_text("\n".join(lines) + "\n")
-    return runs
+    fixed = {label: s.fixed for label, s in searches.items() if s.fixed and label in picks}
+    if fixed:
+        lines += ["", "Settings fixed per search: " + "; ".join(f"{k}: {v}" for k, v in fixed.items()) + "."]
+    for family, w in winners.items():
+        setting = ", ".join(f"{k}={v}" for k, v in w["setting"].items())
+        lines += ["", f"Across {family}'s variants the pick is **{w['label']}** ({setting}): its default."]
+    (out / f"{env}.md").write_text("\n".join(lines) + "\n")
+
+
+def _describe(run: dict[str, Any]) -> dict[str, Any]:
+    return {"label": run["label"], "agent": run["agent"], "settings": run["fixed"] | run["setting"]}
 
 
 if __name__ == "__main__":

@@ -17,11 +17,15 @@ from diffusion_gym.envs.mixture2d import make_vector_env
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
 
 
+LEARNERS = sorted(name for name, (cls, _) in AGENTS.items() if cls.trains)
+"""The zoo's agents that learn (the oracle computes its policy)."""
+
+
 def tiny_env(**kwargs):
     return make_vector_env(32, n_steps=5, integrator="exponential", **kwargs)
 
 
-@pytest.mark.parametrize("name", sorted(AGENTS))
+@pytest.mark.parametrize("name", LEARNERS)
 def test_every_agent_learns_evaluates_and_reports(name, tmp_path):
     agent_cls, config_cls = AGENTS[name]
     agent = agent_cls(tiny_env(), config_cls(progress=False, logdir=str(tmp_path / "tb")))
@@ -76,7 +80,7 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", sorted(AGENTS))
+@pytest.mark.parametrize("name", LEARNERS)
 def test_a_killed_and_resumed_run_ends_where_an_uninterrupted_one_does(name, tmp_path):
     agent_cls, config_cls = AGENTS[name]
     torch.use_deterministic_algorithms(True)
@@ -243,19 +247,99 @@ def test_lora_needs_a_unet_base():
 def test_tune_records_every_run_of_the_grid(tmp_path):
     import json
 
-    from agents.tune import GRIDS
+    from agents.tune import SEARCHES
     from agents.tune import main as tune_main
 
-    args = ["--env", "DiffusionSDE-v0", "--agents", "ddpo", "--num-envs", "64", "--n-steps", "4"]
-    args += ["--reward-queries", "128", "--eval-n", "256", "--optimum-n", "512", "--out", str(tmp_path)]
+    args = ["--env", "DiffusionSDE-v0", "--agents", "ddpo,ct_ppo_reward", "--num-envs", "64", "--n-steps", "4"]
+    args += ["--reward-queries", "256", "--eval-n", "256", "--optimum-n", "512", "--curve-points", "2"]
+    args += ["--curve-n", "128", "--out", str(tmp_path)]
     runs = tune_main(args)
     record = json.loads((tmp_path / "DiffusionSDE-v0.json").read_text())
-    assert len(runs) == len(record["runs"]) == 4
-    grid = GRIDS["DiffusionSDE-v0"]["ddpo"]
-    assert sorted((r["setting"]["lr"], r["setting"]["clip"]) for r in record["runs"]) == sorted(
+    assert len(runs) == len(record["runs"]) == 8
+    grid = SEARCHES["DiffusionSDE-v0"]["ddpo"].grid
+    assert sorted((r["setting"]["lr"], r["setting"]["clip"]) for r in record["runs"] if r["label"] == "ddpo") == sorted(
         (lr, clip) for lr in grid["lr"] for clip in grid["clip"]
     )
-    assert all(math.isfinite(r["gap"]) and r["gap_se"] > 0 for r in record["runs"])
-    assert (tmp_path / "DiffusionSDE-v0.md").read_text().count("| ddpo |") == 4
+    assert all(math.isfinite(r["gap"]) and r["gap_se"] > 0 and r["reachable_gap_se"] > 0 for r in record["runs"])
+    assert all(r["curve"][0]["reward_queries"] == 0 and len(r["curve"]) == 3 for r in record["runs"])
+    assert {r["fixed"].get("critic") for r in record["runs"] if r["label"] == "ct_ppo_reward"} == {"reward"}
+    assert set(record["picks"]) == {"ddpo", "ct_ppo_reward"} and set(record["winners"]) == set()
+    table = (tmp_path / "DiffusionSDE-v0.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ddpo |") or line.startswith("| ct_ppo_reward |")]
+    assert len(rows) == 8 and sum("**" in row for row in rows) == 2  # one pick per search, in bold
+    # Rerunning one search keeps the other's runs (same budget).
+    tune_main(args[:3] + ["ddpo"] + args[4:])
+    assert len(json.loads((tmp_path / "DiffusionSDE-v0.json").read_text())["runs"]) == 8
     with pytest.raises(SystemExit):
         tune_main(args[:3] + ["nope"] + args[4:])
+
+
+def test_tune_picks_the_lowest_gap_and_breaks_ties_by_queries():
+    from agents.tune import select
+
+    runs = [
+        {"reachable_gap": 0.20, "reachable_gap_se": 0.01, "queries_to_gap": 9000},
+        {"reachable_gap": 0.21, "reachable_gap_se": 0.01, "queries_to_gap": 4000},  # a tie, faster
+        {"reachable_gap": 0.30, "reachable_gap_se": 0.01, "queries_to_gap": 1000},  # not a tie
+        {"reachable_gap": 0.22, "reachable_gap_se": 0.01, "queries_to_gap": None},  # a tie that never crossed
+    ]
+    assert select(runs) is runs[1]
+    assert select(runs[:1] + runs[2:]) is runs[0]
+
+
+def test_denoised_states_are_tweedie_estimates_from_the_stored_means():
+    """``x0_hat = (y + sigma_s^2 s_pre) / alpha_s`` recovered from the recorded pretrained means equals the
+    estimate from a fresh score evaluation (float64, 1e-10)."""
+    env = tiny_env(dtype="float64")
+    env.record_transitions = True
+    env.reset(seed=0)
+    traj = collect(env, lambda k, obs: 0.3 * torch.ones_like(obs["x"]))
+    t, y, _ = traj.step_inputs(env)
+    s = env.T - t
+    score = env.score_model.score(s, y)
+    expected = (y + env.schedule.sigma2(s)[:, None] * score) / env.schedule.alpha(s)[:, None]
+    torch.testing.assert_close(traj.denoised(env), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_the_reward_critic_is_the_reward_at_the_data_end_and_learned_at_the_noise_end():
+    from agents.common.networks import DenoisedRewardCritic
+
+    env = tiny_env(dtype="float64")
+    critic = DenoisedRewardCritic(env.reward_model, env.event_shape, env.T).double()
+    x, x0 = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    reward, residual = env.reward_model(x0), critic.residual(torch.zeros(6, dtype=torch.float64), x)
+    torch.testing.assert_close(critic(torch.full((6,), env.T, dtype=torch.float64), x, None, x0), reward)
+    torch.testing.assert_close(critic(torch.zeros(6, dtype=torch.float64), x, None, x0), residual)
+    assert not any(name.startswith("reward") for name in critic.state_dict())  # the reward is not checkpointed
+
+
+def test_ct_ppo_standardises_advantages_per_step_and_prices_kl_alike():
+    """Per-step normalisation: every step's scaled TD increments have mean 0 and standard deviation 1
+    (clipped at adv_clip), and the scale of each step is its own; the global one is one scale."""
+    cls, cfg = AGENTS["ct_ppo"]
+    agent = cls(tiny_env(dtype="float64"), cfg(progress=False, adv_clip=0.0))
+    agent.env.reset(seed=0)
+    traj = collect(agent.env, agent.behaviour_action)
+    with torch.no_grad():
+        adv, scale = agent.scaled_advantages(traj)
+    torch.testing.assert_close(adv.mean(1), torch.zeros(5, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(adv.std(1), torch.ones(5, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert scale.shape == (5, 1) and scale.unique().numel() == 5
+    agent.config.adv_clip = 0.5
+    with torch.no_grad():
+        assert agent.scaled_advantages(traj)[0].abs().max() == 0.5
+    agent.config.advantage_norm = "global"
+    with torch.no_grad():
+        adv, scale = agent.scaled_advantages(traj)
+    assert scale.unique().numel() == 1
+    with pytest.raises(ValueError, match="advantage_norm"):
+        cls(tiny_env(), cfg(advantage_norm="batch"))
+
+
+def test_critic_pretraining_spends_counted_queries_before_rl():
+    cls, cfg = AGENTS["ct_ppo"]
+    agent = cls(tiny_env(), cfg(progress=False, critic_pretrain_queries=64))
+    before = [p.clone() for p in agent.critic.parameters()]
+    agent.learn(reward_queries=96)
+    assert agent.reward_queries == 96 and agent.iteration == 1  # 2 pretrained batches, then one RL iteration
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.critic.parameters(), strict=True))

@@ -53,3 +53,15 @@ def test_sb3_agent_calls_the_zoo_callback_between_rollouts_and_stops_on_false():
     # reward_queries counts finished episodes only.
     assert agent.model.num_timesteps == 48 * 10 + 16
     assert agent.reward_queries == 48
+
+
+def test_sb3_agents_are_undiscounted_and_take_their_exploration_settings():
+    """The objective is undiscounted: gamma = 1 by default; PPO's GAE lambda and initial action noise,
+    and SAC's entropy target, come from the config (algo_kwargs still override)."""
+    env = make_vector_env(16, n_steps=10, integrator="exponential")
+    ppo = SB3Agent(env, SB3Config(progress=False, log_std_init=-2.5, gae_lambda=1.0, lr=3e-4))
+    assert ppo.model.gamma == 1.0 and ppo.model.gae_lambda == 1.0 and ppo.model.learning_rate == 3e-4
+    torch.testing.assert_close(ppo.model.policy.log_std.detach(), torch.full((2,), -2.5))
+    sac = SB3Agent(env, SB3Config(progress=False, algorithm="sac", target_entropy=-6.0, algo_kwargs={"gamma": 0.9}))
+    assert sac.model.gamma == 0.9 and sac.model.target_entropy == -6.0
+    assert SB3Agent(env, SB3Config(progress=False, algorithm="sac")).model.target_entropy == -2.0  # "auto"

@@ -21,7 +21,7 @@ from gymnasium.vector import AutoresetMode
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from agents.common.networks import FieldMLP
+from agents.common.networks import DenoisedRewardCritic, FieldMLP
 from agents.common.trajectories import Trajectories, collect
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.evaluation import Estimate, rollout
@@ -69,6 +69,8 @@ class Agent:
     """
 
     name = "agent"
+    trains = True
+    """False for references that compute their policy instead of learning it (no reward queries)."""
 
     def __init__(self, env: Any, config: AgentConfig) -> None:
         env = getattr(env, "unwrapped", env)
@@ -117,6 +119,10 @@ class Agent:
         """Learn from one batch of fresh trajectories; return scalars to log."""
         raise NotImplementedError
 
+    def before_training(self) -> None:
+        """Called once at the start of a fresh run (not on resume), after the env's first reset; any
+        episodes it runs must be added to ``self.reward_queries``."""
+
     def minibatches(self, batch: int, n: int) -> tuple[Tensor, ...]:
         """``n`` minibatches of episode indices from a fresh random permutation of ``batch`` episodes."""
         return torch.randperm(batch, generator=self.generator, device=self.generator.device).chunk(n)
@@ -139,6 +145,7 @@ class Agent:
         """
         if self.iteration == 0 and self.reward_queries == 0:
             self.env.reset(seed=self.config.seed)
+            self.before_training()
         bar = tqdm(
             total=reward_queries,
             initial=min(self.reward_queries, reward_queries),
@@ -273,22 +280,23 @@ class Agent:
 
 class FieldAgent(Agent):
     """An agent whose policy is a field ``delta(t, x, c) = action_scale(t) tanh(actor(t, x, c))``, zero
-    at the start (the pretrained model), optionally with an MLP value ``critic(t, x, c)``. The actor
-    is an MLP, or on a UNet base the UNet with LoRA adapters (``config.policy_net``).
+    at the start (the pretrained model), optionally with a value ``critic(t, x, c)``. The actor is an
+    MLP, or on a UNet base the UNet with LoRA adapters (``config.policy_net``); the critic an MLP
+    (``"mlp"``) or the reward at the denoised state blended with an MLP residual (``"reward"``,
+    :class:`~agents.common.networks.DenoisedRewardCritic`).
 
     The config must have ``lr`` (actor) and, with a critic, ``value_lr``.
     """
 
-    def __init__(self, env: Any, config: AgentConfig, critic: bool) -> None:
+    def __init__(self, env: Any, config: AgentConfig, critic: str | None) -> None:
         super().__init__(env, config)
         e = self.env
         self.actor = make_actor(e, config)
         self.modules = {"actor": self.actor}
         trainable = [p for p in self.actor.parameters() if p.requires_grad]
         self.optimizers = {"actor": torch.optim.Adam(trainable, lr=config.lr)}
-        if critic:
-            self.critic = FieldMLP(e.event_shape, e.T, e.num_conditions, config.hidden, scalar=True, zero_init=False)
-            self.critic.to(e.device, e.dtype)
+        if critic is not None:
+            self.critic = make_critic(e, config, critic)
             self.modules["critic"] = self.critic
             self.optimizers["critic"] = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr)  # type: ignore[attr-defined]
 
@@ -297,7 +305,10 @@ class FieldAgent(Agent):
 
     def values(self, traj: Trajectories) -> Tensor:
         """``V(t_k, Y_k)`` for k = 0..N, with ``V(t_N) = 0`` (no reward after the last step), (N + 1, B)."""
-        v = self.critic(*traj.step_inputs(self.env)).view(traj.n_steps, traj.batch)
+        inputs = traj.step_inputs(self.env)
+        if getattr(self.critic, "needs_denoised", False):
+            inputs = (*inputs, traj.denoised(self.env))
+        v = self.critic(*inputs).view(traj.n_steps, traj.batch)
         return torch.cat([v, torch.zeros_like(v[:1])])
 
 
@@ -313,6 +324,19 @@ def _trainable_state(module: nn.Module) -> dict[str, Tensor]:
     """A module's state without its frozen parameters (a LoRA policy's copy of the base UNet)."""
     frozen = _frozen(module)
     return {k: v for k, v in module.state_dict().items() if k not in frozen}
+
+
+def make_critic(env: DiffusionSDEVectorEnv, config: AgentConfig, kind: str) -> nn.Module:
+    """The value network ``kind`` names: ``"mlp"`` or ``"reward"`` (see :class:`FieldAgent`)."""
+    if kind == "mlp":
+        critic: nn.Module = FieldMLP(
+            env.event_shape, env.T, env.num_conditions, config.hidden, scalar=True, zero_init=False
+        )
+    elif kind == "reward":
+        critic = DenoisedRewardCritic(env.reward_model, env.event_shape, env.T, env.num_conditions, config.hidden)
+    else:
+        raise ValueError(f"critic must be 'mlp' or 'reward', got {kind!r}")
+    return critic.to(env.device, env.dtype)
 
 
 def make_actor(env: DiffusionSDEVectorEnv, config: AgentConfig) -> nn.Module:

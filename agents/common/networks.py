@@ -71,3 +71,37 @@ class FieldMLP(nn.Module):
             parts.append(self.cond(cond).to(x.dtype))
         out = self.head(self.body(torch.cat(parts, dim=1)))
         return out.squeeze(1) if self.scalar else out.reshape(x.shape[0], *self.event_shape)
+
+
+class DenoisedRewardCritic(nn.Module):
+    """``V(t, y, c) = cos(pi s / 2T) r(x0_hat, c) + sin(pi s / 2T) g_phi(t, y, c)``, ``s = T - t``: the critic of
+    the authors' CT-PPO (ContTimeRL4DM, ``ddpo_continuous/scripts/src/ImageReward_VN.py``, their time
+    running the other way). Near the data end it is the terminal reward at the denoised estimate
+    ``x0_hat = (y + sigma_s^2 s_pre(s, y)) / alpha_s``, exact at ``s = 0``; towards the noise end a
+    learned residual ``g_phi`` (an MLP of time, state and condition) takes over. The reward is frozen.
+
+    Args:
+        reward: the task's terminal reward.
+        event_shape, T, num_conditions, hidden: the residual's :class:`FieldMLP` arguments.
+    """
+
+    needs_denoised = True
+
+    def __init__(
+        self,
+        reward: nn.Module,
+        event_shape: Sequence[int],
+        T: float,
+        num_conditions: int | None = None,
+        hidden: Sequence[int] = (128, 128),
+    ) -> None:
+        super().__init__()
+        self.reward = [reward]  # a plain list: the frozen reward is neither a submodule nor checkpointed
+        self.T = float(T)
+        self.residual = FieldMLP(event_shape, T, num_conditions, hidden, scalar=True, zero_init=False)
+
+    def forward(self, t: Tensor, x: Tensor, cond: Tensor | None, denoised: Tensor) -> Tensor:
+        angle = (0.5 * math.pi / self.T) * (self.T - t.reshape(-1)).to(x.dtype)
+        with torch.no_grad():
+            terminal = self.reward[0](denoised, cond).to(x.dtype)
+        return torch.cos(angle) * terminal + torch.sin(angle) * self.residual(t, x, cond)

@@ -66,6 +66,18 @@ class Trajectories:
             objective=self.objective[idx],
         )
 
+    def denoised(self, env: DiffusionSDEVectorEnv) -> Tensor:
+        """Tweedie's estimate ``x0_hat = (Y_k + sigma_s^2 s_pre) / alpha_s`` at every step k < N, flattened
+        time-major to N * B rows, with the pretrained score recovered from the stored means
+        (``s_pre = (m_k - a_k Y_k) / c_k``): no model evaluation."""
+        disc = env.discretization
+        shape = (-1, 1, *([1] * (self.states.ndim - 2)))
+        a, c = disc.drift_scale.view(shape), disc.score_scale.view(shape)
+        alpha, sigma2 = env.schedule.alpha(disc.s).view(shape), env.schedule.sigma2(disc.s).view(shape)
+        y = self.states[:-1]
+        score = (self.means - a * y) / c
+        return ((y + sigma2 * score) / alpha).flatten(0, 1)
+
     def step_inputs(self, env: DiffusionSDEVectorEnv) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(t_k, Y_k, c)`` of every step k < N and episode, flattened time-major to N * B rows."""
         n, b = self.n_steps, self.batch

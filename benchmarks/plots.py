@@ -69,6 +69,10 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
             if ys.mean(0)[-1] < low:
                 below.append(f"{agent} (final J {ys.mean(0)[-1]:.3g})")
         ax.axhline(j_star, color="k", ls="--", lw=1, label="J*")
+        if "j_best" in opt:
+            ax.axhline(opt["j_best"], color="0.35", ls="-.", lw=1, label="J_best (best policy on the grid)")
+        if "j_oracle" in opt:
+            ax.axhline(opt["j_oracle"], color="0.55", ls=(0, (1, 2)), lw=1.2, label="J_oracle (optimal control)")
         ax.axhline(j_pre, color="k", ls=":", lw=1, label="J(pretrained)")
         ax.set_ylim(low, high)
         ax.set_xlabel("reward queries")

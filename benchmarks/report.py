@@ -1,5 +1,10 @@
-"""``report.md`` from ``results.json`` alone: agents x metrics per task (mean ± s.e. over seeds), the
-discretization-robustness table, and the paper's two claims answered from the numbers.
+"""``report.md`` from ``results.json`` alone: the references of every task and grid, agents x metrics per
+task (mean ± s.e. over seeds) with the optimal control as a row, the discretization-robustness table,
+and the paper's two claims answered from the numbers.
+
+Gaps: ``gap`` is against J*, the optimum over all path measures; ``reachable_gap`` against the best a
+policy of the env can do on the grid (J_best, else J_oracle; docs/design.md, section 1). Where a task
+has a reachable reference, the claims and the queries-to-gap columns use the reachable gap.
 
     python -m benchmarks report DIR      # rewrites DIR/report.md and the plots from DIR/results.json
 """
@@ -91,65 +96,116 @@ def runs_by_agent(results: dict[str, Any], task: str, n_train: int) -> dict[str,
     return by_agent
 
 
+GAP_KEYS = ("gap", "reachable_gap")
+
+
+def claim_gap(task: dict[str, Any]) -> str:
+    """The gap the claims use on a task: the reachable one where the task has a reachable reference."""
+    return "reachable_gap" if task.get("reachable") else "gap"
+
+
+def _crossings(run: dict[str, Any], gap_key: str) -> dict[str, Any]:
+    return run["to_reachable_gap"] if gap_key == "reachable_gap" else run["to_gap"]
+
+
 def _final(runs: list[dict[str, Any]], n: int, key: str) -> Stat:
-    """A final metric at grid n over seeds; the gap with its policy's share of the error only (the
-    optimum's error is shared by every run on the grid: see :func:`_gap_with_optimum`)."""
+    """A final metric at grid n over seeds; a gap with its policy's share of the error only (the
+    references' error is shared by every run on the grid: see :func:`_gap_with_references`)."""
     rows = [run["final"][str(n)] for run in runs if str(n) in run["final"]]
-    err = "gap_se_policy" if key == "gap" else f"{key}_se"
+    err = f"{key}_se_policy" if key in GAP_KEYS else f"{key}_se"
     return over_seeds([row.get(key) for row in rows], [row.get(err) for row in rows])
 
 
-def _gap_with_optimum(task: dict[str, Any], n: int, gap: Stat) -> Stat:
-    """The mean gap's error with the optimum's (J*, J(pre)) error added once, in quadrature."""
+def _gap_with_references(task: dict[str, Any], n: int, gap: Stat, key: str = "gap") -> Stat:
+    """The mean gap's error with its references' error (J* or the reachable one, and J(pre)) added
+    once, in quadrature."""
     if not math.isfinite(gap.mean):
         return gap
     o = task["optimum"][str(n)]
-    j_star = Estimate(o["j_star"], o["j_star_se"], o["n"])
     j_pre = Estimate(o["j_pretrained"], o["j_pretrained_se"], o["n"])
-    j = Estimate(o["j_star"] - gap.mean * (o["j_star"] - o["j_pretrained"]), 0.0, o["n"])
-    optimum_se = normalized_gap(j, j_star, j_pre, o["covariance"]).se
-    return Stat(gap.mean, math.hypot(gap.se, optimum_se), gap.k, gap.df)
+    if key == "gap":
+        ref, cov = Estimate(o["j_star"], o["j_star_se"], o["n"]), o["covariance"]
+    else:
+        name = task["reachable"]
+        ref, cov = Estimate(o[name], o[f"{name}_error" if name == "j_best" else f"{name}_se"], o["n"]), 0.0
+    j = Estimate(ref.mean - gap.mean * (ref.mean - j_pre.mean), 0.0, o["n"])
+    ref_se = normalized_gap(j, ref, j_pre, cov).se
+    return Stat(gap.mean, math.hypot(gap.se, ref_se), gap.k, gap.df)
 
 
-def _to_gap(runs: list[dict[str, Any]], gap: float, key: str) -> str:
-    stat = over_seeds(run["to_gap"][str(gap)][key] for run in runs)
+def _to_gap(runs: list[dict[str, Any]], gap: float, key: str, gap_key: str = "gap") -> str:
+    stat = over_seeds(_crossings(run, gap_key)[str(gap)][key] for run in runs)
     if stat.k == 0:
         return f"not reached (0/{len(runs)})"
     text = fmt(stat, digits=0 if key == "reward_queries" else 1)
     return text if stat.k == len(runs) else f"{text} ({stat.k}/{len(runs)} seeds)"
 
 
-def _robustness(run: dict[str, Any], n_train: int) -> dict[str, float] | None:
-    """A run's mean gap off its training grid and its worst rise there over the gap at the training
-    grid, with the policy's Monte Carlo errors (independent evaluations per grid)."""
+def _err(row: dict[str, Any], gap_key: str) -> float:
+    return row.get(f"{gap_key}_se_policy", row.get(f"{gap_key}_se", math.nan))
+
+
+def _robustness(
+    run: dict[str, Any],
+    n_train: int,
+    gap_key: str = "gap",
+    task: dict[str, Any] | None = None,
+    native: dict[int, dict[str, Any]] | None = None,
+) -> dict[str, float] | None:
+    """A run's mean gap off its training grid, its worst rise there over the gap at the training grid,
+    and (given the task's optimal-control rows and the same agent's runs trained at the other grids)
+    its mean gap there minus the optimal control's and minus the natively trained policy's, with
+    the policies' Monte Carlo errors (independent evaluations per grid)."""
     final = run["final"]
-    others = [(n, row) for n, row in final.items() if int(n) != n_train]
+    others = [(n, row) for n, row in final.items() if int(n) != n_train and gap_key in row]
     if not others or str(n_train) not in final:
         return None
     base = final[str(n_train)]
-
-    def err(row: dict[str, Any]) -> float:
-        return row.get("gap_se_policy", row.get("gap_se", math.nan))
-
-    worst_n, worst = max(others, key=lambda item: item[1]["gap"])
-    return {
-        "off_mean": statistics.fmean(row["gap"] for _, row in others),
-        "off_mean_se": math.sqrt(sum(err(row) ** 2 for _, row in others)) / len(others),
-        "worst_rise": worst["gap"] - base["gap"],
-        "worst_rise_se": math.hypot(err(worst), err(base)),
+    worst_n, worst = max(others, key=lambda item: item[1][gap_key])
+    out = {
+        "off_mean": statistics.fmean(row[gap_key] for _, row in others),
+        "off_mean_se": math.sqrt(sum(_err(row, gap_key) ** 2 for _, row in others)) / len(others),
+        "worst_rise": worst[gap_key] - base[gap_key],
+        "worst_rise_se": math.hypot(_err(worst, gap_key), _err(base, gap_key)),
         "worst_n": int(worst_n),
     }
+    oracle = (task or {}).get("oracle") or {}
+    for name, refs in (
+        ("vs_oracle", oracle),
+        ("vs_native", {str(n): r["final"][str(n)] for n, r in (native or {}).items()}),
+    ):
+        pairs = [(row, refs[n]) for n, row in others if n in refs and gap_key in refs[n]]
+        if pairs:
+            out[name] = statistics.fmean(row[gap_key] - ref[gap_key] for row, ref in pairs)
+            out[f"{name}_se"] = math.sqrt(sum(_err(a, gap_key) ** 2 + _err(b, gap_key) ** 2 for a, b in pairs)) / len(
+                pairs
+            )
+    return out
 
 
-def _robust_stat(runs: list[dict[str, Any]], n_train: int, key: str) -> Stat:
-    rows = [_robustness(r, n_train) for r in runs]
-    rows = [r for r in rows if r is not None]
+def _native_runs(results: dict[str, Any], task: str, agent: str, seed: int) -> dict[int, dict[str, Any]]:
+    """The same agent's runs with the same seed on ``task``, by training grid."""
+    return {r["n_train"]: r for r in results["runs"] if r["task"] == task and r["agent"] == agent and r["seed"] == seed}
+
+
+def _robust_stat(
+    runs: list[dict[str, Any]], n_train: int, key: str, gap_key: str = "gap", results: dict[str, Any] | None = None
+) -> Stat:
+    rows = []
+    for r in runs:
+        task = results["tasks"][r["task"]] if results else None
+        native = _native_runs(results, r["task"], r["agent"], r["seed"]) if results else None
+        rows.append(_robustness(r, n_train, gap_key, task, native))
+    rows = [r for r in rows if r is not None and key in r]
     return over_seeds([r[key] for r in rows], [r[f"{key}_se"] for r in rows])
 
 
 def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
-    """The paper's two claims on one task, stated from the measured numbers whatever they say."""
+    """The paper's two claims on one task, stated from the measured numbers whatever they say (with the
+    reachable gap where the task has a reachable reference)."""
     runs = runs_by_agent(results, task, n_train)
+    gap_key = claim_gap(results["tasks"][task])
+    gap_name = "reachable gap" if gap_key == "reachable_gap" else "normalized gap"
     ours, theirs = CLAIM_AGENTS
     if ours not in runs or theirs not in runs:
         return [f"The suite did not run both {ours} and {theirs} on this task; no claim is tested."]
@@ -158,10 +214,10 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
     threshold = results["gap_thresholds"][0]
     lines = []
 
-    qa = over_seeds(r["to_gap"][str(threshold)]["reward_queries"] for r in a)
-    qb = over_seeds(r["to_gap"][str(threshold)]["reward_queries"] for r in b)
+    qa = over_seeds(_crossings(r, gap_key)[str(threshold)]["reward_queries"] for r in a)
+    qb = over_seeds(_crossings(r, gap_key)[str(threshold)]["reward_queries"] for r in b)
     head = (
-        f"**Sample efficiency** (reward queries to a normalized gap of {threshold}, i.e. "
+        f"**Sample efficiency** (reward queries to a {gap_name} of {threshold}, i.e. "
         f"{1 - threshold:.0%} of the gap closed): "
     )
     if qa.k == len(a) and qb.k == len(b):
@@ -192,7 +248,7 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
                 f"; {first} is the more sample-efficient here." if decisive else "; too few seeds to conclude."
             )
     else:
-        ga, gb = _final(a, n_train, "gap"), _final(b, n_train, "gap")
+        ga, gb = _final(a, n_train, gap_key), _final(b, n_train, gap_key)
         diff, se, verdict = compare(ga, gb)
         head += (
             f"neither reached it within {budget:,} queries, so this budget does not answer it; at the end "
@@ -204,8 +260,8 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
     if not grids:
         lines.append("**Robustness across N**: the suite scored no grid other than the training grid.")
         return lines
-    wa, wb = _robust_stat(a, n_train, "worst_rise"), _robust_stat(b, n_train, "worst_rise")
-    ma, mb = _robust_stat(a, n_train, "off_mean"), _robust_stat(b, n_train, "off_mean")
+    wa, wb = (_robust_stat(x, n_train, "worst_rise", gap_key) for x in (a, b))
+    ma, mb = (_robust_stat(x, n_train, "off_mean", gap_key) for x in (a, b))
     w_diff, w_se, w_verdict = compare(wa, wb)
     m_diff, m_se, m_verdict = compare(ma, mb)
     if w_verdict.startswith("significant"):
@@ -214,12 +270,27 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
         text = f"CT-PPO is not measurably more robust across N than DDPO on this task ({w_verdict.split(' at ')[0]})"
     lines.append(
         f"**Robustness across N** (trained at N = {n_train}, scored at N = {', '.join(map(str, grids))}, each "
-        f"against J* and J(pre) on that grid): {text}. The worst rise of the normalized gap off the training "
-        f"grid over the gap at N = {n_train} is {fmt(wa)} for CT-PPO and {fmt(wb)} for DDPO (DDPO - CT-PPO "
+        f"against the references on that grid, by the {gap_name}): {text}. The worst rise of the gap off the "
+        f"training grid over the gap at N = {n_train} is {fmt(wa)} for CT-PPO and {fmt(wb)} for DDPO (DDPO - CT-PPO "
         f"{w_diff:.3f} ± {w_se:.3f}, {w_verdict}). The mean gap off the training grid is {fmt(ma)} against "
         f"{fmt(mb)} (DDPO - CT-PPO {m_diff:.3f} ± {m_se:.3f}, {m_verdict})."
     )
     return lines
+
+
+def _references_line(task: dict[str, Any], n: int) -> str:
+    """J*, J_best, J_oracle and J(pre) on grid n, as the report's sentence."""
+    o = task["optimum"][str(n)]
+    parts = [f"J* = {fmt(o['j_star'], o['j_star_se'])}"]
+    if "j_best" in o:
+        parts.append(
+            f"J_best = {o['j_best']:.4f} (dynamic programme, numerical error {o['j_best_error']:.1e}; the same "
+            f"recursion gives J(pre) = {o['j_best_pretrained']:.4f})"
+        )
+    if "j_oracle" in o:
+        parts.append(f"J_oracle = {fmt(o['j_oracle'], o['j_oracle_se'])} (the optimal control)")
+    parts.append(f"J(pre) = {fmt(o['j_pretrained'], o['j_pretrained_se'])}")
+    return ", ".join(parts)
 
 
 def render(results: dict[str, Any]) -> str:
@@ -235,13 +306,20 @@ def render(results: dict[str, Any]) -> str:
         "",
         "Every figure is a mean over seeds ± its standard error: the larger of the spread over seeds "
         "(std / sqrt(seeds)) and the runs' own Monte Carlo errors (sqrt(sum se^2) / seeds); a gap's error "
-        "also carries the Monte Carlo error of J* and J(pre) on its grid, once (every run shares them), "
-        'and comparisons of two agents on the same grids leave it out. "Significant" is a two-sided test '
-        f"at {LEVEL:.0%}: Welch's t where the spread over seeds sets an error, normal where Monte Carlo "
-        "errors do. The normalized gap is (J* - J) / (J* - J(pre)) with "
-        "J* and J(pre) estimated on the grid the policy is scored at: 1 is the pretrained model, 0 the "
-        "optimum. Reward queries and seconds to a gap are interpolated on the learning curve "
-        "(evaluations of the deterministic policy; their time is excluded).",
+        "also carries the error of its references on its grid (J* or J_best or J_oracle, and J(pre)), once "
+        "(every run shares them), and comparisons of two agents on the same grids leave it out. "
+        f'"Significant" is a two-sided test at {LEVEL:.0%}: '
+        "Welch's t where the spread over seeds sets an error, normal where Monte Carlo errors do. Gaps are "
+        "normalized and estimated against references on the grid the policy is scored at: 1 is the "
+        "pretrained model, 0 the reference. The gap (J*) is (J* - J) / (J* - J(pre)), "
+        "J* the optimum over all path measures, which no policy of the env reaches on a coarse grid (its "
+        "actions shift the mean of each Gaussian step, never its variance); the reachable gap is "
+        "(J_ref - J) / (J_ref - J(pre)) with J_ref = J_best, the best policy of the env's own action class "
+        "on that grid (a dynamic programme, 2-D tasks), else J_oracle, the continuous-time optimal control "
+        "applied on the grid (Gaussian-mixture tasks). J_oracle <= J_best <= J*. Where a task has a reachable "
+        "reference, the claims and the queries-to-gap columns use the reachable gap. Reward queries and "
+        "seconds to a gap are interpolated on the learning curve (evaluations of the deterministic policy; "
+        "their time is excluded).",
     ]
     for key, task in results["tasks"].items():
         kwargs = ", ".join(f"{k}={v}" for k, v in task["env_kwargs"].items())
@@ -250,7 +328,14 @@ def render(results: dict[str, Any]) -> str:
             f"{task['num_envs']} envs, {task['reward_queries']:,} reward queries per run (unless the table says "
             f"otherwise); learning curves "
             f"from {task['curve_n']:,} samples per point; final scores from {task['eval_n']:,} samples per "
-            f"grid; J* and J(pre) from {task['optimum_n']:,} pretrained samples per grid."
+            f"grid; J* and J(pre) from {task['optimum_n']:,} pretrained samples per grid"
+            + (
+                f", J_oracle from {task.get('spec', {}).get('oracle_n') or task['eval_n']:,} episodes of the optimal "
+                "control"
+                if task.get("oracle")
+                else ""
+            )
+            + "."
         )
         for n_train in task["n_train"]:
             lines += _task_tables(results, key, task, n_train)
@@ -277,14 +362,17 @@ def render(results: dict[str, Any]) -> str:
 
 def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_train: int) -> list[str]:
     runs = runs_by_agent(results, key, n_train)
-    opt = task["optimum"][str(n_train)]
+    gap_key = claim_gap(task)
+    gap_name = "reachable gap" if gap_key == "reachable_gap" else "gap"
+    reachable = gap_key == "reachable_gap"
     pre = task["pretrained"].get(str(n_train), {})
     image = pre.get("image")
+    oracle = (task.get("oracle") or {}).get(str(n_train))
     lines = [
         "",
         f"### Trained and scored at N = {n_train}",
         "",
-        f"J* = {fmt(opt['j_star'], opt['j_star_se'])}, J(pre) = {fmt(opt['j_pretrained'], opt['j_pretrained_se'])}"
+        _references_line(task, n_train)
         + (f", pretrained gold reward {fmt(pre['gold'], pre['gold_se'])}" if "gold" in pre else "")
         + (
             f", pretrained Frechet distance {image['frechet']:.2f}, per-class diversity {image['diversity']:.2f}"
@@ -298,21 +386,22 @@ def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_trai
     has_gold = any("gold" in r["final"][str(n_train)] for rs in runs.values() for r in rs if str(n_train) in r["final"])
     has_image = any(r.get("image") for rs in runs.values() for r in rs)
     has_gpu = any(r.get("peak_gpu_mib") is not None for rs in runs.values() for r in rs)
-    head = ["agent", "seeds", "queries", "gap", "J", "proxy"] + (["gold"] if has_gold else []) + ["KL"]
+    head = ["agent", "seeds", "queries", "gap (J*)"] + (["reachable gap"] if reachable else []) + ["J", "proxy"]
+    head += (["gold"] if has_gold else []) + ["KL"]
     for g in thresholds:
-        head += [f"queries to gap {g}", f"s to gap {g}"]
+        head += [f"queries to {gap_name} {g}", f"s to {gap_name} {g}"]
     head += ["train s"] + (["Frechet", "diversity"] if has_image else []) + (["peak GPU MiB"] if has_gpu else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for agent, rs in runs.items():
         row = [agent, str(len(rs)), f"{statistics.fmean(r['reward_queries'] for r in rs):,.0f}"]
-        row.append(fmt(_gap_with_optimum(task, n_train, _final(rs, n_train, "gap"))))
-        row.append(fmt(_final(rs, n_train, "objective")))
-        row.append(fmt(_final(rs, n_train, "proxy")))
+        for gk in ("gap", "reachable_gap") if reachable else ("gap",):
+            row.append(fmt(_gap_with_references(task, n_train, _final(rs, n_train, gk), gk)))
+        row += [fmt(_final(rs, n_train, "objective")), fmt(_final(rs, n_train, "proxy"))]
         if has_gold:
             row.append(fmt(_final(rs, n_train, "gold")))
         row.append(fmt(_final(rs, n_train, "kl")))
         for g in thresholds:
-            row += [_to_gap(rs, g, "reward_queries"), _to_gap(rs, g, "seconds")]
+            row += [_to_gap(rs, g, "reward_queries", gap_key), _to_gap(rs, g, "seconds", gap_key)]
         row.append(fmt(over_seeds(r["train_seconds"] for r in rs), digits=0))
         if has_image:
             row.append(fmt(over_seeds((r["image"] or {}).get("frechet") for r in rs), digits=2))
@@ -320,28 +409,59 @@ def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_trai
         if has_gpu:
             row.append(fmt(over_seeds(r["peak_gpu_mib"] for r in rs), digits=0))
         lines.append("| " + " | ".join(row) + " |")
+    if oracle:
+        row = ["optimal control", "–", "0"]
+        for gk in ("gap", "reachable_gap") if reachable else ("gap",):
+            row.append(fmt(oracle[gk], oracle[f"{gk}_se"]))
+        row += [fmt(oracle["objective"], oracle["objective_se"]), fmt(oracle["proxy"], oracle["proxy_se"])]
+        if has_gold:
+            row.append(fmt(oracle["gold"], oracle["gold_se"]) if "gold" in oracle else "–")
+        row.append(fmt(oracle["kl"], oracle["kl_se"]))
+        row += ["–"] * (len(head) - len(row))
+        lines.append("| " + " | ".join(row) + " |")
+        lines += [
+            "",
+            "The optimal control is the continuous-time optimum (Doob's h-transform, exact for the mixture up "
+            "to quadrature) applied on the grid: a reference that reads the base model and the reward as white "
+            "boxes, not an agent; it queries no reward.",
+        ]
 
     grids = sorted({int(n) for rs in runs.values() for r in rs for n in r["final"]})
     if len(grids) > 1:
+        trained = sorted(task["n_train"])
         lines += [
             "",
-            f"Discretization robustness: normalized gap of the policies trained at N = {n_train}, scored at each N "
-            f"(the suite's grids for this task), the mean over the other grids, and the worst rise over the gap at "
-            f"N = {n_train} (those two columns without the optimum's error, as in the claims).",
+            f"Discretization robustness: the {gap_name} of the policies trained at N = {n_train}, scored at each N "
+            f"(the suite's grids for this task), the mean over the other grids, the worst rise over the gap at "
+            f"N = {n_train}, and the mean over the other grids of the gap minus the optimal control's there (< 0: "
+            f"better than the optimal control) and minus that of the same agent trained at that N (> 0: what "
+            f"transferring from N = {n_train} costs; trained here at N = {', '.join(map(str, trained))}). The last "
+            "four columns leave out the references' error, as in the claims.",
             "",
             "| agent | "
             + " | ".join(f"N = {n}" for n in grids)
-            + f" | mean over N ≠ {n_train} | worst rise over N = {n_train} |",
-            "|" + "---|" * (len(grids) + 3),
+            + f" | mean over N ≠ {n_train} | worst rise over N = {n_train} | vs optimal control | vs trained at N |",
+            "|" + "---|" * (len(grids) + 5),
         ]
         for agent, rs in runs.items():
-            cells = [fmt(_gap_with_optimum(task, n, _final(rs, n, "gap"))) for n in grids]
-            cells.append(fmt(_robust_stat(rs, n_train, "off_mean")))
-            cells.append(fmt(_robust_stat(rs, n_train, "worst_rise")))
+            cells = [fmt(_gap_with_references(task, n, _final(rs, n, gap_key), gap_key)) for n in grids]
+            for stat in ("off_mean", "worst_rise", "vs_oracle", "vs_native"):
+                cells.append(fmt(_robust_stat(rs, n_train, stat, gap_key, results)))
             lines.append(f"| {agent} | " + " | ".join(cells) + " |")
-        for name, field in (("J*", "j_star"), ("J(pre)", "j_pretrained")):
-            cells = [fmt(task["optimum"][str(n)][field], task["optimum"][str(n)][f"{field}_se"]) for n in grids]
-            lines.append(f"| {name} | " + " | ".join(cells) + " | | |")
+        if task.get("oracle"):
+            cells = [
+                fmt(task["oracle"][str(n)][gap_key], task["oracle"][str(n)][f"{gap_key}_se"])
+                if str(n) in task["oracle"]
+                else "–"
+                for n in grids
+            ]
+            lines.append("| optimal control | " + " | ".join(cells) + " | | | | |")
+        references = [("J*", "j_star", "j_star_se"), ("J_best", "j_best", "j_best_error")]
+        references += [("J_oracle", "j_oracle", "j_oracle_se"), ("J(pre)", "j_pretrained", "j_pretrained_se")]
+        for name, field, err in references:
+            if all(field in task["optimum"][str(n)] for n in grids):
+                cells = [fmt(task["optimum"][str(n)][field], task["optimum"][str(n)][err]) for n in grids]
+                lines.append(f"| {name} | " + " | ".join(cells) + " | | | | |")
     lines += ["", "**The paper's claims on this task.**", ""] + [f"- {c}" for c in claims(results, key, n_train)]
     return lines
 

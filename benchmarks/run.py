@@ -32,17 +32,20 @@ from agents.common.agent import Agent
 from agents.train import build_agent, make_env
 from benchmarks.env_throughput import device_name, measure
 from benchmarks.suite import RunSpec, Suite, TaskSpec
-from diffusion_gym.evaluation import Estimate, Rollouts, rollout
-from diffusion_gym.optimum import Optimum, optimum_from_rewards
+from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
+from diffusion_gym.dynamic_programming import best_policy
+from diffusion_gym.evaluation import Estimate, Rollouts, crossing, rollout
+from diffusion_gym.optimal_control import MixtureOptimalControl
+from diffusion_gym.optimum import Optimum, References, optimum_from_rewards
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 GAP_THRESHOLDS = (0.5, 0.1)
 """Normalized gaps whose first crossing is recorded: 50% and 90% of the gap closed."""
 SAMPLES_PER_CLASS = 8
 POINTS_SAVED = 4096
 
 
-SEED_PURPOSES = {"optimum": 1, "curve": 2, "final": 3}
+SEED_PURPOSES = {"optimum": 1, "curve": 2, "final": 3, "oracle": 4}
 
 
 def derive_seed(purpose: str, *keys: int) -> int:
@@ -108,15 +111,26 @@ def _estimates(summary: dict[str, Estimate]) -> dict[str, float]:
     return out
 
 
-def score(env: Any, agent: Agent, n: int, seed: int, optimum: Optimum) -> tuple[dict[str, float], Rollouts]:
-    """``n`` episodes of the deterministic policy: every estimate with its error, the normalized
-    gap, and the policy's own share of the gap's error (the optimum's is shared by every run on
-    the grid); and the rollouts."""
-    r = rollout(env, agent.act, n, seed=seed)
+def gaps(j: Estimate, refs: References) -> dict[str, float]:
+    """The normalized gap of an objective ``j`` against J* and, where the task has one, against the
+    reachable reference, each with its standard error and the policy's own share of it (the
+    references' is shared by every run on the grid)."""
+    pre = refs.optimum.j_pretrained.mean
+    gap = refs.gap(j)
+    out = {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": j.se / (refs.optimum.j_star.mean - pre)}
+    reachable = refs.reachable_gap(j)
+    if reachable is not None and refs.reachable is not None:
+        out |= {"reachable_gap": reachable.mean, "reachable_gap_se": reachable.se}
+        out["reachable_gap_se_policy"] = j.se / (refs.reachable.mean - pre)
+    return out
+
+
+def score(env: Any, policy: Any, n: int, seed: int, refs: References) -> tuple[dict[str, float], Rollouts]:
+    """``n`` episodes of a deterministic policy (an agent, or an action map): every estimate with
+    its error and both gaps (:func:`gaps`); and the rollouts."""
+    r = rollout(env, getattr(policy, "act", policy), n, seed=seed)
     summary = r.summary()
-    gap = optimum.normalized_gap(summary["objective"])
-    policy_se = summary["objective"].se / (optimum.j_star.mean - optimum.j_pretrained.mean)
-    return _estimates(summary) | {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": policy_se}, r
+    return _estimates(summary) | gaps(summary["objective"], refs), r
 
 
 def _saved_samples(r: Rollouts) -> dict[str, torch.Tensor]:
@@ -128,11 +142,16 @@ def _saved_samples(r: Rollouts) -> dict[str, torch.Tensor]:
 
 
 def task_baseline(task: TaskSpec, device: torch.device, out: Path, cache: dict[str, Any]) -> dict[str, Any]:
-    """J*, J(pre) (and the pretrained sampler's gold reward and image metrics) at every grid the task
-    trains or is scored at; the pretrained samples of each training grid are saved for the plots."""
+    """The references at every grid the task trains or is scored at (docs/design.md, section 1): J*
+    and J(pre) from pretrained samples, J_best by dynamic programming on 2-D tasks (with its error
+    estimate and the same recursion's J(pre) as a check), and the continuous-time optimal control
+    scored like an agent on Gaussian-mixture tasks (J_oracle, the report's "optimal control" row);
+    and the pretrained sampler's gold reward and image metrics. The pretrained samples of each
+    training grid are saved for the plots."""
     grids = sorted(set(task.eval_steps) | set(task.n_train))
     optimum: dict[str, Any] = {}
     pretrained: dict[str, Any] = {}
+    oracle: dict[str, Any] = {}
     for n_steps in grids:
         env = _eval_env(task, n_steps, task.optimum_n, device)
         pre = rollout(env, None, task.optimum_n, seed=derive_seed("optimum", n_steps))
@@ -146,6 +165,17 @@ def task_baseline(task: TaskSpec, device: torch.device, out: Path, cache: dict[s
             "n": opt.j_star.n,
             "kl_coef": env.kl_coef,
         }
+        if env.event_shape == (2,) and env.num_conditions is None:
+            solution = best_policy(env, n_grid=task.best_grid)
+            optimum[str(n_steps)] |= {"j_best": solution.j_best, "j_best_error": solution.error}
+            optimum[str(n_steps)] |= {"j_best_pretrained": solution.j_pretrained, "j_best_cells": solution.n_grid**2}
+        if isinstance(env.score_model, GaussianMixtureScore):
+            env_o = _eval_env(task, n_steps, task.oracle_episodes, device)
+            control = MixtureOptimalControl.for_env(env_o)
+            r = rollout(env_o, control.policy(env_o), task.oracle_episodes, seed=derive_seed("oracle", n_steps))
+            j_oracle = Estimate.of(r.objective)
+            optimum[str(n_steps)] |= {"j_oracle": j_oracle.mean, "j_oracle_se": j_oracle.se, "j_oracle_n": j_oracle.n}
+            oracle[str(n_steps)] = _estimates(r.summary()) | gaps(j_oracle, _references(optimum[str(n_steps)]))
         if n_steps in task.n_train:
             row = _estimates(pre.summary())
             # From as many samples as an agent's (the Frechet distance is biased at small sample counts).
@@ -168,30 +198,32 @@ def task_baseline(task: TaskSpec, device: torch.device, out: Path, cache: dict[s
         "curve_n": task.curve_n,
         "optimum_n": task.optimum_n,
         "optimum": optimum,
+        "reachable": _reachable_key(optimum),
+        "oracle": oracle,
         "pretrained": pretrained,
     }
 
 
-def _optimum(entry: dict[str, Any]) -> Optimum:
+def _reachable_key(optimum: dict[str, Any]) -> str | None:
+    """Which reference the reachable gap uses on this task: "j_best", "j_oracle" or None."""
+    entries = list(optimum.values())
+    for key in ("j_best", "j_oracle"):
+        if entries and all(key in e for e in entries):
+            return key
+    return None
+
+
+def _references(entry: dict[str, Any]) -> References:
+    """The references of one grid from its ``optimum`` entry of results.json."""
     n = entry["n"]
-    return Optimum(
+    optimum = Optimum(
         Estimate(entry["j_star"], entry["j_star_se"], n),
         Estimate(entry["j_pretrained"], entry["j_pretrained_se"], n),
         entry["covariance"],
     )
-
-
-def crossing(curve: list[dict[str, float]], threshold: float, key: str) -> float | None:
-    """``key`` (reward queries or seconds) at which the curve's gap first falls to ``threshold``,
-    linearly interpolated between the two evaluations around the crossing; None if it never does.
-    (On the point estimates: with few curve samples a crossing is as noisy as the curve.)"""
-    if curve and curve[0]["gap"] <= threshold:
-        return curve[0][key]
-    for before, after in zip(curve, curve[1:], strict=False):
-        if after["gap"] <= threshold < before["gap"]:
-            frac = (before["gap"] - threshold) / (before["gap"] - after["gap"])
-            return before[key] + frac * (after[key] - before[key])
-    return None
+    j_best = Estimate(entry["j_best"], entry["j_best_error"], entry["j_best_cells"]) if "j_best" in entry else None
+    j_oracle = Estimate(entry["j_oracle"], entry["j_oracle_se"], entry["j_oracle_n"]) if "j_oracle" in entry else None
+    return References(optimum, j_best, j_oracle)
 
 
 class LearningCurve:
@@ -202,7 +234,7 @@ class LearningCurve:
     run's TensorBoard directory as ``eval/*`` scalars.
     """
 
-    def __init__(self, spec: RunSpec, optimum: Optimum, device: torch.device, logdir: Path) -> None:
+    def __init__(self, spec: RunSpec, refs: References, device: torch.device, logdir: Path) -> None:
         """Call :meth:`begin` before training."""
         task = spec.task
         # Quadratic spacing: most of the gap closes early, where a fixed-gap crossing needs resolution.
@@ -210,7 +242,7 @@ class LearningCurve:
         self.next = 1  # the first point (0 queries) is evaluated before training
         self.env = _eval_env(task, spec.n_train, task.curve_n, device)
         self.n, self.run_seed, self.n_train = task.curve_n, spec.seed, spec.n_train
-        self.optimum = optimum
+        self.refs = refs
         self.device = device
         self.train_peak = 0
         self.curve: list[dict[str, float]] = []
@@ -234,10 +266,10 @@ class LearningCurve:
         if self.device.type == "cuda":  # the peak of training alone: evaluation batches are larger
             self.train_peak = max(self.train_peak, torch.cuda.max_memory_allocated(self.device))
         seed = derive_seed("curve", self.run_seed, self.n_train, len(self.curve))
-        row, _ = score(self.env, agent, self.n, seed, self.optimum)
+        row, _ = score(self.env, agent, self.n, seed, self.refs)
         point = {"reward_queries": agent.reward_queries, "seconds": seconds} | row
         self.curve.append(point)
-        for key in ("objective", "proxy", "gold", "kl", "gap"):
+        for key in ("objective", "proxy", "gold", "kl", "gap", "reachable_gap"):
             if key in point:
                 self.writer.add_scalar(f"eval/{key}", point[key], agent.reward_queries)
         if self.device.type == "cuda":
@@ -275,7 +307,7 @@ def run_one(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
 
-    curve = LearningCurve(spec, _optimum(baseline["optimum"][str(spec.n_train)]), device, logdir)
+    curve = LearningCurve(spec, _references(baseline["optimum"][str(spec.n_train)]), device, logdir)
     curve.begin(agent)
     agent.learn(spec.reward_queries, callback=curve)
     if device.type == "cuda":
@@ -293,7 +325,7 @@ def run_one(
     for n_steps in task.eval_steps:
         env_n = _eval_env(task, n_steps, task.eval_n, device)
         seed = derive_seed("final", spec.seed, spec.n_train, n_steps)
-        final[str(n_steps)], r = score(env_n, agent, task.eval_n, seed, _optimum(baseline["optimum"][str(n_steps)]))
+        final[str(n_steps)], r = score(env_n, agent, task.eval_n, seed, _references(baseline["optimum"][str(n_steps)]))
         if n_steps == spec.n_train:
             image = image_metrics(task.env, r.x, r.cond, cache)
             path = out / "samples" / f"{spec.run_id.replace('/', '__')}.pt"
@@ -321,6 +353,12 @@ def run_one(
             str(g): {"reward_queries": crossing(pts, g, "reward_queries"), "seconds": crossing(pts, g, "seconds")}
             for g in GAP_THRESHOLDS
         },
+        "to_reachable_gap": {
+            str(g): {key: crossing(pts, g, key, "reachable_gap") for key in ("reward_queries", "seconds")}
+            for g in GAP_THRESHOLDS
+        }
+        if baseline.get("reachable")
+        else None,
         "final": final,
         "image": image,
         "samples": samples,

@@ -8,7 +8,9 @@ A run is one agent x task x seed x N_train. The file (see ``benchmarks/suites/qu
   config overrides for every task (``num_envs`` and ``reward_queries`` there set the run's budget);
 - ``[tasks.KEY]``: the env id and its kwargs, the training grids ``n_train``, the budget
   (``num_envs``, ``reward_queries``), the learning-curve and final evaluations (``curve_points``,
-  ``curve_n``, ``eval_steps``, ``eval_n``, ``optimum_n``), ``policy_net`` and, under
+  ``curve_n``, ``eval_steps``, ``eval_n``, ``optimum_n``), the references' sizes (``oracle_n``:
+  episodes of the optimal control, default ``eval_n``; ``best_grid``: cells per axis of J_best's
+  dynamic programme, default 256), ``policy_net`` and, under
   ``[tasks.KEY.agent_settings.NAME]``, per-task config overrides.
 
 Any table may hold ``[cpu]`` / ``[cuda]`` sub-tables, merged over it on that device: one suite
@@ -47,7 +49,10 @@ TASK_FIELDS = {
     "optimum_n": int,
     "policy_net": str,
     "agent_settings": dict,
+    "oracle_n": int,
+    "best_grid": int,
 }
+OPTIONAL_TASK_FIELDS = {"env_kwargs", "policy_net", "agent_settings", "oracle_n", "best_grid"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,13 @@ class TaskSpec:
     optimum_n: int
     policy_net: str | None = None
     agent_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    oracle_n: int | None = None
+    best_grid: int = 256
+
+    @property
+    def oracle_episodes(self) -> int:
+        """Episodes of the optimal control per grid (Gaussian-mixture tasks): ``oracle_n``, else ``eval_n``."""
+        return self.eval_n if self.oracle_n is None else self.oracle_n
 
 
 @dataclass(frozen=True)
@@ -170,7 +182,7 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
     tasks = {}
     for key, table in raw.get("tasks", {}).items():
         table = _on_device(table, device_type)
-        if missing := set(TASK_FIELDS) - set(table) - {"env_kwargs", "policy_net", "agent_settings"}:
+        if missing := set(TASK_FIELDS) - set(table) - OPTIONAL_TASK_FIELDS:
             raise ValueError(f"{path}: task {key!r} is missing {sorted(missing)}")
         if extra := set(table) - set(TASK_FIELDS):
             raise ValueError(f"{path}: task {key!r} has unknown keys {sorted(extra)}")
@@ -182,8 +194,12 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
             _check_settings(path, label, registry[agents[label][0]], t)
         if not set(table["n_train"]) <= set(table["eval_steps"]):
             raise ValueError(f"{path}: task {key!r}: every n_train grid must be in eval_steps (scored there)")
-        if table["curve_points"] < 1 or min(table["eval_n"], table["curve_n"], table["reward_queries"]) < 1:
-            raise ValueError(f"{path}: task {key!r}: curve_points, curve_n, eval_n and reward_queries must be >= 1")
+        counts = [table[k] for k in ("curve_points", "eval_n", "curve_n", "reward_queries", "oracle_n") if k in table]
+        if min(counts) < 1 or table.get("best_grid", 256) < 16:
+            raise ValueError(
+                f"{path}: task {key!r}: curve_points, curve_n, eval_n, oracle_n and reward_queries must be >= 1, "
+                "best_grid >= 16"
+            )
         if table["optimum_n"] < table["eval_n"]:
             raise ValueError(f"{path}: task {key!r}: optimum_n must be >= eval_n (the pretrained image metrics)")
         tasks[key] = TaskSpec(key=key, **(table | {"agent_settings": overrides}))

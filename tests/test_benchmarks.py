@@ -18,8 +18,8 @@ from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.env_throughput import measure
 from benchmarks.plots import kl_front
 from benchmarks.report import claims, render
-from benchmarks.run import crossing
 from benchmarks.suite import load_suite
+from diffusion_gym.evaluation import crossing
 from diffusion_gym.metrics import per_class_diversity
 
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
@@ -61,6 +61,8 @@ curve_n = 1024
 eval_steps = [5, 10, 20]
 eval_n = 8192
 optimum_n = 16384
+oracle_n = 1024
+best_grid = 96
 
 [tasks.digits]
 env = "DiffusionSDE-Digits-v0"
@@ -99,7 +101,8 @@ def test_shipped_suites_parse_on_both_devices():
         quick = load_suite("quick", device)
         assert set(quick.tasks) == {"mixture2d", "digits"}
         assert quick.seeds == [0, 1]
-        assert {agent for agent, _ in quick.agents.values()} == set(AGENTS) | {"sb3"}
+        learners = {name for name, (cls, _) in AGENTS.items() if cls.trains}  # the oracle is a reference row
+        assert {agent for agent, _ in quick.agents.values()} == learners | {"sb3"}
         assert len(quick.runs()) == len(quick.agents) * 2 * 2
         full = load_suite("full", device)
         assert len(full.seeds) > 2
@@ -137,7 +140,7 @@ def test_bad_suites_raise(tmp_path, edit, message):
 
 def test_tiny_suite_writes_results_report_plots_and_logs(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
     assert [r["id"] for r in results["runs"]] == [
         f"{task}/{agent}/N{n}/seed0"
         for task, n in (("mixture2d", 10), ("digits", 4))
@@ -157,6 +160,26 @@ def test_tiny_suite_writes_results_report_plots_and_logs(tiny_run):
         assert (tiny_run / run["samples"]).exists()
         assert (run["image"] is not None) == (run["task"] == "digits")
         assert set(run["to_gap"]) == {"0.5", "0.1"}
+        mixture = run["task"] == "mixture2d"
+        assert (run["to_reachable_gap"] is not None) == mixture
+        assert all(("reachable_gap" in row) == mixture for row in [*run["final"].values(), *run["curve"]])
+    mixture, digits = results["tasks"]["mixture2d"], results["tasks"]["digits"]
+    assert mixture["reachable"] == "j_best" and digits["reachable"] is None and digits["oracle"] == {}
+    for n, ref in mixture["optimum"].items():
+        # The three references on every grid, in their order (J_oracle <= J_best <= J*, within errors),
+        # and the optimal control's row scored like an agent's.
+        assert ref["j_oracle"] <= ref["j_best"] + 3 * ref["j_oracle_se"]
+        assert ref["j_best"] <= ref["j_star"] + 3 * ref["j_star_se"]
+        assert abs(ref["j_best_pretrained"] - ref["j_pretrained"]) < 4 * ref["j_pretrained_se"]
+        row = mixture["oracle"][n]
+        assert row["objective"] == ref["j_oracle"]
+        # Against the lower reference J_best, a policy above J(pre) has the smaller gap, one below it the larger.
+        assert (row["reachable_gap"] <= row["gap"]) == (row["objective"] >= ref["j_pretrained"])
+        if n != "5":  # on a 5-step grid the continuous-time optimal control is no better than the pretrained model
+            assert 0 <= row["reachable_gap"] < row["gap"] < 1
+    report = (tiny_run / "report.md").read_text()
+    assert "| optimal control |" in report and "J_best = " in report and "| J_oracle |" in report
+    assert "queries to reachable gap 0.5" in report and "reachable gap" in report.split("**The paper's claims")[1]
     for rel in results["plots"]:
         assert (tiny_run / rel).stat().st_size > 10_000
     assert {"plots/curves.png", "plots/reward_kl.png", "plots/proxy_vs_gold.png"} <= set(results["plots"])
@@ -211,20 +234,28 @@ def test_crossing_interpolates_the_first_crossing():
     assert crossing(curve, 0.01, "reward_queries") is None
 
 
-def _synthetic(q_ct, q_dd, off_ct, off_dd, gap_se=None):
+def _synthetic(q_ct, q_dd, off_ct, off_dd, gap_se=None, reachable=False):
     """results with ct_ppo and ddpo reaching gap 0.5 after q (per seed) and scoring `off` off-grid
-    (gap 0.3 at the training grid, N = 20)."""
+    (gap 0.3 at the training grid, N = 20). With ``reachable``, those are the reachable gaps and the
+    gaps against J* say something else (never reached, flat across grids)."""
     runs = []
+    key = "reachable_gap" if reachable else "gap"
     for agent, qs, offs in (("ct_ppo", q_ct, off_ct), ("ddpo", q_dd, off_dd)):
         for seed, (q, off) in enumerate(zip(qs, offs, strict=True)):
-            final = {"20": {"gap": 0.3}, "10": {"gap": off}, "50": {"gap": off}}
+            final = {"20": {key: 0.3}, "10": {key: off}, "50": {key: off}}
+            if reachable:
+                for row in final.values():
+                    row["gap"] = 0.9
             if gap_se is not None:
                 for row in final.values():
-                    row["gap_se_policy"] = gap_se
+                    row[f"{key}_se_policy"] = gap_se
             to_gap = {"0.5": {"reward_queries": q, "seconds": 1.0}, "0.1": {"reward_queries": None, "seconds": None}}
-            run = {"task": "t", "agent": agent, "seed": seed, "n_train": 20, "final": final, "to_gap": to_gap}
+            never = {g: {"reward_queries": None, "seconds": None} for g in ("0.5", "0.1")}
+            run = {"task": "t", "agent": agent, "seed": seed, "n_train": 20, "final": final}
+            run |= {"to_gap": never, "to_reachable_gap": to_gap} if reachable else {"to_gap": to_gap}
             runs.append(run | {"reward_queries": 10_000})
-    return {"runs": runs, "gap_thresholds": [0.5, 0.1]}
+    task = {"reachable": "j_best" if reachable else None}
+    return {"runs": runs, "gap_thresholds": [0.5, 0.1], "tasks": {"t": task}}
 
 
 def test_claims_state_the_answer_whichever_it_is():
@@ -243,6 +274,15 @@ def test_claims_state_the_answer_whichever_it_is():
     one_seed = claims(_synthetic([1000], [2000], [0.3], [0.6]), "t", 20)
     assert "CT-PPO needed fewer queries than DDPO, untested (no error bar)" in one_seed[0]
     assert "not measurably more robust across N than DDPO on this task (no error bar)" in one_seed[1]
+
+
+def test_claims_use_the_reachable_gap_where_the_task_has_one():
+    """With a reachable reference, the claims read the reachable gap (whose crossings and profile
+    across grids differ from the gap against J* here), and say so."""
+    results = _synthetic([1000, 1010, 990], [2000, 2020, 1980], [0.3, 0.31, 0.29], [0.6, 0.62, 0.58], reachable=True)
+    faster = claims(results, "t", 20)
+    assert "CT-PPO is more sample-efficient" in faster[0] and "reachable gap of 0.5" in faster[0]
+    assert "CT-PPO is more robust" in faster[1] and "by the reachable gap" in faster[1]
 
 
 def test_two_seeds_need_a_t_test_and_monte_carlo_errors_bound_the_spread():
@@ -313,3 +353,25 @@ def test_committed_reports_are_their_results_json_rendered(name):
     results = json.loads((directory / "results.json").read_text())
     assert (directory / "report.md").read_text() == render(results)
     assert all((directory / p).exists() for p in results["plots"])
+
+
+@pytest.mark.parametrize("name", ["quick-cpu", "full-cpu"])
+def test_no_committed_objective_exceeds_the_best_policy_of_its_grid(name):
+    """J_best(N) is the best any policy of the env can do on grid N: in the committed results no agent's
+    J (nor the optimal control's) exceeds it by more than 3 standard errors (J*, where a task has no
+    J_best)."""
+    from pathlib import Path
+
+    results = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / name / "results.json").read_text())
+    checked = 0
+    for run in results["runs"]:
+        for n, row in run["final"].items():
+            ref = results["tasks"][run["task"]]["optimum"][n]
+            bound, err = (ref["j_best"], ref["j_best_error"]) if "j_best" in ref else (ref["j_star"], ref["j_star_se"])
+            assert row["objective"] <= bound + 3 * math.hypot(row["objective_se"], err), (run["id"], n)
+            checked += 1
+    for task in results["tasks"].values():
+        for n, row in task["oracle"].items():
+            ref = task["optimum"][n]
+            assert row["objective"] <= ref["j_best"] + 3 * math.hypot(row["objective_se"], ref["j_best_error"])
+    assert checked > 100 and any("j_best" in ref for t in results["tasks"].values() for ref in t["optimum"].values())

@@ -374,4 +374,5 @@ def test_no_committed_objective_exceeds_the_best_policy_of_its_grid(name):
         for n, row in task["oracle"].items():
             ref = task["optimum"][n]
             assert row["objective"] <= ref["j_best"] + 3 * math.hypot(row["objective_se"], ref["j_best_error"])
-    assert checked > 100 and any("j_best" in ref for t in results["tasks"].values() for ref in t["optimum"].values())
+    assert checked == sum(len(run["final"]) for run in results["runs"]) > 0
+    assert any("j_best" in ref for task in results["tasks"].values() for ref in task["optimum"].values())

@@ -1,7 +1,7 @@
 """J_best(N): the best policy of the env's own action class on its grid, by backward dynamic programming.
 
 The env's action shifts the mean of each Gaussian step and leaves its variance the pretrained one
-(docs/design.md, "Three references"). With ``u = c_k delta`` the mean shift, the best such policy
+(docs/design.md, section 1). With ``u = c_k delta`` the mean shift, the best such policy
 on the grid solves the Bellman recursion
 
     V_N = r,   V_k(y) = M_k(m_k(y)),
@@ -72,7 +72,7 @@ def sup_convolution_1d(
     times the largest slope are never needed; the candidates cover that window (capped by
     ``bound``) at a spacing of ``sqrt(penalty_variance) / resolution``, and the best one is
     refined ``refinements`` times by the vertex of a parabola through it and two exact evaluations
-    at a quarter of the previous spacing.
+    on either side, at the candidates' spacing, then at a quarter of the previous one each time.
     """
     f = np.moveaxis(values, axis, 0)
     n = f.shape[0]

@@ -1,7 +1,7 @@
 """The continuous-time optimal control of a Gaussian-mixture task, in closed form up to quadrature.
 
 Over all controlled reverse SDEs the optimum of ``E[r(Y_T)] - kl_coef KL`` is Doob's h-transform
-of the pretrained process (docs/design.md, "Three references"):
+of the pretrained process (docs/design.md, section 1):
 
     delta*(t, y) = grad_y log h(t, y),   h(t, y) = E_pre[exp(r(Y_T) / kl_coef) | Y_t = y].
 

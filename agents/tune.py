@@ -52,19 +52,26 @@ COLD_CRITIC = {"critic": "mlp", "advantage_norm": "global", "adv_clip": 0.0}
 """CT-PPO with a cold MLP critic and one advantage scale (the zoo's first CT-PPO)."""
 AUTHORS_CRITIC = {"critic": "reward", "advantage_norm": "per_step", "adv_clip": 5.0}
 """CT-PPO as its authors ship it: reward-initialised critic, advantages standardised per step, clipped at 5."""
+
+
+def ct_ppo_variants(grid: dict[str, list[Any]], pretrain_queries: int) -> dict[str, Search]:
+    """CT-PPO's variants over one grid, competing for its default: the cold critic, the authors'
+    critic, and the authors' critic fitted to ``pretrain_queries`` pretrained episodes first."""
+    return {
+        "ct_ppo": Search("ct_ppo", grid, COLD_CRITIC, "ct_ppo"),
+        "ct_ppo_reward": Search("ct_ppo", grid, AUTHORS_CRITIC, "ct_ppo"),
+        "ct_ppo_reward_pretrained": Search(
+            "ct_ppo", grid, AUTHORS_CRITIC | {"critic_pretrain_queries": pretrain_queries}, "ct_ppo"
+        ),
+    }
+
+
 SB3_PPO = {"algorithm": "ppo", "algo_kwargs": {"n_epochs": 4, "batch_size": 1024}}
 SB3_SAC = {"algorithm": "sac", "algo_kwargs": {"learning_starts": 2048, "batch_size": 256, "buffer_size": 200_000}}
 
 SEARCHES: dict[str, dict[str, Search]] = {
     "DiffusionSDE-v0": {
-        "ct_ppo": Search("ct_ppo", {"lr": [3e-4, 1e-3], "clip": [0.3, 1.0]}, COLD_CRITIC, "ct_ppo"),
-        "ct_ppo_reward": Search("ct_ppo", {"lr": [3e-4, 1e-3], "clip": [0.3, 1.0]}, AUTHORS_CRITIC, "ct_ppo"),
-        "ct_ppo_reward_pretrained": Search(
-            "ct_ppo",
-            {"lr": [3e-4, 1e-3], "clip": [0.3, 1.0]},
-            AUTHORS_CRITIC | {"critic_pretrain_queries": 2048},
-            "ct_ppo",
-        ),
+        **ct_ppo_variants({"lr": [3e-4, 1e-3], "clip": [0.3, 1.0]}, pretrain_queries=2048),
         "ddpo": Search("ddpo", {"lr": [3e-4, 1e-3], "clip": [0.01, 0.1]}),
         "dpok": Search("dpok", {"lr": [3e-4, 1e-3], "clip": [0.01, 0.1]}),
         "ct_q_learning": Search("ct_q_learning", {"lr": [3e-4, 1e-3], "temperature": [0.25, 1.0]}),
@@ -77,14 +84,7 @@ SEARCHES: dict[str, dict[str, Search]] = {
         "sb3_sac": Search("sb3", {"lr": [3e-4, 1e-3], "target_entropy": ["auto", -10.0]}, SB3_SAC),
     },
     "DiffusionSDE-Digits-v0": {
-        "ct_ppo": Search("ct_ppo", {"lr": [3e-4, 1e-3], "clip": [0.1, 0.3]}, COLD_CRITIC, "ct_ppo"),
-        "ct_ppo_reward": Search("ct_ppo", {"lr": [3e-4, 1e-3], "clip": [0.1, 0.3]}, AUTHORS_CRITIC, "ct_ppo"),
-        "ct_ppo_reward_pretrained": Search(
-            "ct_ppo",
-            {"lr": [3e-4, 1e-3], "clip": [0.1, 0.3]},
-            AUTHORS_CRITIC | {"critic_pretrain_queries": 256},
-            "ct_ppo",
-        ),
+        **ct_ppo_variants({"lr": [3e-4, 1e-3], "clip": [0.1, 0.3]}, pretrain_queries=256),
         "ddpo": Search("ddpo", {"lr": [3e-4, 1e-3], "clip": [1e-4, 0.1]}),
         "dpok": Search("dpok", {"lr": [3e-4, 1e-3], "clip": [1e-4, 0.1]}),
         # exp(q / gamma) explores at a KL price of gamma D T / 2 per episode (D: the state's dimension):

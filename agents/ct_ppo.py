@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from agents.common.agent import AgentConfig, FieldAgent
-from agents.common.trajectories import Trajectories, collect, policy_deltas, transition_log_probs
+from agents.common.trajectories import Trajectories, collect, per_step_kl, policy_deltas, transition_log_probs
 
 
 @dataclass
@@ -132,7 +132,6 @@ class CTPPO(FieldAgent):
     def update(self, traj: Trajectories) -> dict[str, float]:
         cfg, env = self.config, self.env
         eps = cfg.clip * torch.sqrt(2 * env.discretization.kl_weight)  # (N,)
-        kl_weight = env.discretization.kl_weight[:, None]
 
         with torch.no_grad():
             advantages, scale = self.scaled_advantages(traj)
@@ -148,8 +147,7 @@ class CTPPO(FieldAgent):
                 adv = advantages[:, idx]
                 clipped = torch.clamp(ratio, 1 - eps[:, None], 1 + eps[:, None])
                 policy_loss = -torch.min(ratio * adv, clipped * adv).sum(0).mean()
-                step_kl = kl_weight * deltas.flatten(2).square().sum(2)  # (N, b): w_k ||delta_k||^2
-                kl_loss = env.kl_coef * (step_kl / scale).sum(0).mean()
+                kl_loss = env.kl_coef * (per_step_kl(env, deltas) / scale).sum(0).mean()
                 self.clip_and_step("actor", policy_loss + kl_loss)
                 stats["policy_loss"].append(policy_loss.item())
                 stats["kl_loss"].append(kl_loss.item())

@@ -131,8 +131,14 @@ def transition_log_probs(env: DiffusionSDEVectorEnv, traj: Trajectories, deltas:
     return torch.stack(out)
 
 
+def per_step_kl(env: DiffusionSDEVectorEnv, deltas: Tensor) -> Tensor:
+    """``w_k ||delta_k||^2``: each step's KL to the pretrained transition under ``deltas`` (N, B, ...),
+    differentiable in them, (N, B)."""
+    weights = env.discretization.kl_weight[: deltas.shape[0], None]
+    return weights * deltas.flatten(2).square().sum(2)
+
+
 def running_kl(env: DiffusionSDEVectorEnv, deltas: Tensor) -> Tensor:
     """``sum_k w_k ||delta_k||^2``: each episode's KL to the pretrained path measure under ``deltas``
     (N, B, ...), differentiable in them: the running price that agents differentiate pathwise, (B,)."""
-    weights = env.discretization.kl_weight[: deltas.shape[0], None]
-    return (weights * deltas.flatten(2).square().sum(2)).sum(0)
+    return per_step_kl(env, deltas).sum(0)

@@ -52,7 +52,7 @@ class Oracle(Agent):
         )
 
     def mean_action(self, t: Tensor, x: Tensor, cond: Tensor | None) -> Tensor:
-        return (self.control(t, x) / self.env.action_scale_at(t)[:, None]).clamp(-1, 1)
+        return self.control.action(self.env, t, x)
 
     def learn(
         self,

@@ -107,7 +107,8 @@ def sup_convolution_1d(
         u = j * step
         val = at_shift(u)
         better = val > best
-        best, arg = np.where(better, val, best), np.where(better, u, arg)
+        np.copyto(best, val, where=better)
+        np.copyto(arg, u, where=better)
     for _ in range(refinements):
         # The parabola through the best shift and its two neighbours (evaluated past the window, where
         # the spline continues, so that a best shift on the window's edge still gets a vertex); its
@@ -121,7 +122,8 @@ def sup_convolution_1d(
         f_vertex = at_shifts(vertex)
         for u, val in ((lo, f_lo), (hi, f_hi), (vertex, f_vertex)):
             better = (val > best) & (np.abs(u) <= bound)
-            best, arg = np.where(better, val, best), np.where(better, u, arg)
+            np.copyto(best, val, where=better)
+            np.copyto(arg, u, where=better)
         step /= 4
     return np.moveaxis(best, 0, axis), np.moveaxis(arg, 0, axis)
 

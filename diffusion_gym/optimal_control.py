@@ -99,6 +99,8 @@ class MixtureOptimalControl:
         if not kl_coef > 0:
             raise ValueError(f"the optimal control needs kl_coef > 0, got {kl_coef}")
         self.model, self.reward, self.kl_coef, self.chunk = model, reward, float(kl_coef), int(chunk)
+        tensors = [*reward.parameters(), *reward.buffers()] if isinstance(reward, nn.Module) else []
+        self.reward_dtype = next((p.dtype for p in tensors if p.is_floating_point()), None)
         self.schedule = model.schedule
         self.T = float(self.schedule.T)
         self.s_end = self.T - float(t_end)
@@ -131,12 +133,11 @@ class MixtureOptimalControl:
     def policy(self, env: DiffusionSDEVectorEnv) -> Callable[[dict[str, Tensor]], Tensor]:
         """The control as an action map of ``env`` (``delta* / action_scale``, clipped to the action box)."""
         env = getattr(env, "unwrapped", env)
+        return lambda obs: self.action(env, obs["t"][:, 0], obs["x"])
 
-        def act(obs: dict[str, Tensor]) -> Tensor:
-            t = obs["t"][:, 0]
-            return (self(t, obs["x"]) / env.action_scale_at(t)[:, None]).clamp(-1, 1)
-
-        return act
+    def action(self, env: DiffusionSDEVectorEnv, t: Tensor, x: Tensor) -> Tensor:
+        """``delta*(t, x)`` as ``env``'s action: divided by its action scale, clipped to the action box."""
+        return (self(t, x) / env.action_scale_at(t)[:, None]).clamp(-1, 1)
 
     def _terms(self, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Per (row, component, node): the logits of h (B, K, Q) and the summands of delta* (B, K, Q, D)."""
@@ -165,9 +166,7 @@ class MixtureOptimalControl:
 
     def _reward(self, x: Tensor) -> Tensor:
         """The reward in its own precision (a float32 network stays float32), returned in float64."""
-        tensors = [*self.reward.parameters(), *self.reward.buffers()] if isinstance(self.reward, nn.Module) else []
-        dtype = next((p.dtype for p in tensors if p.is_floating_point()), x.dtype)
-        return self.reward(x.to(dtype)).double()
+        return self.reward(x.to(self.reward_dtype or x.dtype)).double()
 
     @torch.no_grad()
     def log_h(self, t: Tensor | float, y: Tensor) -> Tensor:

@@ -156,8 +156,9 @@ class GridDP:
     Args:
         env: the batched env whose grid, integrator, action box, kl_coef and models define the problem.
         n_grid: cells per axis of each spatial grid.
-        half_width: every grid covers ``[-half_width, half_width]^2``; None: each step's grid holds
-            the pretrained chain at that step (:func:`chain_extents`).
+        half_width: step k's grid covers ``[-h_k, h_k]^2``, ``h_k`` this (a scalar: every step, or one
+            per state); None: each step's grid holds the pretrained chain at that step
+            (:func:`chain_extents`).
         resolution: candidate shifts per ``sqrt(v_k / kl_coef)`` (see :func:`sup_convolution_1d`).
     """
 
@@ -165,7 +166,7 @@ class GridDP:
         self,
         env: DiffusionSDEVectorEnv,
         n_grid: int = 256,
-        half_width: float | None = None,
+        half_width: float | np.ndarray | None = None,
         resolution: float = 16.0,
     ) -> None:
         env = getattr(env, "unwrapped", env)
@@ -178,7 +179,10 @@ class GridDP:
         self.action_scales = env.action_scales.to("cpu", torch.float64)
         score_model = _float64_copy(env.score_model)
         n_states = self.disc.n_steps + 1
-        self.extents = np.full(n_states, float(half_width)) if half_width else chain_extents(score_model, self.disc)
+        if half_width is None:
+            self.extents = chain_extents(score_model, self.disc)
+        else:
+            self.extents = np.broadcast_to(np.asarray(half_width, dtype=float), (n_states,)).copy()
         self.spacings = 2 * self.extents / self.n
         self.axes = [
             np.linspace(-L + h / 2, L - h / 2, self.n) for L, h in zip(self.extents, self.spacings, strict=True)
@@ -313,7 +317,7 @@ def best_policy(
     fine = GridDP(env, n_grid, half_width, resolution)
     best = fine.solve(control=True, keep_shifts=keep_shifts)
     pretrained = fine.solve(control=False)
-    coarse = GridDP(env, n_grid // 2, half_width, resolution / 2).solve(control=True)
+    coarse = GridDP(env, n_grid // 2, fine.extents, resolution / 2).solve(control=True)  # the same domains
     return BestPolicy(
         j_best=best.j,
         error=abs(best.j - coarse.j),

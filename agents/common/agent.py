@@ -306,8 +306,11 @@ class FieldAgent(Agent):
     def values(self, traj: Trajectories) -> Tensor:
         """``V(t_k, Y_k)`` for k = 0..N, with ``V(t_N) = 0`` (no reward after the last step), (N + 1, B)."""
         inputs = traj.step_inputs(self.env)
-        if getattr(self.critic, "needs_denoised", False):
-            inputs = (*inputs, traj.denoised(self.env))
+        if isinstance(self.critic, DenoisedRewardCritic):
+            if traj.denoised_reward is None:  # the reward is frozen: once per batch, not per minibatch
+                denoised = self.critic.denoised_reward(traj.denoised(self.env), inputs[2])
+                traj.denoised_reward = denoised.view(traj.n_steps, traj.batch)
+            inputs = (*inputs, traj.denoised_reward.flatten())
         v = self.critic(*inputs).view(traj.n_steps, traj.batch)
         return torch.cat([v, torch.zeros_like(v[:1])])
 

@@ -85,8 +85,6 @@ class DenoisedRewardCritic(nn.Module):
         event_shape, T, num_conditions, hidden: the residual's :class:`FieldMLP` arguments.
     """
 
-    needs_denoised = True
-
     def __init__(
         self,
         reward: nn.Module,
@@ -100,8 +98,12 @@ class DenoisedRewardCritic(nn.Module):
         self.T = float(T)
         self.residual = FieldMLP(event_shape, T, num_conditions, hidden, scalar=True, zero_init=False)
 
-    def forward(self, t: Tensor, x: Tensor, cond: Tensor | None, denoised: Tensor) -> Tensor:
+    @torch.no_grad()
+    def denoised_reward(self, denoised: Tensor, cond: Tensor | None) -> Tensor:
+        """``r(x0_hat, c)``: the frozen term, which depends on the trajectories only (computed once per batch)."""
+        return self.reward[0](denoised, cond).to(denoised.dtype)
+
+    def forward(self, t: Tensor, x: Tensor, cond: Tensor | None, denoised_reward: Tensor) -> Tensor:
+        """``V(t, x, c)`` given ``denoised_reward = r(x0_hat(t, x), c)`` (:meth:`denoised_reward`)."""
         angle = (0.5 * math.pi / self.T) * (self.T - t.reshape(-1)).to(x.dtype)
-        with torch.no_grad():
-            terminal = self.reward[0](denoised, cond).to(x.dtype)
-        return torch.cos(angle) * terminal + torch.sin(angle) * self.residual(t, x, cond)
+        return torch.cos(angle) * denoised_reward + torch.sin(angle) * self.residual(t, x, cond)

@@ -28,6 +28,9 @@ class Trajectories:
         kl: the per-step KL, (N, B).
         cond: the episodes' conditions (B,), or None.
         terminal_reward, gold_reward, objective: per episode, (B,); gold is None without a gold.
+        denoised_reward: the reward at Tweedie's estimate of every state (N, B), kept by the critic
+            that reads it (:class:`~agents.common.networks.DenoisedRewardCritic`) the first time it
+            scores these trajectories; None until then.
     """
 
     states: Tensor
@@ -39,6 +42,7 @@ class Trajectories:
     terminal_reward: Tensor
     gold_reward: Tensor | None
     objective: Tensor
+    denoised_reward: Tensor | None = None
 
     @property
     def n_steps(self) -> int:
@@ -64,6 +68,7 @@ class Trajectories:
             terminal_reward=self.terminal_reward[idx],
             gold_reward=None if self.gold_reward is None else self.gold_reward[idx],
             objective=self.objective[idx],
+            denoised_reward=None if self.denoised_reward is None else self.denoised_reward[:, idx],
         )
 
     def denoised(self, env: DiffusionSDEVectorEnv) -> Tensor:

@@ -330,7 +330,7 @@ def render(results: dict[str, Any]) -> str:
             f"from {task['curve_n']:,} samples per point; final scores from {task['eval_n']:,} samples per "
             f"grid; J* and J(pre) from {task['optimum_n']:,} pretrained samples per grid"
             + (
-                f", J_oracle from {task.get('spec', {}).get('oracle_n') or task['eval_n']:,} episodes of the optimal "
+                f", J_oracle from {next(iter(task['optimum'].values()))['j_oracle_n']:,} episodes of the optimal "
                 "control"
                 if task.get("oracle")
                 else ""

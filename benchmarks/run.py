@@ -32,8 +32,7 @@ from agents.common.agent import Agent
 from agents.train import build_agent, make_env
 from benchmarks.env_throughput import device_name, measure
 from benchmarks.suite import RunSpec, Suite, TaskSpec
-from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
-from diffusion_gym.dynamic_programming import best_policy
+from diffusion_gym.dynamic_programming import best_policy, solvable
 from diffusion_gym.evaluation import Estimate, Rollouts, crossing, rollout
 from diffusion_gym.optimal_control import MixtureOptimalControl
 from diffusion_gym.optimum import Optimum, References, optimum_from_rewards
@@ -165,11 +164,11 @@ def task_baseline(task: TaskSpec, device: torch.device, out: Path, cache: dict[s
             "n": opt.j_star.n,
             "kl_coef": env.kl_coef,
         }
-        if env.event_shape == (2,) and env.num_conditions is None:
+        if solvable(env):
             solution = best_policy(env, n_grid=task.best_grid)
             optimum[str(n_steps)] |= {"j_best": solution.j_best, "j_best_error": solution.error}
             optimum[str(n_steps)] |= {"j_best_pretrained": solution.j_pretrained, "j_best_cells": solution.n_grid**2}
-        if isinstance(env.score_model, GaussianMixtureScore):
+        if MixtureOptimalControl.applies(env):
             env_o = _eval_env(task, n_steps, task.oracle_episodes, device)
             control = MixtureOptimalControl.for_env(env_o)
             r = rollout(env_o, control.policy(env_o), task.oracle_episodes, seed=derive_seed("oracle", n_steps))

@@ -128,6 +128,12 @@ def sup_convolution_1d(
     return np.moveaxis(best, 0, axis), np.moveaxis(arg, 0, axis)
 
 
+def solvable(env: DiffusionSDEVectorEnv) -> bool:
+    """Whether :class:`GridDP` solves ``env``'s task: 2-D, unconditional, with a KL price."""
+    env = getattr(env, "unwrapped", env)
+    return env.event_shape == (2,) and env.num_conditions is None and env.kl_coef > 0
+
+
 @dataclass
 class GridSolution:
     """One backward pass on one set of spatial grids.
@@ -170,10 +176,11 @@ class GridDP:
         resolution: float = 16.0,
     ) -> None:
         env = getattr(env, "unwrapped", env)
-        if env.event_shape != (2,) or env.num_conditions is not None:
-            raise ValueError(f"the grid DP is for 2-D unconditional tasks, got event shape {env.event_shape}")
-        if not env.kl_coef > 0:
-            raise ValueError(f"the grid DP needs kl_coef > 0, got {env.kl_coef}")
+        if not solvable(env):
+            raise ValueError(
+                "the grid DP is for 2-D unconditional tasks with kl_coef > 0, got event shape "
+                f"{env.event_shape}, {env.num_conditions} conditions, kl_coef {env.kl_coef}"
+            )
         self.env, self.n, self.resolution = env, int(n_grid), float(resolution)
         self.disc: Discretization = env.discretization.to("cpu", torch.float64)
         self.action_scales = env.action_scales.to("cpu", torch.float64)

@@ -124,6 +124,12 @@ class MixtureOptimalControl:
         self.eigvecs = model.eigvecs.double()
         self.log_weights = model.log_weights.double()
 
+    @staticmethod
+    def applies(env: DiffusionSDEVectorEnv) -> bool:
+        """Whether the control is available for ``env``'s task: a Gaussian-mixture base with a KL price."""
+        env = getattr(env, "unwrapped", env)
+        return isinstance(env.score_model, GaussianMixtureScore) and env.kl_coef > 0
+
     @classmethod
     def for_env(cls, env: DiffusionSDEVectorEnv, **kwargs: Any) -> MixtureOptimalControl:
         """The optimal control of ``env``'s task: its base model, terminal reward, kl_coef and end time."""

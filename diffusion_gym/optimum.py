@@ -196,17 +196,17 @@ def references(
         oracle_seed: seeds them (default: ``seed + 1``; independent of the pretrained samples).
         best: compute J_best where the task is 2-D (a few seconds at N = 200 on a CPU).
     """
-    from diffusion_gym.dynamic_programming import best_policy
+    from diffusion_gym.dynamic_programming import best_policy, solvable
     from diffusion_gym.optimal_control import MixtureOptimalControl
 
     env = getattr(env, "unwrapped", env)
     optimum = optimal_objective(env, n_samples, seed)
     j_best = None
-    if best and env.event_shape == (2,) and env.num_conditions is None and env.kl_coef > 0:
+    if best and solvable(env):
         solution = best_policy(env)
         j_best = Estimate(solution.j_best, solution.error, solution.n_grid**2)
     j_oracle, oracle = None, None
-    if isinstance(env.score_model, GaussianMixtureScore) and env.kl_coef > 0:
+    if MixtureOptimalControl.applies(env):
         control = MixtureOptimalControl.for_env(env)
         oracle = rollout(
             env, control.policy(env), oracle_n or n_samples, seed + 1 if oracle_seed is None else oracle_seed

@@ -42,8 +42,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agents.common.agent import AgentConfig, FieldAgent
-from agents.common.trajectories import Trajectories, collect, per_step_kl, policy_deltas, transition_log_probs
+from agents.common.agent import AgentConfig, FieldAgent, Stats
+from agents.common.ppo_clip import clipped_ratio, ppo_clip_updates
+from agents.common.trajectories import Trajectories, collect, per_step_kl
 
 
 @dataclass
@@ -100,9 +101,9 @@ class CTPPO(FieldAgent):
             spent += traj.batch
         self.reward_queries += spent
         if losses:
-            self._log({"critic_pretrain_loss": sum(losses) / len(losses)})
+            self._log({"critic_pretrain_loss": torch.stack(losses).mean().item()})
 
-    def fit_critic(self, traj: Trajectories) -> float:
+    def fit_critic(self, traj: Trajectories) -> Tensor:
         """``value_epochs`` passes of the time-weighted regression of V on the returns-to-go; the last loss."""
         cfg, env = self.config, self.env
         dt_over_T = (env.discretization.dt / env.T)[:, None]
@@ -111,7 +112,7 @@ class CTPPO(FieldAgent):
             for idx in self.minibatches(traj.batch, cfg.minibatches):
                 value_loss = (dt_over_T * (self.values(traj.subset(idx))[:-1] - returns[:, idx]).square()).sum(0).mean()
                 self.clip_and_step("critic", value_loss)
-        return value_loss.item()
+        return value_loss.detach()
 
     def scaled_advantages(self, traj: Trajectories) -> tuple[Tensor, Tensor]:
         """The TD increments scaled as ``config.advantage_norm`` says (and clipped), and each step's
@@ -129,33 +130,17 @@ class CTPPO(FieldAgent):
             advantages = advantages.clamp(-cfg.adv_clip, cfg.adv_clip)
         return advantages, scale
 
-    def update(self, traj: Trajectories) -> dict[str, float]:
+    def update(self, traj: Trajectories) -> Stats:
         cfg, env = self.config, self.env
-        eps = cfg.clip * torch.sqrt(2 * env.discretization.kl_weight)  # (N,)
-
+        eps = (cfg.clip * torch.sqrt(2 * env.discretization.kl_weight))[:, None]  # (N, 1)
         with torch.no_grad():
             advantages, scale = self.scaled_advantages(traj)
-            old_logp = transition_log_probs(env, traj, traj.deltas)
 
-        stats: dict[str, list[float]] = {"policy_loss": [], "kl_loss": [], "clip_fraction": [], "ratio_max": []}
-        for _ in range(cfg.epochs):
-            for idx in self.minibatches(traj.batch, cfg.minibatches):
-                sub = traj.subset(idx)
-                deltas = policy_deltas(self, sub)
-                logp = transition_log_probs(env, sub, deltas)
-                ratio = torch.exp(logp - old_logp[:, idx])
-                adv = advantages[:, idx]
-                clipped = torch.clamp(ratio, 1 - eps[:, None], 1 + eps[:, None])
-                policy_loss = -torch.min(ratio * adv, clipped * adv).sum(0).mean()
-                kl_loss = env.kl_coef * (per_step_kl(env, deltas) / scale).sum(0).mean()
-                self.clip_and_step("actor", policy_loss + kl_loss)
-                stats["policy_loss"].append(policy_loss.item())
-                stats["kl_loss"].append(kl_loss.item())
-                stats["clip_fraction"].append(((ratio - 1).abs() > eps[:, None]).float().mean().item())
-                stats["ratio_max"].append(ratio.max().item())
+        def loss(sub: Trajectories, idx: Tensor, deltas: Tensor, ratio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+            policy_loss, clip_fraction = clipped_ratio(ratio, advantages[:, idx], eps)
+            kl_loss = env.kl_coef * (per_step_kl(env, deltas) / scale).sum(0).mean()
+            stats = {"policy_loss": policy_loss, "kl_loss": kl_loss, "clip_fraction": clip_fraction}
+            return policy_loss + kl_loss, stats
 
-        value_loss = self.fit_critic(traj)
-        out = {k: sum(v) / len(v) for k, v in stats.items()}
-        out["value_loss"] = value_loss
-        out["advantage_scale"] = scale.mean().item()
-        return out
+        stats: Stats = dict(ppo_clip_updates(self, traj, cfg.epochs, cfg.minibatches, loss))
+        return stats | {"value_loss": self.fit_critic(traj), "advantage_scale": scale.mean()}

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agents.common.agent import AgentConfig, FieldAgent
+from agents.common.agent import AgentConfig, FieldAgent, Stats
 from agents.common.trajectories import Trajectories, policy_deltas
 
 
@@ -73,7 +73,7 @@ class CTQLearning(FieldAgent):
         if k == 0:
             self.behaviour_means: list[Tensor] = []
             self.behaviour_clipped: list[Tensor] = []
-        scale = self.env.step_coefficients(k).action_scale
+        scale = self.env.discretization.constants[k].action_scale
         self.behaviour_means.append(scale * mean)
         noise = torch.randn(mean.shape, generator=self.generator, device=self.generator.device).to(mean.dtype)
         action = mean + noise * (self.exploration_std[k] / scale)
@@ -93,7 +93,7 @@ class CTQLearning(FieldAgent):
         spread = (traj.deltas - mu).flatten(2).square().sum(2) - dim * self.exploration_std[:, None] ** 2
         return -self.env.kl_coef * self.kl_weight[:, None] * spread
 
-    def update(self, traj: Trajectories) -> dict[str, float]:
+    def update(self, traj: Trajectories) -> Stats:
         cfg, env = self.config, self.env
         dt_over_T = env.discretization.dt / env.T
         returns = traj.returns_to_go()
@@ -118,18 +118,18 @@ class CTQLearning(FieldAgent):
                 self.clip_and_step("actor", q_loss)
                 value_loss = (dt_over_T[:, None] * (self.values(sub)[:-1] - returns[:, idx]).square()).sum(0).mean()
                 self.clip_and_step("critic", value_loss)
-                q_losses.append(q_loss.item())
-                value_losses.append(value_loss.item())
+                q_losses.append(q_loss.detach())
+                value_losses.append(value_loss.detach())
         with torch.no_grad():
             log_ratio = self.behaviour_log_probs(traj, policy_deltas(self, traj)) - old_log_pi
         return {
-            "ratio_mean": log_ratio.exp().mean().item(),
-            "ratio_max": log_ratio.exp().max().item(),
-            "q_loss": sum(q_losses) / len(q_losses),
-            "value_loss": sum(value_losses) / len(value_losses),
-            "increment_scale": scale.item(),
+            "ratio_mean": log_ratio.exp().mean(),
+            "ratio_max": log_ratio.exp().max(),
+            "q_loss": torch.stack(q_losses).mean(),
+            "value_loss": torch.stack(value_losses).mean(),
+            "increment_scale": scale,
             # Exploring actions the env clipped to [-1, 1]: those are not the Gaussian draws q assumes.
-            "clip_fraction": torch.stack(self.behaviour_clipped).mean().item(),
-            "exploration_kl": (env.kl_coef * self.kl_weight * self.exploration_std**2).sum().item()
+            "clip_fraction": torch.stack(self.behaviour_clipped).mean(),
+            "exploration_kl": (env.kl_coef * self.kl_weight * self.exploration_std**2).sum()
             * math.prod(env.event_shape),
         }

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agents.common.agent import AgentConfig, FieldAgent
-from agents.common.trajectories import Trajectories, policy_deltas, running_kl, transition_log_probs
+from agents.common.agent import AgentConfig, FieldAgent, Stats
+from agents.common.ppo_clip import clipped_ratio, ppo_clip_updates
+from agents.common.trajectories import Trajectories, running_kl
 
 
 @dataclass
@@ -51,29 +52,20 @@ class DDPO(FieldAgent):
     def __init__(self, env: Any, config: DDPOConfig | None = None) -> None:
         super().__init__(env, config or DDPOConfig(), critic=None)
 
-    def update(self, traj: Trajectories) -> dict[str, float]:
+    def update(self, traj: Trajectories) -> Stats:
         cfg, env = self.config, self.env
         with torch.no_grad():
             advantages, scale = normalized_per_condition(traj.objective, traj.cond)
             advantages = advantages.clamp(-cfg.adv_clip, cfg.adv_clip)
-            old_logp = transition_log_probs(env, traj, traj.deltas)
 
-        stats: dict[str, list[float]] = {"policy_loss": [], "kl_loss": [], "clip_fraction": [], "ratio_max": []}
-        for _ in range(cfg.epochs):
-            for idx in self.minibatches(traj.batch, cfg.minibatches):
-                sub = traj.subset(idx)
-                deltas = policy_deltas(self, sub)
-                ratio = torch.exp(transition_log_probs(env, sub, deltas) - old_logp[:, idx])
-                adv = advantages[idx]
-                clipped = torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip)
-                policy_loss = -torch.min(ratio * adv, clipped * adv).sum(0).mean()
-                kl_loss = env.kl_coef * (running_kl(env, deltas) / scale[idx]).mean()
-                self.clip_and_step("actor", policy_loss + kl_loss)
-                stats["policy_loss"].append(policy_loss.item())
-                stats["kl_loss"].append(kl_loss.item())
-                stats["clip_fraction"].append(((ratio - 1).abs() > cfg.clip).float().mean().item())
-                stats["ratio_max"].append(ratio.max().item())
-        return {k: sum(v) / len(v) for k, v in stats.items()}
+        def loss(sub: Trajectories, idx: Tensor, deltas: Tensor, ratio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+            # One advantage per episode, for all its steps.
+            policy_loss, clip_fraction = clipped_ratio(ratio, advantages[idx], cfg.clip)
+            kl_loss = env.kl_coef * (running_kl(env, deltas) / scale[idx]).mean()
+            stats = {"policy_loss": policy_loss, "kl_loss": kl_loss, "clip_fraction": clip_fraction}
+            return policy_loss + kl_loss, stats
+
+        return dict(ppo_clip_updates(self, traj, cfg.epochs, cfg.minibatches, loss))
 
 
 def normalized_per_condition(returns: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from agents.common.agent import AgentConfig, FieldAgent
-from agents.common.trajectories import Trajectories, policy_deltas, running_kl, transition_log_probs
+from agents.common.agent import AgentConfig, FieldAgent, Stats
+from agents.common.ppo_clip import clipped_ratio, ppo_clip_updates
+from agents.common.trajectories import Trajectories, running_kl
 
 
 @dataclass
@@ -50,35 +52,23 @@ class DPOK(FieldAgent):
     def __init__(self, env: Any, config: DPOKConfig | None = None) -> None:
         super().__init__(env, config or DPOKConfig(), critic="mlp")
 
-    def update(self, traj: Trajectories) -> dict[str, float]:
+    def update(self, traj: Trajectories) -> Stats:
         cfg, env = self.config, self.env
         returns = traj.returns_to_go()
         with torch.no_grad():
             advantages = returns - self.values(traj)[:-1]
             scale = advantages.std().clamp_min(1e-8)
             advantages = advantages / scale
-            old_logp = transition_log_probs(env, traj, traj.deltas)
 
-        stats: dict[str, list[float]] = {"policy_loss": [], "kl_loss": [], "clip_fraction": [], "ratio_max": []}
-        for _ in range(cfg.epochs):
-            for idx in self.minibatches(traj.batch, cfg.minibatches):
-                sub = traj.subset(idx)
-                deltas = policy_deltas(self, sub)
-                ratio = torch.exp(transition_log_probs(env, sub, deltas) - old_logp[:, idx])
-                adv = advantages[:, idx]
-                clipped = torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip)
-                policy_loss = -torch.min(ratio * adv, clipped * adv).sum(0).mean()
-                kl_loss = env.kl_coef * running_kl(env, deltas).mean() / scale
-                self.clip_and_step("actor", policy_loss + kl_loss)
-                stats["policy_loss"].append(policy_loss.item())
-                stats["kl_loss"].append(kl_loss.item())
-                stats["clip_fraction"].append(((ratio - 1).abs() > cfg.clip).float().mean().item())
-                stats["ratio_max"].append(ratio.max().item())
+        def loss(sub: Trajectories, idx: Tensor, deltas: Tensor, ratio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+            policy_loss, clip_fraction = clipped_ratio(ratio, advantages[:, idx], cfg.clip)
+            kl_loss = env.kl_coef * running_kl(env, deltas).mean() / scale
+            stats = {"policy_loss": policy_loss, "kl_loss": kl_loss, "clip_fraction": clip_fraction}
+            return policy_loss + kl_loss, stats
 
+        stats: Stats = dict(ppo_clip_updates(self, traj, cfg.epochs, cfg.minibatches, loss))
         for _ in range(cfg.value_epochs):
             for idx in self.minibatches(traj.batch, cfg.minibatches):
                 value_loss = (self.values(traj.subset(idx))[:-1] - returns[:, idx]).square().mean()
                 self.clip_and_step("critic", value_loss)
-        out = {k: sum(v) / len(v) for k, v in stats.items()}
-        out["value_loss"] = value_loss.item()
-        return out
+        return stats | {"value_loss": value_loss.detach()}

@@ -1,6 +1,6 @@
 """Train one agent of the zoo on one task, then score it against the optimum at several grids.
 
-    python -m agents.train --agent ct_ppo --env DiffusionSDE-v0 --n-steps 20 --reward-queries 300000
+    python -m agents.train --agent ct_ppo --env DiffusionSDE-v0 --n-steps 20 --reward-queries 300000 --device cuda
     python -m agents.train --agent ddpo --set clip=0.05 lr=3e-4 --logdir runs/ddpo --checkpoint runs/ddpo.pt
     python -m agents.train --agent ct_ppo --env DiffusionSDE-Digits-v0 --num-envs 64 --env-kwargs n_steps=20
 
@@ -20,13 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-
-import diffusion_gym  # noqa: F401  (registers the envs)
-from agents import all_agents
 from agents.common.agent import Agent
-from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from agents.common.build import build_agent, make_env
 from diffusion_gym.optimum import references
+from diffusion_gym.scoring import derive_seed, eval_batch, reference_row, score_policy
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -43,52 +40,21 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def build_agent(name: str, env: DiffusionSDEVectorEnv, overrides: dict[str, Any]) -> Agent:
-    """An agent of the zoo (or SB3) with its default config updated by ``overrides`` (lists become
-    tuples where the field's default is one, as TOML and JSON give them)."""
-    registry = all_agents()
-    if name not in registry:
-        raise ValueError(f"unknown agent {name!r}; known: {sorted(registry)}")
-    agent_cls, config_cls = registry[name]
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"{config_cls.__name__} has no fields {sorted(unknown)}; it has {sorted(fields)}")
-    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
-    overrides = {
-        k: tuple(v) if isinstance(v, list) and isinstance(defaults[k], tuple) else v for k, v in overrides.items()
-    }
-    return agent_cls(env, config_cls(**overrides))
-
-
-def make_env(env_id: str, num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv:
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs).unwrapped
-
-
 def score_at_grids(
     agent: Agent, env_id: str, env_kwargs: dict[str, Any], steps: list[int], n: int, seed: int
 ) -> list[dict[str, float]]:
     """The policy's objective, rewards and KL at each grid, with the references there (J*, J(pre), and
-    J_best and J_oracle where the task has them) and both normalized gaps (docs/design.md, section 1)."""
+    J_best and J_oracle where the task has them) and both normalized gaps (docs/design.md, section 1),
+    seeded as the benchmarks seed them (:func:`~diffusion_gym.scoring.derive_seed`)."""
     rows = []
+    n_train = env_kwargs["n_steps"]
     for n_steps in steps:
-        env = make_env(env_id, min(n, 4096), **(env_kwargs | {"n_steps": n_steps}))
-        refs = references(env, n_samples=n, seed=seed)
-        result = agent.evaluate(env, n=n, seed=seed + 1)
-        gap = refs.gap(result["objective"])
-        row = {"n_steps": n_steps, "gap": gap.mean, "gap_se": gap.se}
-        row |= {"j_star": refs.optimum.j_star.mean, "j_star_se": refs.optimum.j_star.se}
-        row |= {"j_pretrained": refs.optimum.j_pretrained.mean, "j_pretrained_se": refs.optimum.j_pretrained.se}
-        if refs.j_best is not None:
-            row |= {"j_best": refs.j_best.mean, "j_best_error": refs.j_best.se}
-        if refs.j_oracle is not None:
-            row |= {"j_oracle": refs.j_oracle.mean, "j_oracle_se": refs.j_oracle.se}
-        reachable = refs.reachable_gap(result["objective"])
-        if reachable is not None:
-            row |= {"reachable_gap": reachable.mean, "reachable_gap_se": reachable.se}
-        for key, est in result.items():
-            row |= {key: est.mean, f"{key}_se": est.se}
-        rows.append(row)
+        env = make_env(env_id, eval_batch(n, agent.env.device), **(env_kwargs | {"n_steps": n_steps}))
+        refs = references(
+            env, n, seed=derive_seed("optimum", n_steps), oracle_n=n, oracle_seed=derive_seed("oracle", n_steps)
+        )
+        row, _ = score_policy(env, agent, refs, n, derive_seed("final", seed, n_train, n_steps))
+        rows.append({"n_steps": n_steps} | reference_row(refs) | row)
     return rows
 
 
@@ -101,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--env-kwargs", nargs="*", default=[], help="key=value env arguments")
     parser.add_argument("--reward-queries", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (envs and agent)")
     parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
     parser.add_argument("--logdir", default=None, help="TensorBoard directory")
     parser.add_argument("--checkpoint", default=None, help="resumed if it exists, written during training")
@@ -109,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
 
-    env_kwargs = {"n_steps": args.n_steps} | parse_assignments(args.env_kwargs)
+    env_kwargs = {"n_steps": args.n_steps, "device": args.device} | parse_assignments(args.env_kwargs)
     env = make_env(args.env, args.num_envs, **env_kwargs)
     agent = build_agent(args.agent, env, {"seed": args.seed, "logdir": args.logdir} | parse_assignments(args.set))
     if args.checkpoint and Path(args.checkpoint).exists():
@@ -120,10 +87,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = time.perf_counter() - start
 
     steps = [int(s) for s in args.eval_steps.split(",")] if args.eval_steps else [env_kwargs["n_steps"]]
-    rows = score_at_grids(agent, args.env, env_kwargs, steps, args.eval_n, args.seed + 1000)
+    rows = score_at_grids(agent, args.env, env_kwargs, steps, args.eval_n, args.seed)
     print(f"{args.agent} on {args.env}: {agent.reward_queries} reward queries in {seconds:.0f} s (this run)")
     for row in rows:
-        gold = f"  gold {row['gold_reward']:.3f}" if "gold_reward" in row else ""
+        gold = f"  gold {row['gold']:.3f}" if "gold" in row else ""
         best = f"  J_best {row['j_best']:.4f}" if "j_best" in row else ""
         oracle = f"  J_oracle {row['j_oracle']:.4f} ± {row['j_oracle_se']:.4f}" if "j_oracle" in row else ""
         reach = (

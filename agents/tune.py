@@ -32,9 +32,11 @@ from typing import Any
 import torch
 
 from agents.common.agent import Agent
-from agents.train import build_agent, make_env
+from agents.common.build import build_agent, make_env
 from diffusion_gym.evaluation import crossing
 from diffusion_gym.optimum import References, references
+from diffusion_gym.scoring import derive_seed, eval_batch, score_policy
+from diffusion_gym.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -68,56 +70,34 @@ def ct_ppo_variants(grid: dict[str, list[Any]], pretrain_queries: int) -> dict[s
 
 SB3_PPO = {"algorithm": "ppo", "algo_kwargs": {"n_epochs": 4, "batch_size": 1024}}
 SB3_SAC = {"algorithm": "sac", "algo_kwargs": {"learning_starts": 2048, "batch_size": 256, "buffer_size": 200_000}}
+SB3_SEARCHES = {"sb3_ppo": SB3_PPO, "sb3_sac": SB3_SAC}
+"""Search labels of SB3 (gamma = 1) and the settings every run of theirs shares."""
 
-SEARCHES: dict[str, dict[str, Search]] = {
-    "DiffusionSDE-v0": {
-        **ct_ppo_variants({"lr": [3e-4, 1e-3], "clip": [0.3, 1.0]}, pretrain_queries=2048),
-        "ddpo": Search("ddpo", {"lr": [3e-4, 1e-3], "clip": [0.01, 0.1]}),
-        "dpok": Search("dpok", {"lr": [3e-4, 1e-3], "clip": [0.01, 0.1]}),
-        "ct_q_learning": Search("ct_q_learning", {"lr": [3e-4, 1e-3], "temperature": [0.25, 1.0]}),
-        # Undiscounted (gamma = 1). SB3's action noise is a score correction the env charges KL for:
-        # log_std_init -1 / -3 is a delta noise of 1.5 / 0.2 per coordinate at action_scale 4.
-        "sb3_ppo": Search(
-            "sb3", {"lr": [3e-4, 1e-3], "log_std_init": [-1.0, -3.0], "gae_lambda": [0.95, 1.0]}, SB3_PPO
-        ),
-        # SAC's entropy target sets its exploration: "auto" is -2 (the action's dimension), -10 far less noise.
-        "sb3_sac": Search("sb3", {"lr": [3e-4, 1e-3], "target_entropy": ["auto", -10.0]}, SB3_SAC),
-    },
-    "DiffusionSDE-Digits-v0": {
-        **ct_ppo_variants({"lr": [3e-4, 1e-3], "clip": [0.1, 0.3]}, pretrain_queries=256),
-        "ddpo": Search("ddpo", {"lr": [3e-4, 1e-3], "clip": [1e-4, 0.1]}),
-        "dpok": Search("dpok", {"lr": [3e-4, 1e-3], "clip": [1e-4, 0.1]}),
-        # exp(q / gamma) explores at a KL price of gamma D T / 2 per episode (D: the state's dimension):
-        # the 2-D grid's temperatures times 2 / 64 give the same exploration price on 8x8 digits.
-        "ct_q_learning": Search("ct_q_learning", {"lr": [3e-4, 1e-3], "temperature": [0.25 / 32, 1.0 / 32]}),
-    },
-}
-"""Per task, each search by label."""
 
-BUDGETS: dict[str, dict[str, Any]] = {
-    "DiffusionSDE-v0": {
-        "num_envs": 512,
-        "reward_queries": 100_000,
-        "eval_n": 8192,
-        "optimum_n": 65_536,
-        "curve_points": 8,
-        "curve_n": 2048,
-        "policy_net": "mlp",
-    },
-    # On 2 CPU cores the LoRA UNet policy runs ~8 episodes/s (a few hundred queries in a tuning run's
-    # minute, where it raised KL faster than reward); the MLP field on the 64 pixels runs ~80/s.
-    "DiffusionSDE-Digits-v0": {
-        "num_envs": 64,
-        "reward_queries": 4096,
-        "eval_n": 1024,
-        "optimum_n": 4096,
-        "curve_points": 4,
-        "curve_n": 256,
-        "policy_net": "mlp",
-    },
-}
-"""Per task: envs per batch, reward queries per run, evaluation episodes, the pretrained samples that
-estimate J* and J(pre), the learning curve's evaluations and their episodes, and the policy network."""
+def searches(env_id: str) -> dict[str, Search]:
+    """The task's searches by label, from its spec's tuning grids
+    (:attr:`~diffusion_gym.tasks.TaskSpec.tuning`): CT-PPO's grid is searched for each of its critic
+    variants, SB3's labels run ``agent="sb3"``."""
+    task = get_task(env_id)
+    out: dict[str, Search] = {}
+    for label, grid in task.tuning.items():
+        grid = dict(grid)
+        if label == "ct_ppo":
+            out |= ct_ppo_variants(grid, task.tuning_budget.get("critic_pretrain_queries", 0))
+        elif label in SB3_SEARCHES:
+            out[label] = Search("sb3", grid, SB3_SEARCHES[label])
+        else:
+            out[label] = Search(label, grid)
+    return out
+
+
+def budget(env_id: str) -> dict[str, Any]:
+    """The task's search sizes (:attr:`~diffusion_gym.tasks.TaskSpec.tuning_budget`): envs per batch,
+    reward queries per run, evaluation episodes, the pretrained samples that estimate J* and J(pre),
+    the learning curve's evaluations and their episodes, and the policy network."""
+    return {k: v for k, v in get_task(env_id).tuning_budget.items() if k != "critic_pretrain_queries"}
+
+
 GAP = 0.5
 """The reachable gap whose first crossing on the learning curve is recorded."""
 
@@ -126,15 +106,15 @@ class Curve:
     """The zoo callback that scores the deterministic policy at ``budget * (i / points)^2`` queries."""
 
     def __init__(self, env: Any, refs: References, budget: int, points: int, n: int, seed: int) -> None:
-        self.env, self.refs, self.n, self.seed = env, refs, n, seed
+        self.env, self.refs, self.n, self.seed, self.n_train = env, refs, n, seed, env.n_steps
         self.budgets = [budget * (i / points) ** 2 for i in range(1, points + 1)]
         self.points: list[dict[str, float]] = []
 
     def evaluate(self, agent: Agent) -> None:
-        j = agent.evaluate(self.env, n=self.n, seed=self.seed)["objective"]
-        reachable = self.refs.reachable_gap(j)
-        point = {"reward_queries": agent.reward_queries, "gap": self.refs.gap(j).mean}
-        self.points.append(point | ({"reachable_gap": reachable.mean} if reachable is not None else {}))
+        seed = derive_seed("curve", self.seed, self.n_train, len(self.points))
+        row, _ = score_policy(self.env, agent, self.refs, self.n, seed)
+        point = {"reward_queries": agent.reward_queries, "gap": row["gap"]}
+        self.points.append(point | ({"reachable_gap": row["reachable_gap"]} if "reachable_gap" in row else {}))
 
     def __call__(self, agent: Agent, stats: dict[str, float]) -> bool:
         if self.budgets and agent.reward_queries >= self.budgets[0]:
@@ -146,15 +126,9 @@ class Curve:
 
 def score_run(agent: Agent, refs: References, n: int, seed: int) -> dict[str, Any]:
     """The trained policy's objective, KL, gold reward and both gaps."""
-    result = agent.evaluate(n=n, seed=seed)
-    j = result["objective"]
-    gap = refs.gap(j)
-    out = {"gap": gap.mean, "gap_se": gap.se, "objective": j.mean, "objective_se": j.se, "kl": result["kl"].mean}
-    out["gold"] = result["gold_reward"].mean if "gold_reward" in result else None
-    reachable = refs.reachable_gap(j)
-    if reachable is not None:
-        out |= {"reachable_gap": reachable.mean, "reachable_gap_se": reachable.se}
-    return out
+    row, _ = score_policy(agent.env, agent, refs, n, derive_seed("final", seed, agent.env.n_steps, agent.env.n_steps))
+    keep = ("gap", "gap_se", "objective", "objective_se", "kl", "reachable_gap", "reachable_gap_se")
+    return {k: row[k] for k in keep if k in row} | {"gold": row.get("gold")}
 
 
 def select(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -171,22 +145,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--env", default="DiffusionSDE-v0")
     parser.add_argument("--agents", default=None, help="comma-separated search labels (default: every search)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--num-envs", type=int, default=None, help="default: BUDGETS[env]")
+    parser.add_argument("--num-envs", type=int, default=None, help="default: the task's tuning budget")
     parser.add_argument("--n-steps", type=int, default=20)
     parser.add_argument("--integrator", default="exponential")
-    parser.add_argument("--reward-queries", type=int, default=None, help="default: BUDGETS[env]")
-    parser.add_argument("--eval-n", type=int, default=None, help="default: BUDGETS[env]")
-    parser.add_argument("--optimum-n", type=int, default=None, help="samples for J* (default: BUDGETS[env])")
-    parser.add_argument("--curve-points", type=int, default=None, help="default: BUDGETS[env]")
-    parser.add_argument("--curve-n", type=int, default=None, help="default: BUDGETS[env]")
-    parser.add_argument("--policy-net", default=None, help="mlp | lora | auto (default: BUDGETS[env])")
+    parser.add_argument("--reward-queries", type=int, default=None, help="default: the task's tuning budget")
+    parser.add_argument("--eval-n", type=int, default=None, help="default: the task's tuning budget")
+    parser.add_argument("--optimum-n", type=int, default=None, help="samples for J* (default: tuning budget)")
+    parser.add_argument("--curve-points", type=int, default=None, help="default: the task's tuning budget")
+    parser.add_argument("--curve-n", type=int, default=None, help="default: the task's tuning budget")
+    parser.add_argument("--policy-net", default=None, help="mlp | lora | auto (default: the task's tuning budget)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "tuning")
     parser.add_argument("--render", action="store_true", help="rewrite the markdown table from the JSON and stop")
     args = parser.parse_args(argv)
-    if args.env not in SEARCHES:
-        parser.error(f"no searches for {args.env}; known: {sorted(SEARCHES)}")
-    for key, value in BUDGETS[args.env].items():
+    task_searches = searches(args.env)
+    if not task_searches:
+        parser.error(f"task {args.env} has no tuning grids (TaskSpec.tuning)")
+    for key, value in budget(args.env).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     path = args.out / f"{args.env}.json"
@@ -194,17 +169,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         record = json.loads(path.read_text())
         write_record(args.out, record["meta"], record["runs"])
         return record["runs"]
-    searches = SEARCHES[args.env]
-    labels = (args.agents or ",".join(searches)).split(",")
-    if unknown := set(labels) - set(searches):
-        parser.error(f"no search for {sorted(unknown)} on {args.env}; known: {sorted(searches)}")
+    labels = (args.agents or ",".join(task_searches)).split(",")
+    if unknown := set(labels) - set(task_searches):
+        parser.error(f"no search for {sorted(unknown)} on {args.env}; known: {sorted(task_searches)}")
 
     env_kwargs = {"n_steps": args.n_steps, "integrator": args.integrator, "device": args.device}
     refs = references(
-        make_env(args.env, min(4096, args.optimum_n), **env_kwargs),
+        make_env(args.env, eval_batch(args.optimum_n, args.device), **env_kwargs),
         n_samples=args.optimum_n,
-        seed=args.seed + 1,
+        seed=derive_seed("optimum", args.n_steps),
         oracle_n=args.eval_n,
+        oracle_seed=derive_seed("oracle", args.n_steps),
     )
     meta = {"env": args.env, "env_kwargs": env_kwargs, "num_envs": args.num_envs, "seed": args.seed}
     meta |= {k: getattr(args, k) for k in ("reward_queries", "eval_n", "optimum_n", "curve_points", "curve_n")}
@@ -217,7 +192,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     runs = []
     for label in labels:
-        search = searches[label]
+        search = task_searches[label]
         for values in itertools.product(*search.grid.values()):
             setting = dict(zip(search.grid, values, strict=True))
             torch.manual_seed(args.seed)
@@ -226,15 +201,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 overrides["policy_net"] = args.policy_net
             env = make_env(args.env, args.num_envs, **env_kwargs)
             agent = build_agent(search.agent, env, overrides)
-            curve_env = make_env(args.env, min(args.curve_n, 4096), **env_kwargs)
-            curve = Curve(curve_env, refs, args.reward_queries, args.curve_points, args.curve_n, args.seed + 11)
+            curve_env = make_env(args.env, eval_batch(args.curve_n, args.device), **env_kwargs)
+            curve = Curve(curve_env, refs, args.reward_queries, args.curve_points, args.curve_n, args.seed)
             curve.evaluate(agent)
             start = time.perf_counter()
             agent.learn(args.reward_queries, callback=curve)
             seconds = time.perf_counter() - start  # curve evaluations included
             run = {"label": label, "agent": search.agent, "fixed": search.fixed, "setting": setting}
             run |= {"seconds": seconds, "reward_queries": agent.reward_queries}
-            run |= score_run(agent, refs, args.eval_n, args.seed + 7)
+            run |= score_run(agent, refs, args.eval_n, args.seed)
             gap_key = "reachable_gap" if refs.reachable is not None else "gap"
             run |= {"curve": curve.points, "queries_to_gap": crossing(curve.points, GAP, "reward_queries", gap_key)}
             runs.append(run)
@@ -261,14 +236,14 @@ def write_record(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
     """``<out>/<env>.json`` (every run) and ``<out>/<env>.md`` (the table, each search's pick, the defaults),
     from the record alone."""
     env = meta["env"]
-    searches = SEARCHES[env]
-    runs = sorted(runs, key=lambda r: list(searches).index(r["label"]) if r["label"] in searches else len(searches))
+    known = searches(env)
+    runs = sorted(runs, key=lambda r: list(known).index(r["label"]) if r["label"] in known else len(known))
     out.mkdir(parents=True, exist_ok=True)
     labels = dict.fromkeys(r["label"] for r in runs)
     picks = {label: select([r for r in runs if r["label"] == label]) for label in labels}
     families: dict[str, list[dict[str, Any]]] = {}
     for label, pick in picks.items():
-        family = searches[label].family if label in searches else None
+        family = known[label].family if label in known else None
         families.setdefault(family or label, []).append(pick)
     winners = {family: select(p) for family, p in families.items() if len(p) > 1}
     record = {"meta": meta, "picks": {k: _describe(v) for k, v in picks.items()}, "runs": runs}
@@ -312,7 +287,7 @@ def write_record(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
             f"| {run['label']} | {setting} | {run['gap']:.3f} ± {run['gap_se']:.3f} | {reach} | "
             f"{run['objective']:.3f} ± {run['objective_se']:.3f} | {run['kl']:.3f} | {queries} | {run['seconds']:.0f} |"
         )
-    fixed = {label: s.fixed for label, s in searches.items() if s.fixed and label in picks}
+    fixed = {label: s.fixed for label, s in known.items() if s.fixed and label in picks}
     if fixed:
         lines += ["", "Settings fixed per search: " + "; ".join(f"{k}: {v}" for k, v in fixed.items()) + "."]
     for family, w in winners.items():

@@ -1,14 +1,19 @@
 """Throughput of the batched env against a hand-written sampling loop of the same model, in one process.
 
-    python -m benchmarks.env_throughput --device cpu --batch 4096 --steps 100
+    python -m benchmarks.env_throughput --device cpu                  # the task's sizes: 4,096 x 100, 65,536 x 20
     python -m benchmarks.env_throughput --task digits --device cpu --batch 256 --steps 20
+    python -m benchmarks.env_throughput --device cuda --compile       # the env step under torch.compile
 
 Both run full Euler-Maruyama episodes of the task's base model from the same seed (``mixture2d``:
-``DiffusionSDE-v0``'s mixture score; ``digits``: the digits UNet with guidance, every class):
-the env with zero actions (validation, clipping, KL, rewards, observations and infos included),
-the raw loop with nothing but the score and the update, its per-step constants precomputed. The
+``DiffusionSDE-v0``'s mixture score; ``digits``: the digits UNet with guidance, every class) and
+end with the same queries: the terminal reward and the gold utility of the final samples. The env
+steps with zero actions (validation, clipping, KL, rewards, observations and infos included); the
+raw loop has nothing but the score, the update with its per-step constants precomputed, and those
+two queries. (Without the queries the raw loop would leave out work any rollout for RL does once per
+episode: at 65,536 x 20 on 2 CPU cores the 2-D task's proxy and gold take ~15% of an episode.) The
 two are timed alternately; the script prints particle-steps/s of each (median over repeats), their
-ratio, and the largest difference between their final samples (0: the same computation).
+ratio, the ratio of sampling alone, and the largest difference between their final samples (0: the
+same computation).
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
-
-TASKS = {"mixture2d": "DiffusionSDE-v0", "digits": "DiffusionSDE-Digits-v0"}
+from diffusion_gym.tasks import TASKS, get_task
 
 
 def _cond(env: DiffusionSDEVectorEnv) -> torch.Tensor | None:
@@ -34,8 +38,9 @@ def _cond(env: DiffusionSDEVectorEnv) -> torch.Tensor | None:
     return torch.arange(env.num_envs, device=env.device) % env.num_conditions
 
 
-def raw_loop(env: DiffusionSDEVectorEnv, seed: int) -> torch.Tensor:
-    """Euler-Maruyama sampling of the env's base model, written out by hand from its schedule.
+def raw_loop(env: DiffusionSDEVectorEnv, seed: int, rewards: bool = True) -> torch.Tensor:
+    """Euler-Maruyama sampling of the env's base model, written out by hand from its schedule, then
+    (``rewards``) the terminal reward and the gold of the final samples.
 
     ``Y <- Y + (beta Y / 2 + beta score) dt + sqrt(beta dt) xi`` with ``beta = beta(T - t_k)``.
     """
@@ -52,6 +57,10 @@ def raw_loop(env: DiffusionSDEVectorEnv, seed: int) -> torch.Tensor:
         for k, bdt in enumerate(beta_dt):
             noise = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
             x = (1 + 0.5 * bdt) * x + bdt * model.score(s_dev[k], x, cond) + bdt**0.5 * noise
+        if rewards:
+            env.reward_model(x, cond)
+            if env.gold_model is not None:
+                env.gold_model(x, cond)
     return x
 
 
@@ -90,39 +99,44 @@ def measure(
     device: str | torch.device = "cpu",
     dtype: str = "float32",
     progress: bool = False,
+    compile: bool = False,
 ) -> dict[str, float | int | str]:
     """Particle-steps/s of the env and of the raw loop (medians over ``repeats`` alternated episodes),
-    their ratio and the largest difference between their final samples."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    their ratio, the ratio of sampling alone (the two reward queries' median time taken off both)
+    and the largest difference between their final samples. ``compile``: the env's score model
+    under ``torch.compile`` (the raw loop stays eager)."""
     import gymnasium as gym
 
-    import diffusion_gym  # noqa: F401  (registers the envs)
-
+    spec = get_task(task)
     device = torch.device(device)
     env = gym.make_vec(
-        TASKS[task],
+        spec.env_id,
         num_envs=batch,
         vectorization_mode="vector_entry_point",
         n_steps=steps,
         integrator="euler_maruyama",
         device=device,
         dtype=dtype,
+        compile=compile,
     ).unwrapped
-    env_loop(env, 0), raw_loop(env, 0)  # warm-up
+    env_loop(env, 0), raw_loop(env, 0)  # warm-up (and the compilation)
+    x_final = env_loop(env, 0)
+    cond = _cond(env)
     syncs = host_syncs(env) if device.type == "cuda" else None
-    env_times, raw_times = [], []
+    env_times, raw_times, query_times = [], [], []
     max_diff = 0.0
     for r in tqdm(range(repeats), desc="episodes (env, raw)", disable=not progress):
         t_env, x_env = _time(lambda r=r: env_loop(env, r), device)
         t_raw, x_raw = _time(lambda r=r: raw_loop(env, r), device)
+        query_times.append(_time(lambda: _queries(env, x_final, cond), device)[0])
         env_times.append(t_env)
         raw_times.append(t_raw)
         max_diff = max(max_diff, (x_env - x_raw).abs().max().item())
     work = batch * steps
-    env_rate, raw_rate = work / statistics.median(env_times), work / statistics.median(raw_times)
+    t_env, t_raw, t_query = (statistics.median(t) for t in (env_times, raw_times, query_times))
+    env_rate, raw_rate = work / t_env, work / t_raw
     return {
-        "env_id": TASKS[task],
+        "env_id": spec.env_id,
         "device": device_name(device),
         "dtype": dtype,
         "batch": batch,
@@ -131,9 +145,20 @@ def measure(
         "env_rate": env_rate,
         "raw_rate": raw_rate,
         "ratio": env_rate / raw_rate,
+        "sampling_ratio": (t_raw - t_query) / (t_env - t_query),
+        "raw_sampling_rate": work / (t_raw - t_query),
+        "query_share": t_query / t_raw,
+        "compile": compile,
         "max_diff": max_diff,
         "host_syncs_per_episode": syncs,
     }
+
+
+@torch.no_grad()
+def _queries(env: DiffusionSDEVectorEnv, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    """The end-of-episode queries both loops make: the terminal reward and the gold."""
+    r = env.reward_model(x, cond)
+    return r if env.gold_model is None else env.gold_model(x, cond)
 
 
 def host_syncs(env: DiffusionSDEVectorEnv) -> int:
@@ -152,25 +177,35 @@ def host_syncs(env: DiffusionSDEVectorEnv) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
+def main(argv: list[str] | None = None) -> list[dict[str, float | int | str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="mixture2d", choices=sorted(TASKS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=None, help="default: each of the task's sizes")
+    parser.add_argument("--steps", type=int, default=None, help="with --batch (default: the task's)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--compile", action="store_true", help="the env's score model under torch.compile")
     args = parser.parse_args(argv)
-    m = measure(args.task, args.batch, args.steps, args.repeats, args.device, args.dtype, progress=True)
-    print(f"{m['env_id']} on {m['device']}, torch {torch.__version__}, {args.dtype}")
-    print(f"batch {args.batch}, steps {args.steps}, median of {args.repeats} episodes each")
-    print(f"batched env : {m['env_rate']:.3e} particle-steps/s")
-    print(f"raw loop    : {m['raw_rate']:.3e} particle-steps/s")
-    print(f"ratio env/raw: {m['ratio']:.3f}")
-    print(f"max |x_env - x_raw| over final samples: {m['max_diff']:.2e}")
-    if m["host_syncs_per_episode"] is not None:
-        print(f"host synchronisations per env episode: {m['host_syncs_per_episode']}")
-    return m
+    sizes = get_task(args.task).throughput
+    if args.batch is not None:
+        steps = args.steps if args.steps is not None else dict(sizes).get(args.batch, sizes[0][1])
+        sizes = ((args.batch, steps),)
+    out = []
+    for batch, steps in sizes:
+        m = measure(args.task, batch, steps, args.repeats, args.device, args.dtype, progress=True, compile=args.compile)
+        compiled = ", env score compiled" if args.compile else ""
+        print(f"{m['env_id']} on {m['device']}, torch {torch.__version__}, {args.dtype}{compiled}")
+        print(f"batch {batch}, steps {steps}, median of {args.repeats} episodes each")
+        print(f"batched env : {m['env_rate']:.3e} particle-steps/s")
+        print(f"raw loop    : {m['raw_rate']:.3e} particle-steps/s")
+        print(f"ratio env/raw: {m['ratio']:.3f}  (sampling alone: {m['sampling_ratio']:.3f}; the reward and gold "
+              f"queries are {100 * m['query_share']:.1f}% of the raw episode)")
+        print(f"max |x_env - x_raw| over final samples: {m['max_diff']:.2e}")
+        if m["host_syncs_per_episode"] is not None:
+            print(f"host synchronisations per env episode: {m['host_syncs_per_episode']}")
+        out.append(m)
+    return out
 
 
 if __name__ == "__main__":

@@ -18,24 +18,24 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from agents.common.agent import Agent
-from agents.train import build_agent, make_env
+from agents.common.build import build_agent, make_env
 from benchmarks.env_throughput import device_name, measure
-from benchmarks.suite import RunSpec, Suite, TaskSpec
+from benchmarks.suite import RunSpec, Suite, SuiteTask
 from diffusion_gym.dynamic_programming import best_policy, solvable
 from diffusion_gym.evaluation import Estimate, Rollouts, crossing, rollout
 from diffusion_gym.optimal_control import MixtureOptimalControl
 from diffusion_gym.optimum import Optimum, References, optimum_from_rewards
+from diffusion_gym.scoring import derive_seed, estimates, eval_batch, gaps, score_policy
+from diffusion_gym.tasks import get_task
 
 SCHEMA_VERSION = 2
 GAP_THRESHOLDS = (0.5, 0.1)
@@ -44,37 +44,9 @@ SAMPLES_PER_CLASS = 8
 POINTS_SAVED = 4096
 
 
-SEED_PURPOSES = {"optimum": 1, "curve": 2, "final": 3, "oracle": 4}
-
-
-def derive_seed(purpose: str, *keys: int) -> int:
-    """A seed for one purpose (the optimum's samples, a curve point, a final score) and its keys
-    (run seed, grid, point), hashed by ``SeedSequence`` so that no two evaluations share noise."""
-    return int(np.random.SeedSequence([SEED_PURPOSES[purpose], *keys]).generate_state(1, np.uint64)[0] >> 1)
-
 
 # ------------------------------------------------------------------------------------------------
-# Image metrics: a feature map and reference features per task that has them.
-
-
-def _digits_features() -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
-    from diffusion_gym.datasets.digits import digits
-    from diffusion_gym.rewards.digits_classifier import load_classifier
-
-    classifier = load_classifier()
-
-    @torch.no_grad()
-    def features(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([classifier.features(b.float().cpu().clamp(-1, 1)) for b in x.split(1024)])
-
-    return features, features(digits("heldout")[0])
-
-
-IMAGE_FEATURES: dict[str, Callable[[], tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]]] = {
-    "DiffusionSDE-Digits-v0": _digits_features,
-}
-"""Env id -> a factory of (feature map, held-out reference features) for the Frechet distance and the
-per-class diversity (classifier features of the held-out digits)."""
+# Image metrics: the task spec's feature map and reference features, where it has them.
 
 
 def image_metrics(
@@ -84,10 +56,10 @@ def image_metrics(
     ``cond`` (image tasks; None for others)."""
     from diffusion_gym.metrics import frechet_distance, per_class_diversity
 
-    if env_id not in IMAGE_FEATURES:
-        return None
     if env_id not in cache:
-        cache[env_id] = IMAGE_FEATURES[env_id]()
+        cache[env_id] = get_task(env_id).features()
+    if cache[env_id] is None:
+        return None
     features, reference = cache[env_id]
     f = features(x)
     labels = cond.cpu() if cond is not None else torch.zeros(len(f), dtype=torch.int64)
@@ -97,39 +69,8 @@ def image_metrics(
 # ------------------------------------------------------------------------------------------------
 
 
-def _eval_env(task: TaskSpec, n_steps: int, n: int, device: torch.device) -> Any:
-    cap = 65_536 if device.type == "cuda" else 4096
-    return make_env(task.env, min(n, cap), **(task.env_kwargs | {"n_steps": n_steps, "device": device}))
-
-
-def _estimates(summary: dict[str, Estimate]) -> dict[str, float]:
-    out = {}
-    for key, est in summary.items():
-        key = {"terminal_reward": "proxy", "gold_reward": "gold"}.get(key, key)
-        out[key], out[f"{key}_se"] = est.mean, est.se
-    return out
-
-
-def gaps(j: Estimate, refs: References) -> dict[str, float]:
-    """The normalized gap of an objective ``j`` against J* and, where the task has one, against the
-    reachable reference, each with its standard error and the policy's own share of it (the
-    references' is shared by every run on the grid)."""
-    pre = refs.optimum.j_pretrained.mean
-    gap = refs.gap(j)
-    out = {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": j.se / (refs.optimum.j_star.mean - pre)}
-    reachable = refs.reachable_gap(j)
-    if reachable is not None and refs.reachable is not None:
-        out |= {"reachable_gap": reachable.mean, "reachable_gap_se": reachable.se}
-        out["reachable_gap_se_policy"] = j.se / (refs.reachable.mean - pre)
-    return out
-
-
-def score(env: Any, policy: Any, n: int, seed: int, refs: References) -> tuple[dict[str, float], Rollouts]:
-    """``n`` episodes of a deterministic policy (an agent, or an action map): every estimate with
-    its error and both gaps (:func:`gaps`); and the rollouts."""
-    r = rollout(env, getattr(policy, "act", policy), n, seed=seed)
-    summary = r.summary()
-    return _estimates(summary) | gaps(summary["objective"], refs), r
+def _eval_env(task: SuiteTask, n_steps: int, n: int, device: torch.device) -> Any:
+    return make_env(task.env, eval_batch(n, device), **(task.env_kwargs | {"n_steps": n_steps, "device": device}))
 
 
 def _saved_samples(r: Rollouts) -> dict[str, torch.Tensor]:
@@ -140,7 +81,7 @@ def _saved_samples(r: Rollouts) -> dict[str, torch.Tensor]:
     return {"x": r.x[idx].float(), "cond": r.cond[idx]}
 
 
-def task_baseline(task: TaskSpec, device: torch.device, out: Path, cache: dict[str, Any]) -> dict[str, Any]:
+def task_baseline(task: SuiteTask, device: torch.device, out: Path, cache: dict[str, Any]) -> dict[str, Any]:
     """The references at every grid the task trains or is scored at (docs/design.md, section 1): J*
     and J(pre) from pretrained samples, J_best by dynamic programming on 2-D tasks (with its error
     estimate and the same recursion's J(pre) as a check), and the continuous-time optimal control
@@ -174,9 +115,9 @@ def task_baseline(task: TaskSpec, device: torch.device, out: Path, cache: dict[s
             r = rollout(env_o, control.policy(env_o), task.oracle_episodes, seed=derive_seed("oracle", n_steps))
             j_oracle = Estimate.of(r.objective)
             optimum[str(n_steps)] |= {"j_oracle": j_oracle.mean, "j_oracle_se": j_oracle.se, "j_oracle_n": j_oracle.n}
-            oracle[str(n_steps)] = _estimates(r.summary()) | gaps(j_oracle, _references(optimum[str(n_steps)]))
+            oracle[str(n_steps)] = estimates(r.summary()) | gaps(j_oracle, _references(optimum[str(n_steps)]))
         if n_steps in task.n_train:
-            row = _estimates(pre.summary())
+            row = estimates(pre.summary())
             # From as many samples as an agent's (the Frechet distance is biased at small sample counts).
             m = task.eval_n
             row["image"] = image_metrics(task.env, pre.x[:m], None if pre.cond is None else pre.cond[:m], cache)
@@ -265,7 +206,7 @@ class LearningCurve:
         if self.device.type == "cuda":  # the peak of training alone: evaluation batches are larger
             self.train_peak = max(self.train_peak, torch.cuda.max_memory_allocated(self.device))
         seed = derive_seed("curve", self.run_seed, self.n_train, len(self.curve))
-        row, _ = score(self.env, agent, self.n, seed, self.refs)
+        row, _ = score_policy(self.env, agent, self.refs, self.n, seed)
         point = {"reward_queries": agent.reward_queries, "seconds": seconds} | row
         self.curve.append(point)
         for key in ("objective", "proxy", "gold", "kl", "gap", "reachable_gap"):
@@ -324,7 +265,8 @@ def run_one(
     for n_steps in task.eval_steps:
         env_n = _eval_env(task, n_steps, task.eval_n, device)
         seed = derive_seed("final", spec.seed, spec.n_train, n_steps)
-        final[str(n_steps)], r = score(env_n, agent, task.eval_n, seed, _references(baseline["optimum"][str(n_steps)]))
+        refs = _references(baseline["optimum"][str(n_steps)])
+        final[str(n_steps)], r = score_policy(env_n, agent, refs, task.eval_n, seed)
         if n_steps == spec.n_train:
             image = image_metrics(task.env, r.x, r.cond, cache)
             path = out / "samples" / f"{spec.run_id.replace('/', '__')}.pt"

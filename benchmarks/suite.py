@@ -56,7 +56,7 @@ OPTIONAL_TASK_FIELDS = {"env_kwargs", "policy_net", "agent_settings", "oracle_n"
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class SuiteTask:
     """One task of a suite (see the module docstring for the fields)."""
 
     key: str
@@ -85,7 +85,7 @@ class TaskSpec:
 class RunSpec:
     """One run: an agent (its label and zoo name, with its config overrides) on a task at N_train with a seed."""
 
-    task: TaskSpec
+    task: SuiteTask
     label: str
     agent: str
     overrides: dict[str, Any]
@@ -108,7 +108,7 @@ class Suite:
     description: str
     seeds: list[int]
     agents: dict[str, tuple[str, dict[str, Any]]]
-    tasks: dict[str, TaskSpec]
+    tasks: dict[str, SuiteTask]
     throughput: dict[str, Any] | None = None
 
     def runs(self) -> list[RunSpec]:
@@ -202,7 +202,7 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
             )
         if table["optimum_n"] < table["eval_n"]:
             raise ValueError(f"{path}: task {key!r}: optimum_n must be >= eval_n (the pretrained image metrics)")
-        tasks[key] = TaskSpec(key=key, **(table | {"agent_settings": overrides}))
+        tasks[key] = SuiteTask(key=key, **(table | {"agent_settings": overrides}))
     if not tasks or not agents:
         raise ValueError(f"{path}: a suite needs at least one task and one agent")
     n_seeds = int(raw.get("seeds", 1) if seeds is None else seeds)

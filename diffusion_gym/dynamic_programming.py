@@ -36,6 +36,7 @@ import torch
 from scipy import fft, ndimage
 from torch import Tensor, nn
 
+from diffusion_gym import kernel
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.sde import Discretization
 
@@ -183,7 +184,6 @@ class GridDP:
             )
         self.env, self.n, self.resolution = env, int(n_grid), float(resolution)
         self.disc: Discretization = env.discretization.to("cpu", torch.float64)
-        self.action_scales = env.action_scales.to("cpu", torch.float64)
         score_model = _float64_copy(env.score_model)
         n_states = self.disc.n_steps + 1
         if half_width is None:
@@ -200,8 +200,7 @@ class GridDP:
             # The pretrained means m_k(y) of step k's grid points, in step k + 1's grid-index coordinates.
             self.coords = []
             for k in range(self.disc.n_steps):
-                a, c = float(self.disc.drift_scale[k]), float(self.disc.score_scale[k])
-                mean = a * points[k] + c * score_model.score(self.disc.s[k], points[k])
+                mean = kernel.step_mean(self.disc, k, points[k], score_model.score(self.disc.s[k], points[k]))
                 self.coords.append((mean.numpy().T - self.axes[k + 1][0]) / self.spacings[k + 1])
 
     def solve(self, control: bool = True, keep_shifts: bool = False) -> GridSolution:
@@ -213,7 +212,7 @@ class GridDP:
             var, h = float(self.disc.noise_std[k]) ** 2, float(self.spacings[k + 1])
             smoothed = gaussian_smoothing(v_next, var, h)
             if control:
-                bound = float(self.disc.score_scale[k] * self.action_scales[k])
+                bound = float(self.disc.score_scale[k] * self.disc.action_scale[k])
                 first, u1 = sup_convolution_1d(smoothed, 0, var / kl, bound, h, self.resolution)
                 smoothed, u2 = sup_convolution_1d(first, 1, var / kl, bound, h, self.resolution)
                 if shifts is not None:
@@ -284,7 +283,7 @@ class BestPolicyField:
         extent = self.centre_extents[k + 1]
         u2 = self._sample(self.shifts[k, 1], z, extent)
         u1 = self._sample(self.shifts[k, 0], torch.stack([z[:, 0], z[:, 1] + u2], 1), extent)
-        c = self.env.step_coefficients(k)
+        c = self.env.discretization.constants[k]
         return (torch.stack([u1, u2], 1) / (c.score_scale * c.action_scale)).clamp(-1, 1)
 
 
@@ -296,8 +295,8 @@ def chain_extents(score_model: nn.Module, disc: Discretization, n: int = 8192, f
     y = torch.randn(n, 2, generator=gen, dtype=torch.float64)
     spread = [float(torch.quantile(y.abs().amax(1), 0.9999))]
     for k in range(disc.n_steps):
-        y = disc.drift_scale[k] * y + disc.score_scale[k] * score_model.score(disc.s[k], y)
-        y = y + disc.noise_std[k] * torch.randn(y.shape, generator=gen, dtype=torch.float64)
+        noise = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+        y = kernel.step_sample(disc, k, kernel.step_mean(disc, k, y, score_model.score(disc.s[k], y)), noise)
         spread.append(float(torch.quantile(y.abs().amax(1), 0.9999)))
     return np.maximum(floor, 1.25 * np.array(spread))
 

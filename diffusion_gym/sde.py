@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 Integrator = Literal["euler_maruyama", "ddpm", "exponential"]
+ActionScale = float | Callable[[Tensor], Tensor]
+"""``delta = action_scale(t) * action``: a constant, or a function of the environment-time tensor."""
 INTEGRATORS: tuple[str, ...] = ("euler_maruyama", "ddpm", "exponential")
 
 
@@ -227,9 +229,23 @@ def time_grid(
     return torch.linspace(0.0, T - eps, int(n_steps) + 1, dtype=torch.float64)
 
 
+class StepConstants(NamedTuple):
+    """Step k's coefficients as Python floats (from the float64 computation): what the env's step
+    multiplies by, with no tensor read."""
+
+    t: float
+    dt: float
+    drift_scale: float
+    score_scale: float
+    noise_std: float
+    kl_weight: float
+    action_scale: float
+
+
 @dataclass(frozen=True)
 class Discretization:
-    """Per-step coefficients of a reverse-time integrator on a fixed grid (length N unless noted).
+    """Per-step coefficients of a reverse-time integrator on a fixed grid (length N unless noted),
+    with the action scale on the grid: everything :mod:`diffusion_gym.kernel` steps with.
 
     Attributes:
         t: environment times ``t_0..t_N`` (length N + 1).
@@ -239,6 +255,8 @@ class Discretization:
         score_scale: ``b_k = c_k``, the coefficient of the score (and of the action delta).
         noise_std: ``sqrt(v_k)``.
         kl_weight: ``c_k^2 / (2 v_k)``; the step's KL is ``kl_weight_k * ||delta_k||^2``.
+        action_scale: ``delta_k = action_scale_k * action_k``.
+        constants: the same per step as Python floats from float64, whatever the tensors' dtype.
     """
 
     t: Tensor
@@ -248,16 +266,34 @@ class Discretization:
     score_scale: Tensor
     noise_std: Tensor
     kl_weight: Tensor
+    action_scale: Tensor
+    constants: tuple[StepConstants, ...]
 
     @property
     def n_steps(self) -> int:
         return self.dt.shape[0]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Discretization:
-        return Discretization(**{f.name: getattr(self, f.name).to(device=device, dtype=dtype) for f in fields(self)})
+        """The tensors on ``device`` in ``dtype``; the float constants stay those of float64."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        moved |= {k: v.to(device=device, dtype=dtype) for k, v in moved.items() if isinstance(v, Tensor)}
+        return Discretization(**moved)
 
 
-def discretize(schedule: VPSchedule, grid: Tensor, integrator: Integrator = "euler_maruyama") -> Discretization:
+def action_scales(action_scale: ActionScale, t: Tensor) -> Tensor:
+    """``action_scale`` at the environment times ``t`` (float64); raises unless positive and finite."""
+    if callable(action_scale):
+        scale = torch.as_tensor(action_scale(t.clone()), dtype=torch.float64).expand(t.shape).clone()
+    else:
+        scale = torch.full_like(t, float(action_scale), dtype=torch.float64)
+    if not (torch.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError("action_scale must be positive and finite at every grid time")
+    return scale
+
+
+def discretize(
+    schedule: VPSchedule, grid: Tensor, integrator: Integrator = "euler_maruyama", action_scale: ActionScale = 1.0
+) -> Discretization:
     """Per-step Gaussian transition coefficients of the reverse SDE on ``grid`` (float64).
 
     Euler-Maruyama evaluates beta at the step's start: ``a = 1 + beta dt / 2``, ``c = v = beta dt``;
@@ -274,7 +310,8 @@ def discretize(schedule: VPSchedule, grid: Tensor, integrator: Integrator = "eul
     Args:
         schedule: the VP schedule of the base model.
         grid: environment times from :func:`time_grid`.
-        integrator: "euler_maruyama" or "ddpm".
+        integrator: "euler_maruyama", "ddpm" or "exponential".
+        action_scale: ``delta = action_scale(t) * action`` (a float, or a function of the time tensor).
     """
     g = grid.to(torch.float64)
     s = schedule.T - g[:-1]
@@ -310,25 +347,22 @@ def discretize(schedule: VPSchedule, grid: Tensor, integrator: Integrator = "eul
         var = torch.expm1(-2.0 * log_a)
     else:
         raise ValueError(f"unknown integrator {integrator!r}; expected one of {INTEGRATORS}")
+    noise_std, kl_weight, scale = torch.sqrt(var), score_scale**2 / (2.0 * var), action_scales(action_scale, g[:-1])
+    columns = (g[:-1], dt, drift_scale, score_scale, noise_std, kl_weight, scale)
+    constants = tuple(StepConstants(*row) for row in zip(*(c.tolist() for c in columns), strict=True))
     return Discretization(
         t=g,
         s=s,
         dt=dt,
         drift_scale=drift_scale,
         score_scale=score_scale,
-        noise_std=torch.sqrt(var),
-        kl_weight=score_scale**2 / (2.0 * var),
+        noise_std=noise_std,
+        kl_weight=kl_weight,
+        action_scale=scale,
+        constants=constants,
     )
 
 
 def girsanov_kl_rate(schedule: VPSchedule, t: Tensor) -> Tensor:
     """``beta(T - t) / 2``: the continuous-time KL rate per unit ``||delta||^2`` (Girsanov)."""
     return 0.5 * schedule.beta(schedule.T - t)
-
-
-def transition_log_prob(y_next: Tensor, mean: Tensor, noise_std: Tensor | float) -> Tensor:
-    """``log N(y_next; mean, noise_std^2 I)``, summed over all but the batch dimension."""
-    z = (y_next - mean) / noise_std
-    d = z[0].numel()
-    log_std = torch.log(torch.as_tensor(noise_std, dtype=z.dtype, device=z.device))
-    return -0.5 * z.flatten(1).pow(2).sum(1) - d * (log_std + 0.5 * math.log(2 * math.pi))

@@ -18,10 +18,10 @@ def _deterministic_torch():
 def sample_digits(model_path=None, per_class: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-action episodes of the digits base model with the env's defaults (N=50, DDPM, guidance 2),
     ``per_class`` samples of each class in turn; returns images clamped to [-1, 1] and classes."""
-    from diffusion_gym.base_models.digits import digits_score_model
     from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
     from diffusion_gym.evaluation import rollout
-    from diffusion_gym.rewards.digits import gold_utility
+    from diffusion_gym.tasks.digits.rewards import gold_utility
+    from diffusion_gym.tasks.digits.unet import digits_score_model
 
     n = 10 * per_class
     env = DiffusionSDEVectorEnv(

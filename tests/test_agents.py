@@ -12,7 +12,7 @@ from agents.common.agent import Agent, AgentConfig
 from agents.common.trajectories import collect, policy_deltas, transition_log_probs
 from agents.ct_q_learning import CTQLearning
 from agents.train import main as train_main
-from diffusion_gym.envs.mixture2d import make_vector_env
+from diffusion_gym.tasks.mixture2d.env import make_vector_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
 
@@ -167,7 +167,7 @@ def test_an_external_agent_registers_with_one_function():
 
 
 def test_conditional_tasks_train(tmp_path):
-    from diffusion_gym.envs.digits import make_vector_env as make_digits
+    from diffusion_gym.tasks.digits.env import make_vector_env as make_digits
 
     agent_cls, config_cls = AGENTS["ct_ppo"]
     env = make_digits(8, n_steps=3, utility="thickness")
@@ -188,7 +188,7 @@ def test_cli_trains_resumes_and_scores(tmp_path, capsys):
 
 
 def lora_agent(base_shift: float = 0.0, **config):
-    from diffusion_gym.envs.digits import make_vector_env as make_digits
+    from diffusion_gym.tasks.digits.env import make_vector_env as make_digits
 
     env = make_digits(8, n_steps=3, utility="thickness", integrator="exponential", dtype="float64")
     with torch.no_grad():
@@ -247,16 +247,16 @@ def test_lora_needs_a_unet_base():
 def test_tune_records_every_run_of_the_grid(tmp_path):
     import json
 
-    from agents.tune import SEARCHES
     from agents.tune import main as tune_main
+    from agents.tune import searches
 
     args = ["--env", "DiffusionSDE-v0", "--agents", "ddpo,ct_ppo_reward", "--num-envs", "64", "--n-steps", "4"]
     args += ["--reward-queries", "256", "--eval-n", "256", "--optimum-n", "512", "--curve-points", "2"]
-    args += ["--curve-n", "128", "--out", str(tmp_path)]
+    args += ["--curve-n", "128", "--device", "cpu", "--out", str(tmp_path)]
     runs = tune_main(args)
     record = json.loads((tmp_path / "DiffusionSDE-v0.json").read_text())
     assert len(runs) == len(record["runs"]) == 8
-    grid = SEARCHES["DiffusionSDE-v0"]["ddpo"].grid
+    grid = searches("DiffusionSDE-v0")["ddpo"].grid
     assert sorted((r["setting"]["lr"], r["setting"]["clip"]) for r in record["runs"] if r["label"] == "ddpo") == sorted(
         (lr, clip) for lr in grid["lr"] for clip in grid["clip"]
     )

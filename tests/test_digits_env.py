@@ -11,10 +11,10 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import diffusion_gym  # noqa: F401
-from diffusion_gym.datasets.digits import digits
-from diffusion_gym.envs.digits import make_vector_env
 from diffusion_gym.metrics import class_accuracy, frechet_distance
-from diffusion_gym.rewards.digits_classifier import load_classifier
+from diffusion_gym.tasks.digits.classifier import load_classifier
+from diffusion_gym.tasks.digits.data import digits
+from diffusion_gym.tasks.digits.env import make_vector_env
 
 from .conftest import sample_digits
 

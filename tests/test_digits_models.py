@@ -6,15 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_gym.base_models.digits import load_digits_unet
-from diffusion_gym.base_models.train_digits import main as train_unet
-from diffusion_gym.datasets.digits import digits
 from diffusion_gym.metrics import class_accuracy
 from diffusion_gym.rewards.bradley_terry import pairwise_agreement
-from diffusion_gym.rewards.digits import UTILITIES, comparison_pairs, gold_utility, load_proxy, on_manifold_fit
-from diffusion_gym.rewards.digits_classifier import load_classifier
-from diffusion_gym.rewards.train_digits_classifier import main as train_classifier
-from diffusion_gym.rewards.train_digits_proxies import main as train_proxies
+from diffusion_gym.tasks.digits.classifier import load_classifier
+from diffusion_gym.tasks.digits.data import digits
+from diffusion_gym.tasks.digits.rewards import UTILITIES, comparison_pairs, gold_utility, load_proxy, on_manifold_fit
+from diffusion_gym.tasks.digits.train_classifier import main as train_classifier
+from diffusion_gym.tasks.digits.train_proxies import main as train_proxies
+from diffusion_gym.tasks.digits.train_unet import main as train_unet
+from diffusion_gym.tasks.digits.unet import load_digits_unet
 
 
 def test_classifier_heldout_accuracy():

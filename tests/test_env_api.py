@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import diffusion_gym  # noqa: F401
-from diffusion_gym.envs.mixture2d import make_env, make_vector_env
+from diffusion_gym.tasks.mixture2d.env import make_env, make_vector_env
 
 # Short episodes keep these tests fast; the coarse-grid warning of Euler-Maruyama is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
@@ -158,9 +158,9 @@ def test_large_finite_float64_actions_are_clipped_not_rejected():
 
 def test_env_never_moves_the_callers_models():
     """Two envs of different precision on one model: each keeps its own, the caller's is untouched."""
-    from diffusion_gym.base_models import mixture_2d
     from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
-    from diffusion_gym.rewards.mixture2d import load_proxy
+    from diffusion_gym.tasks.mixture2d.model import mixture_2d
+    from diffusion_gym.tasks.mixture2d.rewards import load_proxy
 
     model, proxy = mixture_2d(), load_proxy()
     env32 = DiffusionSDEVectorEnv(4, model, proxy, n_steps=3)
@@ -282,9 +282,9 @@ def test_custom_grid_and_time_dependent_action_scale():
     grid = [0.0, 0.5, 0.8, 0.9, 0.99]
     env = make_vector_env(2, grid=grid, action_scale=lambda t: 1.0 + t, dtype="float64")
     assert env.n_steps == 4
-    torch.testing.assert_close(env.action_scales, torch.tensor([1.0, 1.5, 1.8, 1.9], dtype=torch.float64))
+    torch.testing.assert_close(env.discretization.action_scale, torch.tensor([1.0, 1.5, 1.8, 1.9], dtype=torch.float64))
     env.reset(seed=0)
     _, _, _, _, info = env.step(torch.ones(2, 2, dtype=torch.float64))
-    expected = env.step_coefficients(0).kl_weight * 2 * 1.0**2
+    expected = env.discretization.constants[0].kl_weight * 2 * 1.0**2
     torch.testing.assert_close(info["kl"], torch.full((2,), expected, dtype=torch.float64))
     assert info["dt"][0].item() == pytest.approx(0.5)

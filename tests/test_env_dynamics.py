@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from diffusion_gym.base_models import GaussianMixtureScore, mixture_2d
-from diffusion_gym.envs.mixture2d import make_vector_env
+from diffusion_gym import kernel
+from diffusion_gym.base_models import GaussianMixtureScore
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.evaluation import rollout
-from diffusion_gym.rewards.mixture2d import load_proxy
-from diffusion_gym.sde import transition_log_prob
+from diffusion_gym.tasks.mixture2d.env import make_vector_env
+from diffusion_gym.tasks.mixture2d.model import mixture_2d
+from diffusion_gym.tasks.mixture2d.rewards import load_proxy
 
 from .two_sample import energy_distance_test
 
@@ -62,7 +63,7 @@ def test_summed_running_reward_is_minus_kl_coef_times_the_exact_path_kl(integrat
         running += reward
     running -= info["terminal_reward"]
     d = env.discretization
-    delta = env.action_scales[:, None] * action[0]
+    delta = d.action_scale[:, None] * action[0]
     path_kl = kl_divergence(
         Normal(d.score_scale[:, None] * delta, d.noise_std[:, None]), Normal(0.0, d.noise_std[:, None])
     )
@@ -96,11 +97,10 @@ def test_path_log_likelihood_ratio_has_mean_equal_to_the_kl():
     log_ratio = torch.zeros(8192, dtype=torch.float64)
     for k in range(env.n_steps):
         x, action = obs["x"], policy(obs["x"])
-        delta = env.action_to_delta(k, action)
+        delta = kernel.step_delta(env.discretization, k, action)
         obs, _, _, _, info = env.step(action)
-        std = env.step_coefficients(k).noise_std
-        log_ratio += transition_log_prob(obs["x"], env.transition_mean(k, x, delta), std)
-        log_ratio -= transition_log_prob(obs["x"], env.pretrained_mean(k, x), std)
+        log_ratio += kernel.step_log_prob(env.discretization, k, obs["x"], env.transition_mean(k, x, delta))
+        log_ratio -= kernel.step_log_prob(env.discretization, k, obs["x"], env.pretrained_mean(k, x))
     kl = info["kl_total"]
     diff = log_ratio - kl  # a martingale: mean zero
     assert abs(diff.mean().item()) < 4 * diff.std().item() / math.sqrt(8192)
@@ -123,7 +123,7 @@ def test_discrete_kl_converges_to_the_girsanov_integral(integrator):
         for _ in range(n):
             _, _, _, _, info = env.step(action)
         sched = env.schedule
-        delta2 = (env.action_scales[0] * action).square().sum()
+        delta2 = (env.discretization.action_scale[0] * action).square().sum()
         girsanov = 0.5 * delta2 * (sched.integral_beta(torch.tensor(1.0)) - sched.integral_beta(torch.tensor(1e-3)))
         errors.append(abs(info["kl_total"].item() / girsanov.item() - 1))
     assert errors[0] > errors[1] > errors[2] and errors[2] < {"euler_maruyama": 2e-3, "ddpm": 1e-2}[integrator]
@@ -183,7 +183,7 @@ def test_recorded_transitions_are_the_step_math_and_change_nothing():
         torch.testing.assert_close(x, a[k][0], rtol=1e-12, atol=1e-12)  # same noise; sums in another order
         assert "delta" not in (a[k][1] or {})
         torch.testing.assert_close(info["pretrained_mean"], recorded.pretrained_mean(k - 1, x_prev), rtol=0, atol=0)
-        c = recorded.step_coefficients(k - 1)
+        c = recorded.discretization.constants[k - 1]
         torch.testing.assert_close(info["delta"], (1 + recorded.grid[k - 1].item()) * field({"x": x_prev}))
         torch.testing.assert_close(
             recorded.transition_mean(k - 1, x_prev, info["delta"]),
@@ -191,7 +191,7 @@ def test_recorded_transitions_are_the_step_math_and_change_nothing():
         )
     t = torch.tensor([0.0, 0.25, 0.9], dtype=torch.float64)
     torch.testing.assert_close(recorded.action_scale_at(t), 1 + t)
-    torch.testing.assert_close(recorded.action_scale_at(recorded.grid[:-1]), recorded.action_scales)
+    torch.testing.assert_close(recorded.action_scale_at(recorded.grid[:-1]), recorded.discretization.action_scale)
     state = recorded.rng_state()
     first, again = run(recorded, state), run(recorded, state)
     assert all(torch.equal(u[0], v[0]) for u, v in zip(first, again, strict=True))

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from diffusion_gym.base_models import GaussianMixtureScore, ScoreModel, mixture_2d
+from diffusion_gym.base_models import GaussianMixtureScore, ScoreModel
 from diffusion_gym.sde import CosineVPSchedule
+from diffusion_gym.tasks.mixture2d.model import mixture_2d
 
 
 @pytest.fixture

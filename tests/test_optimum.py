@@ -5,8 +5,6 @@ import math
 import pytest
 import torch
 
-from diffusion_gym.base_models import mixture_2d
-from diffusion_gym.envs.mixture2d import make_vector_env
 from diffusion_gym.evaluation import Estimate, rollout
 from diffusion_gym.optimum import (
     normalized_gap,
@@ -15,6 +13,8 @@ from diffusion_gym.optimum import (
     optimum_from_rewards,
     soft_value,
 )
+from diffusion_gym.tasks.mixture2d.env import make_vector_env
+from diffusion_gym.tasks.mixture2d.model import mixture_2d
 
 # Short episodes keep these tests fast; the coarse-grid warning of Euler-Maruyama is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")

@@ -10,11 +10,11 @@ import torch
 from agents import AGENTS
 from diffusion_gym.base_models import GaussianMixtureScore
 from diffusion_gym.dynamic_programming import best_policy, gaussian_smoothing, sup_convolution_1d
-from diffusion_gym.envs.mixture2d import make_vector_env
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.evaluation import rollout
 from diffusion_gym.optimal_control import MixtureOptimalControl
 from diffusion_gym.optimum import optimal_objective, references
+from diffusion_gym.tasks.mixture2d.env import make_vector_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
 
@@ -187,7 +187,7 @@ def test_j_best_nears_j_star_on_a_fine_grid():
 
 
 def test_the_dp_refuses_what_it_cannot_solve():
-    from diffusion_gym.envs.digits import make_vector_env as make_digits
+    from diffusion_gym.tasks.digits.env import make_vector_env as make_digits
 
     with pytest.raises(ValueError, match="2-D unconditional"):
         best_policy(make_digits(4, n_steps=3, utility="thickness"))
@@ -261,7 +261,7 @@ def test_the_oracle_agent_is_the_optimal_control_and_learns_nothing(tmp_path):
     torch.testing.assert_close(agent.act(obs), control.policy(env)(obs))
     agent.save(tmp_path / "oracle.pt")
     oracle_cls(env, config_cls(progress=False)).load(tmp_path / "oracle.pt")
-    from diffusion_gym.envs.digits import make_vector_env as make_digits
+    from diffusion_gym.tasks.digits.env import make_vector_env as make_digits
 
     with pytest.raises(TypeError, match="Gaussian-mixture"):
         oracle_cls(make_digits(4, n_steps=3, utility="thickness"), config_cls(progress=False))

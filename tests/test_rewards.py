@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from diffusion_gym.base_models import mixture_2d
 from diffusion_gym.rewards import BradleyTerryReward, RewardModel, fit_bradley_terry, label_pairs, pairwise_agreement
 from diffusion_gym.rewards.bradley_terry import mlp
-from diffusion_gym.rewards.mixture2d import gold_utility, load_proxy
-from diffusion_gym.rewards.train_mixture2d import main as train_main
+from diffusion_gym.tasks.mixture2d.model import mixture_2d
+from diffusion_gym.tasks.mixture2d.rewards import gold_utility, load_proxy
+from diffusion_gym.tasks.mixture2d.train_proxy import main as train_main
 
 
 class Linear(torch.nn.Module):
@@ -84,10 +84,9 @@ def test_shipped_proxy_tracks_gold():
 
 
 def proxy_dir():
-    from importlib import resources
-    from pathlib import Path
+    from diffusion_gym.tasks.mixture2d import WEIGHTS_DIR
 
-    return Path(str(resources.files("diffusion_gym.rewards") / "weights"))
+    return WEIGHTS_DIR
 
 
 def test_training_script_writes_a_loadable_proxy(tmp_path):

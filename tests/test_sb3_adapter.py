@@ -8,7 +8,7 @@ from stable_baselines3 import PPO
 
 import diffusion_gym  # noqa: F401
 from diffusion_gym.envs import SB3VecEnv
-from diffusion_gym.envs.mixture2d import make_vector_env
+from diffusion_gym.tasks.mixture2d.env import make_vector_env
 
 # Short episodes keep these tests fast; the coarse-grid warning of Euler-Maruyama is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
@@ -56,7 +56,7 @@ def test_sb3_ppo_runs_on_both_paths(path, tmp_path):
 
 
 def test_adapter_passes_reset_options_once():
-    from diffusion_gym.envs.digits import make_vector_env as make_digits
+    from diffusion_gym.tasks.digits.env import make_vector_env as make_digits
 
     venv = SB3VecEnv(make_digits(4, n_steps=1, utility="thickness"))
     venv.set_options({"cond": 3})

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from agents.sb3 import SB3Agent, SB3Config, make_sb3_model
-from diffusion_gym.envs.mixture2d import make_vector_env
+from diffusion_gym.tasks.mixture2d.env import make_vector_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_gym.rewards.jpeg import JpegSize
-from diffusion_gym.rewards.scorers import (
+from diffusion_gym.tasks.stable_diffusion.scorers import (
     AestheticMLP,
     AestheticScorer,
     ImageRewardScorer,

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
+from benchmarks.demo import main as demo_main
 from benchmarks.env_throughput import main as throughput_main
-from diffusion_gym.demo import main as demo_main
 
 # Short episodes keep these tests fast; the coarse-grid warning of Euler-Maruyama is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
@@ -21,6 +21,7 @@ def test_demo_writes_the_plot_and_reports_the_optimum(tmp_path, capsys):
 
 
 def test_throughput_benchmark_runs_the_same_computation():
-    result = throughput_main(["--batch", "256", "--steps", "10", "--repeats", "2"])
+    [result] = throughput_main(["--batch", "256", "--steps", "10", "--repeats", "2"])
     assert result["env_rate"] > 0 and result["raw_rate"] > 0
     assert result["max_diff"] < 1e-4  # the same sampler, up to float rounding
+    assert 0 < result["query_share"] < 1 and result["sampling_ratio"] > 0

@@ -18,7 +18,6 @@ from diffusion_gym.sde import (
     girsanov_kl_rate,
     schedule_from_config,
     time_grid,
-    transition_log_prob,
 )
 
 SCHEDULES = [LinearVPSchedule(), CosineVPSchedule(), LinearVPSchedule(0.05, 12.0, T=2.0)]
@@ -191,14 +190,6 @@ def test_girsanov_rate():
     sched = LinearVPSchedule()
     t = torch.tensor([0.0, 0.5], dtype=torch.float64)
     torch.testing.assert_close(girsanov_kl_rate(sched, t), torch.tensor([10.0, 0.5 * 10.05], dtype=torch.float64))
-
-
-def test_transition_log_prob_matches_torch_distributions():
-    gen = torch.Generator().manual_seed(0)
-    mean = torch.randn(5, 3, 4, generator=gen, dtype=torch.float64)
-    y = torch.randn(5, 3, 4, generator=gen, dtype=torch.float64)
-    expected = Normal(mean, 0.37).log_prob(y).flatten(1).sum(1)
-    torch.testing.assert_close(transition_log_prob(y, mean, 0.37), expected, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")

@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import diffusion_gym  # noqa: F401
-from diffusion_gym.envs.stable_diffusion import make_vector_env
+from diffusion_gym.tasks.stable_diffusion.env import make_vector_env
 
 from .tiny_models import build_tiny_stable_diffusion
 
@@ -61,7 +61,7 @@ def test_single_env_with_text_prompts_and_gold(sd_dir):
 
 
 def test_prompts_are_encoded_by_the_directorys_text_encoder(sd_dir):
-    from diffusion_gym.base_models.stable_diffusion import encode_prompts
+    from diffusion_gym.tasks.stable_diffusion.model import encode_prompts
 
     embeds, null = encode_prompts(sd_dir, ["a cat", "a dog"])
     assert embeds.shape == (2, 16, 32) and null.shape == (16, 32)
@@ -102,7 +102,7 @@ def test_missing_model_is_a_clear_error(kwargs, error, message):
 def test_unconditional_embedding_comes_from_the_text_encoder_or_must_be_given(sd_dir, tmp_path):
     """With embeddings only, guidance uses the directory's empty-prompt embedding; a directory with no
     text encoder needs negative_prompt_embeds (or no guidance) instead of silently guiding from zeros."""
-    from diffusion_gym.base_models.stable_diffusion import encode_prompts
+    from diffusion_gym.tasks.stable_diffusion.model import encode_prompts
 
     env = make_vector_env(1, model_path=str(sd_dir), prompt_embeds=embeddings(), n_steps=2)
     null = env.score_model.conditioning.null_embeds
@@ -143,3 +143,19 @@ def test_bad_prompt_arguments(sd_dir):
         make_vector_env(1, model_path=str(sd_dir), prompts=["a", "b", "c"], prompt_embeds=embeddings())
     with pytest.raises(ValueError, match="unknown image reward"):
         make_vector_env(1, model_path=str(sd_dir), prompt_embeds=embeddings(), reward="beauty")
+
+
+def test_prompt_is_diffusers_spelling_of_prompts(sd_dir):
+    """``prompt=`` takes one string or a list, as diffusers pipelines do."""
+    env = gym.make("DiffusionSDE-SD-v0", model_path=str(sd_dir), prompt="a cat", n_steps=2)
+    obs, _ = env.reset(seed=0)
+    assert env.unwrapped.batched.num_conditions == 1 and obs["cond"] == 0
+    obs, reward, *_ = env.step(np.zeros(256, np.float32))
+    assert "cond" in obs and np.isfinite(reward)
+    env = make_vector_env(1, model_path=str(sd_dir), prompt=["a", "b"], n_steps=2)
+    assert env.num_conditions == 2 and env.single_observation_space["cond"].n == 2
+
+
+def test_prompt_and_prompts_together_are_an_error(sd_dir):
+    with pytest.raises(ValueError, match="prompt .*or prompts, not both"):
+        gym.make("DiffusionSDE-SD-v0", model_path=str(sd_dir), prompt="a cat", prompts=["a dog"])

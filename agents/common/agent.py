@@ -26,6 +26,8 @@ from agents.common.trajectories import Trajectories, collect
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.evaluation import Estimate, rollout
 
+Stats = dict[str, Tensor | float]
+"""An iteration's scalars: device tensors (0-d) or floats, turned into floats once per iteration."""
 Callback = Callable[["Agent", dict[str, float]], bool | None]
 """Called after every iteration with the agent and its logged scalars; returning False stops learning."""
 
@@ -44,6 +46,8 @@ class AgentConfig:
             ``"lora"`` (the base UNet with LoRA adapters; UNet bases only) or ``"auto"`` (LoRA on a
             UNet base, else the MLP).
         lora_rank: the rank of the LoRA adapters.
+        compile: run the policy network and the trajectories' transition densities through
+            ``torch.compile`` (the first iterations pay the compilation).
         logdir: TensorBoard directory (None: no logging).
         progress: show a tqdm bar.
     """
@@ -55,6 +59,7 @@ class AgentConfig:
     anneal_lr: bool = True
     policy_net: str = "auto"
     lora_rank: int = 4
+    compile: bool = False
     logdir: str | None = None
     progress: bool = True
 
@@ -115,8 +120,9 @@ class Agent:
     # ---------------------------------------------------------------------------------------------
     # Learning.
 
-    def update(self, traj: Trajectories) -> dict[str, float]:
-        """Learn from one batch of fresh trajectories; return scalars to log."""
+    def update(self, traj: Trajectories) -> Stats:
+        """Learn from one batch of fresh trajectories; return scalars to log (0-d device tensors are
+        fine: they are read once per iteration, in one synchronisation)."""
         raise NotImplementedError
 
     def before_training(self) -> None:
@@ -162,10 +168,9 @@ class Agent:
                 for group in groups:
                     group["lr"] = group["initial_lr"] * factor
             traj = collect(self.env, self.behaviour_action)
-            stats = self.update(traj)
+            stats = to_floats(self.update(traj) | self._episode_stats(traj))
             self.iteration += 1
             self.reward_queries += traj.batch
-            stats |= self._episode_stats(traj)
             self._log(stats)
             bar.update(traj.batch)
             bar.set_postfix(objective=f"{stats['objective']:.3f}", kl=f"{stats['kl']:.3f}")
@@ -180,14 +185,11 @@ class Agent:
             self._writer.flush()
         return self
 
-    def _episode_stats(self, traj: Trajectories) -> dict[str, float]:
-        stats = {
-            "objective": traj.objective.mean().item(),
-            "proxy": traj.terminal_reward.mean().item(),
-            "kl": traj.kl.sum(0).mean().item(),
-        }
+    def _episode_stats(self, traj: Trajectories) -> Stats:
+        stats: Stats = {"objective": traj.objective.mean(), "proxy": traj.terminal_reward.mean()}
+        stats["kl"] = traj.kl.sum(0).mean()
         if traj.gold_reward is not None:
-            stats["gold"] = traj.gold_reward.mean().item()
+            stats["gold"] = traj.gold_reward.mean()
         return stats
 
     def _log(self, stats: dict[str, float]) -> None:
@@ -201,15 +203,16 @@ class Agent:
             if math.isfinite(value):
                 self._writer.add_scalar(f"{self.name}/{key}", value, self.reward_queries)
 
-    def clip_and_step(self, name: str, loss: Tensor) -> float:
-        """Backpropagate ``loss`` into optimiser ``name``'s parameters, clip, step; returns the grad norm."""
+    def clip_and_step(self, name: str, loss: Tensor) -> Tensor:
+        """Backpropagate ``loss`` into optimiser ``name``'s parameters, clip, step; returns the gradient
+        norm before clipping (a device tensor: reading it would wait for the device)."""
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in opt.param_groups for p in group["params"]]
         norm = nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         opt.step()
-        return float(norm)
+        return norm.detach()
 
     # ---------------------------------------------------------------------------------------------
     # Evaluation.
@@ -273,8 +276,16 @@ class Agent:
         os.replace(tmp, path)
 
     def load(self, path: str | Path) -> Agent:
-        """Restore a checkpoint written by :meth:`save` into this agent (same config and env)."""
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        """Restore a checkpoint written by :meth:`save` into this agent (same config and env).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: the file is truncated or not an agent checkpoint, or is of another agent or config.
+        """
+        from diffusion_gym.checkpoints import load_checkpoint
+
+        what = f"{self.name} agent checkpoint"
+        self.load_state_dict(load_checkpoint(path, what, keys=("agent", "config", "modules")))
         return self
 
 
@@ -292,6 +303,7 @@ class FieldAgent(Agent):
         super().__init__(env, config)
         e = self.env
         self.actor = make_actor(e, config)
+        self._actor_fn = torch.compile(self.actor) if config.compile else self.actor
         self.modules = {"actor": self.actor}
         trainable = [p for p in self.actor.parameters() if p.requires_grad]
         self.optimizers = {"actor": torch.optim.Adam(trainable, lr=config.lr)}
@@ -301,7 +313,7 @@ class FieldAgent(Agent):
             self.optimizers["critic"] = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr)  # type: ignore[attr-defined]
 
     def mean_action(self, t: Tensor, x: Tensor, cond: Tensor | None) -> Tensor:
-        return torch.tanh(self.actor(t, x, cond))
+        return torch.tanh(self._actor_fn(t, x, cond))
 
     def values(self, traj: Trajectories) -> Tensor:
         """``V(t_k, Y_k)`` for k = 0..N, with ``V(t_N) = 0`` (no reward after the last step), (N + 1, B)."""
@@ -315,7 +327,14 @@ class FieldAgent(Agent):
         return torch.cat([v, torch.zeros_like(v[:1])])
 
 
-_RUN_ONLY = {"progress", "logdir"}
+def to_floats(stats: Stats) -> dict[str, float]:
+    """The scalars as floats, the device tensors among them read in one transfer."""
+    keys = [k for k, v in stats.items() if isinstance(v, Tensor)]
+    values = torch.stack([stats[k].detach().float().reshape(()) for k in keys]).tolist() if keys else []  # type: ignore[union-attr]
+    return {k: float(v) for k, v in stats.items() if not isinstance(v, Tensor)} | dict(zip(keys, values, strict=True))
+
+
+_RUN_ONLY = {"progress", "logdir", "compile"}
 """Config fields that may differ between a run and its resumption."""
 
 

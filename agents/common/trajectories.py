@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffusion_gym import kernel
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
-from diffusion_gym.sde import transition_log_prob
 
 ActFn = Callable[[int, dict[str, Tensor]], Tensor]
 """``act(k, obs) -> action``: the agent's action in [-1, 1] at step k (env units)."""
@@ -77,16 +78,14 @@ class Trajectories:
         (``s_pre = (m_k - a_k Y_k) / c_k``): no model evaluation."""
         disc = env.discretization
         shape = (-1, 1, *([1] * (self.states.ndim - 2)))
-        a, c = disc.drift_scale.view(shape), disc.score_scale.view(shape)
         alpha, sigma2 = env.schedule.alpha(disc.s).view(shape), env.schedule.sigma2(disc.s).view(shape)
-        y = self.states[:-1]
-        score = (self.means - a * y) / c
-        return ((y + sigma2 * score) / alpha).flatten(0, 1)
+        score = kernel.path_score(disc, self.states, self.means)
+        return ((self.states[:-1] + sigma2 * score) / alpha).flatten(0, 1)
 
     def step_inputs(self, env: DiffusionSDEVectorEnv) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(t_k, Y_k, c)`` of every step k < N and episode, flattened time-major to N * B rows."""
         n, b = self.n_steps, self.batch
-        t = env.grid[:-1].to(env.device, env.dtype).repeat_interleave(b)
+        t = env.discretization.t[:-1].repeat_interleave(b)
         return t, self.states[:-1].flatten(0, 1), None if self.cond is None else self.cond.repeat(n)
 
 
@@ -122,28 +121,30 @@ def policy_deltas(agent: Any, traj: Trajectories) -> Tensor:
     """The agent's current (differentiable) deltas at every stored state, (N, B, *event_shape)."""
     env = agent.env
     t, x, cond = traj.step_inputs(env)
-    scale = env.action_scales.repeat_interleave(traj.batch).view(-1, *([1] * (x.ndim - 1)))
-    return (scale * agent.mean_action(t, x, cond)).view(traj.n_steps, traj.batch, *env.event_shape)
+    actions = agent.mean_action(t, x, cond).view(traj.n_steps, traj.batch, *env.event_shape)
+    return kernel.path_delta(env.discretization, actions)
 
 
-def transition_log_probs(env: DiffusionSDEVectorEnv, traj: Trajectories, deltas: Tensor) -> Tensor:
-    """``log N(Y_{k+1}; m_k + c_k delta_k, v_k I)`` of every stored transition under ``deltas``, (N, B)."""
-    out = []
-    for k in range(traj.n_steps):
-        c = env.step_coefficients(k)
-        mean = torch.add(traj.means[k], deltas[k], alpha=c.score_scale)
-        out.append(transition_log_prob(traj.states[k + 1], mean, c.noise_std))
-    return torch.stack(out)
+def transition_log_probs(
+    env: DiffusionSDEVectorEnv, traj: Trajectories, deltas: Tensor, compile: bool = False
+) -> Tensor:
+    """``log N(Y_{k+1}; m_k + c_k delta_k, v_k I)`` of every stored transition under ``deltas``, (N, B),
+    in one call of the kernel (``compile``: its ``torch.compile``d version, one graph per shape)."""
+    fn = _compiled_path_log_prob() if compile else kernel.path_log_prob
+    return fn(env.discretization, traj.states[1:], traj.means, deltas)
+
+
+@functools.cache
+def _compiled_path_log_prob() -> Any:
+    return torch.compile(kernel.path_log_prob)
 
 
 def per_step_kl(env: DiffusionSDEVectorEnv, deltas: Tensor) -> Tensor:
-    """``w_k ||delta_k||^2``: each step's KL to the pretrained transition under ``deltas`` (N, B, ...),
-    differentiable in them, (N, B)."""
-    weights = env.discretization.kl_weight[: deltas.shape[0], None]
-    return weights * deltas.flatten(2).square().sum(2)
+    """Each step's KL to the pretrained transition under ``deltas`` (N, B, ...), differentiable, (N, B)."""
+    return kernel.path_kl(env.discretization, deltas)
 
 
 def running_kl(env: DiffusionSDEVectorEnv, deltas: Tensor) -> Tensor:
-    """``sum_k w_k ||delta_k||^2``: each episode's KL to the pretrained path measure under ``deltas``
-    (N, B, ...), differentiable in them: the running price that agents differentiate pathwise, (B,)."""
-    return per_step_kl(env, deltas).sum(0)
+    """Each episode's KL to the pretrained path measure under ``deltas`` (N, B, ...), differentiable in
+    them: the running price that agents differentiate pathwise, (B,)."""
+    return kernel.path_kl(env.discretization, deltas).sum(0)

@@ -2,6 +2,6 @@
 
 from diffusion_gym.envs.sb3 import SB3VecEnv
 from diffusion_gym.envs.single import DiffusionSDEEnv
-from diffusion_gym.envs.vector import DiffusionSDEVectorEnv, StepCoefficients
+from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 
-__all__ = ["DiffusionSDEEnv", "DiffusionSDEVectorEnv", "SB3VecEnv", "StepCoefficients"]
+__all__ = ["DiffusionSDEEnv", "DiffusionSDEVectorEnv", "SB3VecEnv"]

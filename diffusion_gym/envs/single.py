@@ -32,11 +32,13 @@ class DiffusionSDEEnv(Env):
         flatten: present ``x`` and the action as flat vectors. Defaults to True for images (event
             shapes of more than one dimension): SB3 treats any 3-D Box as a uint8 image and its MLP
             policies want vectors; the batched env always keeps the image shape.
+        render_mode: None or "rgb_array": :meth:`render` returns an (H, W, 3) uint8 picture of the
+            sample (:mod:`diffusion_gym.envs.rendering`).
         **kwargs: everything :class:`DiffusionSDEVectorEnv` takes after its models (``n_steps``,
             ``grid``, ``integrator``, ``kl_coef``, ``action_scale``, ``device``, ``dtype``, ...).
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(
         self,
@@ -44,12 +46,14 @@ class DiffusionSDEEnv(Env):
         reward: RewardModel,
         gold: RewardModel | None = None,
         flatten: bool | None = None,
+        render_mode: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("sync_checks", True)
         self.batched = DiffusionSDEVectorEnv(
-            1, score_model, reward, gold, autoreset_mode=AutoresetMode.DISABLED, **kwargs
+            1, score_model, reward, gold, autoreset_mode=AutoresetMode.DISABLED, render_mode=render_mode, **kwargs
         )
+        self.render_mode = render_mode
         shape = self.batched.event_shape
         self.flatten = len(shape) > 1 if flatten is None else bool(flatten)
         self.observation_space = self.batched.single_observation_space
@@ -90,8 +94,13 @@ class DiffusionSDEEnv(Env):
             {k: v[0].item() for k, v in info.items()},
         )
 
+    def render(self) -> np.ndarray | None:
+        """With ``render_mode="rgb_array"``, the sample as an (H, W, 3) uint8 picture (the batched env's);
+        None without a render mode. Raises ResetNeeded before the first reset."""
+        return self.batched.render()
+
     def _numpy_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        out: dict[str, Any] = {k: v[0].cpu().numpy() for k, v in obs.items()}
+        out: dict[str, Any] = {k: v[0].cpu().numpy().copy() for k, v in obs.items()}  # copies: never views of env state
         if self.flatten:
             out["x"] = out["x"].reshape(-1)
         if "cond" in out:

@@ -1,8 +1,9 @@
 """The batched environment: B reverse-SDE samples stepped as one torch batch on a device.
 
-This file holds the one implementation of the step math (docs/design.md, sections 1 and 2); the single
-numpy env and the SB3 adapter wrap it. Tensors stay on ``device``: no host round trip in the
-step loop. Each step is
+The env validates actions, holds the state, draws the noise, evaluates the base model and the
+rewards, and builds observations and infos; the step math itself is :mod:`diffusion_gym.kernel`'s
+(docs/design.md, section 2). The single numpy env and the SB3 adapter wrap this one. Tensors stay
+on ``device``: no host round trip in the step loop. Each step is
 
     delta_k = action_scale(t_k) * clip(action, -1, 1)
     Y_{k+1} = a_k Y_k + b_k (s_pre(s_k, Y_k) + delta_k) + sqrt(v_k) xi_k,   xi_k ~ N(0, I)
@@ -15,8 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,33 +26,22 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor, nn
 
+from diffusion_gym import kernel
 from diffusion_gym.base_models.protocol import ScoreModel
 from diffusion_gym.rewards.protocol import RewardModel
-from diffusion_gym.sde import Discretization, Integrator, discretize, time_grid
+from diffusion_gym.sde import ActionScale, Discretization, Integrator, discretize, time_grid
 
-ActionScale = float | Callable[[Tensor], Tensor]
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class StepCoefficients(NamedTuple):
-    """The constants of one grid interval (Python floats, and the diffusion time as a 0-d tensor)."""
-
-    s: Tensor
-    t: float
-    dt: float
-    drift_scale: float
-    score_scale: float
-    noise_std: float
-    kl_weight: float
-    action_scale: float
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """``torch.float32`` / ``torch.float64`` from a dtype or its name."""
+def resolve_dtype(
+    dtype: torch.dtype | str, allowed: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+) -> torch.dtype:
+    """A dtype from itself or its name, one of ``allowed``."""
     if isinstance(dtype, str):
         dtype = _DTYPES.get(dtype.removeprefix("torch."), dtype)  # type: ignore[arg-type]
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    if dtype not in allowed:
+        raise ValueError(f"dtype must be one of {[str(d).removeprefix('torch.') for d in allowed]}, got {dtype!r}")
     return dtype  # type: ignore[return-value]
 
 
@@ -97,7 +86,10 @@ class DiffusionSDEVectorEnv(VectorEnv):
         eps: end margin of the uniform grid, ``t_N = T - eps``.
         obs_bound: the (loose) bound of the ``x`` observation box; states are never clipped.
         device: where everything lives.
-        dtype: float32 or float64.
+        dtype: float32 or float64: states, actions, KL, rewards.
+        autocast: "bfloat16" or "float16" to evaluate the score model under ``torch.autocast`` (mixed
+            precision, the norm for UNets on GPUs); its output is cast back to ``dtype``, so states,
+            KL, rewards and every log-probability stay in ``dtype``. None: the model runs in ``dtype``.
         autoreset_mode: what a step after the last one does: NEXT_STEP (Gymnasium's default:
             reset, zero reward), SAME_STEP (the last step returns the next episode's first
             observation, the final one in ``info["final_obs"]``) or DISABLED (raise ResetNeeded).
@@ -106,6 +98,10 @@ class DiffusionSDEVectorEnv(VectorEnv):
             recorded on the device and raised at the episode's last step, one sync per episode.
         conditions: for a conditional model, the condition indices episodes draw from (default:
             all of them).
+        compile: evaluate the score model through ``torch.compile`` (its elementwise graph fused into
+            a few kernels; the first episode pays the compilation, tens of seconds on a CPU).
+        render_mode: None or "rgb_array": :meth:`render` returns an (H, W, 3) uint8 picture of the
+            batch (:mod:`diffusion_gym.envs.rendering`).
         record_transitions: also return, in ``info``, the pretrained mean ``m_k`` of each step's
             transition (``"pretrained_mean"``) and the score correction applied (``"delta"``), so
             that agents get exact transition densities without evaluating the score again.
@@ -127,10 +123,13 @@ class DiffusionSDEVectorEnv(VectorEnv):
         obs_bound: float = 1e4,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str = torch.float32,
+        autocast: torch.dtype | str | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         sync_checks: bool | None = None,
         conditions: Any = None,
         record_transitions: bool = False,
+        compile: bool = False,
+        render_mode: str | None = None,
     ) -> None:
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -139,10 +138,13 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self.num_envs = int(num_envs)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
+        self.autocast = None if autocast is None else resolve_dtype(autocast, (torch.bfloat16, torch.float16))
         self.kl_coef = float(kl_coef)
         self.score_model = _on_device(score_model, self.device, self.dtype)
         self.reward_model = _on_device(reward, self.device, self.dtype)
         self.gold_model = _on_device(gold, self.device, self.dtype) if gold is not None else None
+        self.compiled = bool(compile)
+        self._score_fn = torch.compile(self.score_model.score) if self.compiled else self.score_model.score
         self.schedule = score_model.schedule
         self.T = float(self.schedule.T)
         self.event_shape = tuple(score_model.event_shape)
@@ -152,31 +154,19 @@ class DiffusionSDEVectorEnv(VectorEnv):
 
         grid64 = time_grid(self.T, n_steps=n_steps if grid is None else None, grid=grid, eps=eps)
         self.grid = grid64  # float64, on the CPU: the exact grid the coefficients come from
-        disc64 = discretize(self.schedule, grid64, integrator)
-        self.discretization: Discretization = disc64.to(self.device, self.dtype)
-        self._action_scale_spec = action_scale
+        self.discretization: Discretization = discretize(self.schedule, grid64, integrator, action_scale).to(
+            self.device, self.dtype
+        )
+        self._action_scale = action_scale
         self.record_transitions = bool(record_transitions)
-        scale64 = self._action_scales(action_scale, grid64[:-1])
-        self.action_scales = scale64.to(self.device, self.dtype)
-        self._steps = [
-            StepCoefficients(
-                s=self.discretization.s[k],
-                t=float(disc64.t[k]),
-                dt=float(disc64.dt[k]),
-                drift_scale=float(disc64.drift_scale[k]),
-                score_scale=float(disc64.score_scale[k]),
-                noise_std=float(disc64.noise_std[k]),
-                kl_weight=float(disc64.kl_weight[k]),
-                action_scale=float(scale64[k]),
-            )
-            for k in range(disc64.n_steps)
-        ]
-        self.n_steps = len(self._steps)
-        self._t_values = grid64.tolist()
-        self._ones = torch.ones(math.prod(self.event_shape), device=self.device, dtype=self.dtype)
+        self.n_steps = self.discretization.n_steps
+        self._t_end = float(grid64[-1])
 
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
         self.autoreset_mode = AutoresetMode(autoreset_mode)
-        self.metadata = {"autoreset_mode": self.autoreset_mode, "render_modes": []}
+        self.metadata = {"autoreset_mode": self.autoreset_mode, "render_modes": ["rgb_array"]}
         self.sync_checks = self.device.type == "cpu" if sync_checks is None else bool(sync_checks)
 
         np_dtype = np.float32 if self.dtype == torch.float32 else np.float64
@@ -213,10 +203,10 @@ class DiffusionSDEVectorEnv(VectorEnv):
         return bool(((cond >= 0) & (cond < self.num_conditions)).all())
 
     def action_scale_at(self, t: Tensor) -> Tensor:
-        """``action_scale(t)`` at any environment times (the env's grid holds it only at its own)."""
-        if callable(self._action_scale_spec):
-            return torch.as_tensor(self._action_scale_spec(t), dtype=t.dtype, device=t.device).expand(t.shape)
-        return torch.full_like(t, float(self._action_scale_spec))
+        """``action_scale(t)`` at any environment times (the discretization holds it on the grid only)."""
+        if callable(self._action_scale):
+            return torch.as_tensor(self._action_scale(t), dtype=t.dtype, device=t.device).expand(t.shape)
+        return torch.full_like(t, float(self._action_scale))
 
     def rng_state(self) -> Tensor:
         """The state of the env's torch generator (for checkpoints that resume exactly)."""
@@ -226,42 +216,25 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self._generator.set_state(state)
         self._seeded = True
 
-    @staticmethod
-    def _action_scales(action_scale: ActionScale, t: Tensor) -> Tensor:
-        if callable(action_scale):
-            scale = torch.as_tensor(action_scale(t.clone()), dtype=torch.float64).expand(t.shape).clone()
-        else:
-            scale = torch.full_like(t, float(action_scale))
-        if not (torch.isfinite(scale).all() and (scale > 0).all()):
-            raise ValueError("action_scale must be positive and finite at every grid time")
-        return scale
-
     # ----------------------------------------------------------------------------------------------
-    # The step math, public so that agents can compute exact transition densities.
+    # The base model on the grid; the kernel does the rest.
 
-    def step_coefficients(self, k: int) -> StepCoefficients:
-        """The constants of step k (a_k, b_k = c_k, sqrt(v_k), the KL weight, the action scale)."""
-        return self._steps[k]
+    def score(self, k: int, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The base model's score at step k's diffusion time, in the env's dtype (evaluated under
+        autocast when the env has ``autocast``)."""
+        s = self.discretization.s[k]
+        if self.autocast is None:
+            return self._score_fn(s, x, cond)
+        with torch.autocast(self.device.type, dtype=self.autocast):
+            return self._score_fn(s, x, cond).to(self.dtype)
 
     def pretrained_mean(self, k: int, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """``m_k = a_k x + b_k s_pre(s_k, x)``: the mean of the pretrained transition from ``x``."""
-        return self.transition_mean(k, x, None, cond)
+        return kernel.step_mean(self.discretization, k, x, self.score(k, x, cond))
 
     def transition_mean(self, k: int, x: Tensor, delta: Tensor | None, cond: Tensor | None = None) -> Tensor:
-        """``m_k + c_k delta = a_k x + b_k (s_pre(s_k, x) + delta)``: the controlled transition's mean."""
-        c = self._steps[k]
-        score = self.score_model.score(c.s, x, cond)
-        return torch.add(c.drift_scale * x, score if delta is None else score + delta, alpha=c.score_scale)
-
-    def action_to_delta(self, k: int, action: Tensor) -> Tensor:
-        """The score correction of an (in-bounds) action at step k."""
-        return self._steps[k].action_scale * action
-
-    def step_kl(self, k: int, delta: Tensor) -> Tensor:
-        """Exact KL of the controlled to the pretrained transition at step k, shape (B,)."""
-        # Row sums of squares as a matrix-vector product: several times faster on CPU than a
-        # reduction along a short inner dimension.
-        return torch.mv((delta * delta).flatten(1), self._ones).mul_(self._steps[k].kl_weight)
+        """``a_k x + b_k (s_pre(s_k, x) + delta)``: the controlled transition's mean."""
+        return kernel.step_mean(self.discretization, k, x, self.score(k, x, cond), delta)
 
     # ----------------------------------------------------------------------------------------------
 
@@ -341,21 +314,22 @@ class DiffusionSDEVectorEnv(VectorEnv):
 
         action, clipped = self._clip(self._check_actions(actions))
 
-        k = self._k
-        c = self._steps[k]
-        delta = c.action_scale * action
+        k, disc = self._k, self.discretization
+        delta = kernel.step_delta(disc, k, action)
         noise = torch.randn(self._x.shape, generator=self._generator, device=self.device, dtype=self.dtype)
+        score = self.score(k, self._x, self._cond)
         if self.record_transitions:
-            pretrained = self.pretrained_mean(k, self._x, self._cond)
-            self._x = torch.add(torch.add(pretrained, delta, alpha=c.score_scale), noise, alpha=c.noise_std)
+            pretrained = kernel.step_mean(disc, k, self._x, score)
+            self._x = kernel.step_sample(disc, k, kernel.step_shift(disc, k, pretrained, delta), noise)
         else:
-            self._x = torch.add(self.transition_mean(k, self._x, delta, self._cond), noise, alpha=c.noise_std)
-        kl = self.step_kl(k, delta)
+            self._x = kernel.step_sample(disc, k, kernel.step_mean(disc, k, self._x, score, delta), noise)
+        kl = kernel.step_kl(disc, k, delta)
         self._kl_total.add_(kl)  # a fresh tensor each episode, handed out only at its end
-        reward = -self.kl_coef * kl
+        reward = kl * -self.kl_coef
         self._k = k + 1
         last = self._k == self.n_steps
 
+        c = disc.constants[k]
         info: dict[str, Any] = {"t": self._fill(c.t), "dt": self._fill(c.dt), "kl": kl, "clipped": clipped}
         if self.record_transitions:
             info["pretrained_mean"], info["delta"] = pretrained, delta
@@ -380,8 +354,20 @@ class DiffusionSDEVectorEnv(VectorEnv):
             obs, _ = self.reset()
         return obs, reward, terminated, truncated, info
 
+    def render(self) -> np.ndarray | None:
+        """With ``render_mode="rgb_array"``, the current batch as an (H, W, 3) uint8 image: 2-D states as a
+        scatter over the base model's density, images as a grid; None without a render mode."""
+        if self.render_mode is None:
+            return None
+        if self._k < 0:
+            raise ResetNeeded("call reset() before render()")
+        from diffusion_gym.envs.rendering import render_batch
+
+        return render_batch(self)
+
     def _observation(self, k: int) -> dict[str, Tensor]:
-        obs = {"x": self._x.clone(), "t": self._fill(self._t_values[k]).unsqueeze(1)}
+        t = self.discretization.constants[k].t if k < self.n_steps else self._t_end
+        obs = {"x": self._x.clone(), "t": self._fill(t).unsqueeze(1)}
         if self._cond is not None:
             obs["cond"] = self._cond.clone()
         return obs

@@ -1,17 +1,17 @@
 """Train the shipped Bradley-Terry proxy of ``DiffusionSDE-v0``.
 
-python -m diffusion_gym.rewards.train_mixture2d            # rewrites the shipped weights
-python -m diffusion_gym.rewards.train_mixture2d --out DIR  # or writes them elsewhere
+python -m diffusion_gym.tasks.mixture2d.train_proxy            # rewrites the shipped weights
+python -m diffusion_gym.tasks.mixture2d.train_proxy --out DIR  # or writes them elsewhere
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 
-from diffusion_gym.rewards.mixture2d import ProxyConfig, save_proxy, train_proxy
+from diffusion_gym.tasks.mixture2d import WEIGHTS_DIR
+from diffusion_gym.tasks.mixture2d.rewards import ProxyConfig, save_proxy, train_proxy
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     config = replace(defaults, seed=args.seed, n_pairs=args.pairs, n_heldout=args.heldout, steps=args.steps)
     model, metrics = train_proxy(config, progress=not args.quiet)
-    out = args.out if args.out is not None else Path(str(resources.files("diffusion_gym.rewards") / "weights"))
+    out = args.out if args.out is not None else WEIGHTS_DIR
     save_proxy(model, config, metrics, out)
     for k, v in metrics.items():
         print(f"{k}: {v:.4f}")

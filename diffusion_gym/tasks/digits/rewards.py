@@ -13,7 +13,7 @@ The task's default utility is ``alignment + thickness``: a well-formed digit of 
 drawn with a thicker pen. Each learned proxy is a small CNN fitted to 200,000 noisy comparisons
 (Bradley-Terry, temperature 1) of its gold on augmented digits and on clean digits and base-model
 samples, by
-:mod:`diffusion_gym.rewards.train_digits_proxies`; incompressibility's proxy is the negated
+:mod:`diffusion_gym.tasks.digits.train_proxies`; incompressibility's proxy is the negated
 compressibility proxy.
 """
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from diffusion_gym.datasets.digits import NUM_CLASSES, digits
+from diffusion_gym.checkpoints import load_weights_into
 from diffusion_gym.rewards.bradley_terry import (
     BradleyTerryReward,
     PreferencePairs,
@@ -38,9 +38,11 @@ from diffusion_gym.rewards.bradley_terry import (
     pairwise_agreement,
 )
 from diffusion_gym.rewards.composite import ClampedInput, NegatedReward, SumReward
-from diffusion_gym.rewards.digits_classifier import DigitsClassifier, load_classifier, weights_dir
 from diffusion_gym.rewards.jpeg import JpegSize
 from diffusion_gym.rewards.protocol import RewardModel
+from diffusion_gym.tasks.digits import WEIGHTS_DIR
+from diffusion_gym.tasks.digits.classifier import DigitsClassifier, load_classifier
+from diffusion_gym.tasks.digits.data import NUM_CLASSES, digits
 
 UTILITIES = ("alignment_thickness", "alignment", "thickness", "jpeg_compressibility", "jpeg_incompressibility")
 PROXIES = ("alignment", "thickness", "jpeg_compressibility")  # the three trained models
@@ -120,7 +122,7 @@ class DigitsRewardNet(nn.Module):
 
 
 def proxy_path(name: str, directory: Path | None = None) -> Path:
-    return (Path(directory) if directory is not None else weights_dir()) / f"digits_proxy_{name}.safetensors"
+    return (Path(directory) if directory is not None else WEIGHTS_DIR) / f"digits_proxy_{name}.safetensors"
 
 
 def load_proxy(name: str, directory: Path | None = None) -> RewardModel:
@@ -138,7 +140,7 @@ def _proxy(name: str, directory: Path | None) -> RewardModel:
         raise ValueError(f"unknown digits utility {name!r}; expected one of {UTILITIES}")
     path = proxy_path(name, directory)
     model = BradleyTerryReward(DigitsRewardNet(conditional=name == "alignment"), conditional=name == "alignment")
-    model.load_state_dict(load_file(path))
+    load_weights_into(model, path, f"the digits {name} proxy")
     return model.eval().requires_grad_(False)
 
 

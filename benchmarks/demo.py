@@ -1,6 +1,6 @@
 """Roll out the pretrained samplers of ``DiffusionSDE-v0`` and ``DiffusionSDE-Digits-v0``.
 
-    python -m diffusion_gym.demo [--samples 16384] [--n-steps 100] [--out demo]
+    python -m benchmarks.demo [--samples 16384] [--n-steps 100] [--out demo]
 
 For the 2-D task it prints the objective, proxy and gold terminal reward and KL of the pretrained
 sampler (zero action) with standard errors and the optimum J* (Monte Carlo on the same grid, and
@@ -20,9 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from diffusion_gym.envs.mixture2d import make_vector_env  # noqa: E402
 from diffusion_gym.evaluation import rollout  # noqa: E402
 from diffusion_gym.optimum import optimal_objective_quadrature, soft_value  # noqa: E402
+from diffusion_gym.tasks.mixture2d.env import make_vector_env  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -33,15 +33,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--kl-coef", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("demo"))
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
     env = make_vector_env(
-        min(args.samples, 16_384), n_steps=args.n_steps, integrator=args.integrator, kl_coef=args.kl_coef
+        min(args.samples, 16_384),
+        n_steps=args.n_steps,
+        integrator=args.integrator,
+        kl_coef=args.kl_coef,
+        device=args.device,
     )
     pre = rollout(env, None, args.samples, args.seed)
     summary = pre.summary()
     j_star = soft_value(pre.terminal_reward, env.kl_coef)
     s_end = env.T - float(env.discretization.t[-1])
+    for model in (env.score_model, env.reward_model, env.gold_model):  # quadrature and plots run on the CPU
+        model.cpu()
     j_star_quad, j_pre_quad = optimal_objective_quadrature(env.score_model, env.reward_model, env.kl_coef, s_end)
 
     print(
@@ -55,9 +62,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "mixture2d.png"
-    _plot(env, pre.x, path)
+    _plot(env, pre.x.cpu(), path)
     print(f"wrote {path}")
-    digits_summary = _digits(args.out / "digits.png", args.seed)
+    digits_summary = _digits(args.out / "digits.png", args.seed, args.device)
     return {
         "objective": summary["objective"].mean,
         "j_star": j_star.mean,
@@ -67,19 +74,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _digits(path: Path, seed: int, per_class: int = 10) -> dict[str, float]:
+def _digits(path: Path, seed: int, device: str = "cpu", per_class: int = 10) -> dict[str, float]:
     """Sample ``per_class`` digits of each class with the pretrained digits sampler; plot one row per class."""
-    from diffusion_gym.envs.digits import make_vector_env as make_digits
     from diffusion_gym.metrics import class_accuracy
-    from diffusion_gym.rewards.digits_classifier import load_classifier
+    from diffusion_gym.tasks.digits.classifier import load_classifier
+    from diffusion_gym.tasks.digits.env import make_vector_env as make_digits
 
-    env = make_digits(10 * per_class)
+    env = make_digits(10 * per_class, device=device)
     cond = torch.arange(10).repeat_interleave(per_class)
     obs, _ = env.reset(seed=seed, options={"cond": cond})
-    zero = torch.zeros(env.num_envs, *env.event_shape)
+    zero = torch.zeros(env.num_envs, *env.event_shape, device=env.device)
     for _ in range(env.n_steps):
         obs, _, _, _, info = env.step(zero)
-    images = obs["x"].clamp(-1, 1)
+    images = obs["x"].clamp(-1, 1).cpu()
     accuracy = class_accuracy(load_classifier(), images, cond)
     print(f"DiffusionSDE-Digits-v0, pretrained sampler: {per_class} per class, N={env.n_steps}, {env.integrator}")
     for key in ("terminal_reward", "gold_reward"):

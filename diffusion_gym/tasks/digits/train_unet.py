@@ -1,7 +1,7 @@
 """Train the digits base model: a class-conditional UNet2DModel on the 8x8 digits (``"train"`` split).
 
-    python -m diffusion_gym.base_models.train_digits              # rewrites the shipped weights (~15 min, 2 cores)
-    python -m diffusion_gym.base_models.train_digits --out DIR    # or writes them elsewhere
+    python -m diffusion_gym.tasks.digits.train_unet              # rewrites the shipped weights (~15 min, 2 cores)
+    python -m diffusion_gym.tasks.digits.train_unet --out DIR    # or writes them elsewhere
 
 Continuous-time denoising score matching (Song et al. 2021; Ho et al. 2020, eq. 14 with s uniform
 on [1/1000, 1]): ``x_s = alpha_s x_0 + sigma_s eps``, loss ``||eps_theta(x_s, s, c) - eps||^2``, the
@@ -29,8 +29,9 @@ from diffusers import UNet2DModel
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from diffusion_gym.base_models.digits import NULL_CLASS, UNET_CONFIG, WEIGHTS_NAME, digits_schedule, weights_dir
-from diffusion_gym.datasets.digits import digits
+from diffusion_gym.tasks.digits import WEIGHTS_DIR
+from diffusion_gym.tasks.digits.data import digits
+from diffusion_gym.tasks.digits.unet import NULL_CLASS, UNET_CONFIG, WEIGHTS_NAME, digits_schedule
 
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict) -> None:
@@ -59,10 +60,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--stop-after", type=int, default=None, help="stop after this many steps of this run (resumable)"
     )
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--device", default="cpu", help="where the UNet trains (random draws stay on the CPU)")
     args = parser.parse_args(argv)
     run = {k: v for k, v in vars(args).items() if k in ("steps", "batch_size", "lr", "ema", "seed")}
 
-    out = args.out if args.out is not None else weights_dir()
+    out = args.out if args.out is not None else WEIGHTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / f"{WEIGHTS_NAME}_checkpoint.pt"
     x_train, y_train = digits("train")
@@ -70,14 +72,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     s_min = 1.0 / schedule.n_timesteps
 
     torch.manual_seed(args.seed)
-    unet = UNet2DModel(**UNET_CONFIG)
+    device = torch.device(args.device)
+    unet = UNet2DModel(**UNET_CONFIG).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 500) * max(0.05, 1 - i / args.steps))
     gen = torch.Generator().manual_seed(args.seed)
     start, losses = 0, []
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location=device)
         if state["run"] != run:
             warnings.warn(f"ignoring {ckpt_path}: it was written by a run with {state['run']}, not {run}", stacklevel=2)
         else:
@@ -85,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ema.load_state_dict(state["ema"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
-            gen.set_state(state["gen"])
-            torch.set_rng_state(state["torch_rng"])
+            gen.set_state(state["gen"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
             start, losses = state["step"], state["losses"]
 
     meta = {"unet_config": UNET_CONFIG, "schedule": "DDPMScheduler() defaults", "args": run}
@@ -102,8 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         alpha = schedule.alpha(s).float().view(-1, 1, 1, 1)
         sigma = schedule.sigma(s).float().view(-1, 1, 1, 1)
         noise = torch.randn(x0.shape, generator=gen)
-        pred = unet(alpha * x0 + sigma * noise, schedule.timestep(s).float(), class_labels=labels).sample
-        loss = F.mse_loss(pred, noise)
+        x_s, timestep = (alpha * x0 + sigma * noise).to(device), schedule.timestep(s).float().to(device)
+        pred = unet(x_s, timestep, class_labels=labels.to(device)).sample
+        loss = F.mse_loss(pred, noise.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

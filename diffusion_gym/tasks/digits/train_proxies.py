@@ -1,7 +1,7 @@
 """Train the shipped Bradley-Terry proxies of ``DiffusionSDE-Digits-v0`` (alignment, thickness, JPEG).
 
-python -m diffusion_gym.rewards.train_digits_proxies                 # all three, into the package
-python -m diffusion_gym.rewards.train_digits_proxies --only thickness --out DIR
+python -m diffusion_gym.tasks.digits.train_proxies                 # all three, into the package
+python -m diffusion_gym.tasks.digits.train_proxies --only thickness --out DIR
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from pathlib import Path
 
 import torch
 
-from diffusion_gym.envs.digits import make_vector_env
 from diffusion_gym.evaluation import rollout
-from diffusion_gym.rewards.digits import PROXIES, ProxyConfig, save_proxy, train_proxy
-from diffusion_gym.rewards.digits_classifier import weights_dir
+from diffusion_gym.tasks.digits import WEIGHTS_DIR
+from diffusion_gym.tasks.digits.env import make_vector_env
+from diffusion_gym.tasks.digits.rewards import PROXIES, ProxyConfig, save_proxy, train_proxy
 
 
-def base_model_samples(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def base_model_samples(n: int, seed: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` samples of the digits base model with zero action (classes in turn), and their classes."""
-    env = make_vector_env(min(n, 1000), utility="thickness", reward="gold")
+    env = make_vector_env(min(n, 1000), utility="thickness", reward="gold", device=device)
     cond = torch.arange(n) % 10
     samples = rollout(env, None, n, seed=seed + 1, cond=cond)
-    return samples.x, cond
+    return samples.x.cpu(), cond
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--base-samples", type=int, default=defaults.n_base_samples)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--device", default="cpu", help="where the base model samples (the proxies fit on the CPU)")
     args = parser.parse_args(argv)
     config = replace(
         defaults,
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         steps=args.steps,
         n_base_samples=args.base_samples,
     )
-    out = args.out if args.out is not None else weights_dir()
-    base = base_model_samples(config.n_base_samples, config.seed) if config.n_base_samples else None
+    out = args.out if args.out is not None else WEIGHTS_DIR
+    base = base_model_samples(config.n_base_samples, config.seed, args.device) if config.n_base_samples else None
     results = {}
     for name in args.only or PROXIES:
         model, metrics = train_proxy(name, config, base, progress=not args.quiet)

@@ -1,20 +1,21 @@
 """A small CNN classifier of the 8x8 digits: the quality check of the digits base model, the feature
 extractor of its Frechet distance, and the oracle inside the digits gold utilities.
 
-Trained by ``python -m diffusion_gym.rewards.train_digits_classifier`` on the ``"train"`` split;
+Trained by ``python -m diffusion_gym.tasks.digits.train_classifier`` on the ``"train"`` split;
 its weights ship in the package.
 """
 
 from __future__ import annotations
 
-import json
-from importlib import resources
+from collections.abc import Callable
 from pathlib import Path
 
-from safetensors.torch import load_file
+import torch
 from torch import Tensor, nn
 
-from diffusion_gym.datasets.digits import NUM_CLASSES
+from diffusion_gym.checkpoints import load_weights_into, read_metadata
+from diffusion_gym.tasks.digits import WEIGHTS_DIR
+from diffusion_gym.tasks.digits.data import NUM_CLASSES
 
 WEIGHTS_NAME = "digits_classifier"
 
@@ -53,14 +54,25 @@ class DigitsClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-def weights_dir() -> Path:
-    return Path(str(resources.files("diffusion_gym.rewards") / "weights"))
+@torch.no_grad()
+def image_features() -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """The classifier's penultimate features as the benchmarks' feature map for the Frechet distance
+    and per-class diversity, and the held-out digits' features as its reference."""
+    from diffusion_gym.tasks.digits.data import digits
+
+    classifier = load_classifier()
+
+    @torch.no_grad()
+    def features(x: Tensor) -> Tensor:
+        return torch.cat([classifier.features(b.float().cpu().clamp(-1, 1)) for b in x.split(1024)])
+
+    return features, features(digits("heldout")[0])
 
 
 def load_classifier(directory: Path | None = None) -> DigitsClassifier:
     """The shipped classifier (or one saved in ``directory``), in eval mode, frozen."""
-    root = Path(directory) if directory is not None else weights_dir()
-    meta = json.loads((root / f"{WEIGHTS_NAME}.json").read_text())
-    model = DigitsClassifier(**meta["architecture"])
-    model.load_state_dict(load_file(root / f"{WEIGHTS_NAME}.safetensors"))
+    root = Path(directory) if directory is not None else WEIGHTS_DIR
+    path = root / f"{WEIGHTS_NAME}.safetensors"
+    meta = read_metadata(path, "the digits classifier", keys=["architecture"])
+    model = load_weights_into(DigitsClassifier(**meta["architecture"]), path, "the digits classifier")
     return model.eval().requires_grad_(False)

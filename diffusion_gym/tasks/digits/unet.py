@@ -1,5 +1,5 @@
 """The class-conditional digits base model of ``DiffusionSDE-Digits-v0``: a small diffusers
-``UNet2DModel`` trained on the 8x8 digits by :mod:`diffusion_gym.base_models.train_digits`.
+``UNet2DModel`` trained on the 8x8 digits by :mod:`diffusion_gym.tasks.digits.train_unet`.
 
 It predicts noise on DDPMScheduler's default (linear, 1,000-step) schedule, trained in continuous
 time (fractional timesteps, see :class:`~diffusion_gym.sde.DiscreteVPSchedule`) so that any grid
@@ -8,17 +8,16 @@ is in-distribution, with 10% label dropout to the null class 10 for classifier-f
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from diffusers import DDPMScheduler, UNet2DModel
-from safetensors.torch import load_file
 
 from diffusion_gym.base_models.diffusers_unet import ClassLabels, DiffusersScore
-from diffusion_gym.datasets.digits import NUM_CLASSES
+from diffusion_gym.checkpoints import load_weights_into, read_metadata
 from diffusion_gym.sde import DiscreteVPSchedule
+from diffusion_gym.tasks.digits import WEIGHTS_DIR
+from diffusion_gym.tasks.digits.data import NUM_CLASSES
 
 WEIGHTS_NAME = "digits_unet"
 NULL_CLASS = NUM_CLASSES
@@ -42,16 +41,11 @@ def digits_schedule() -> DiscreteVPSchedule:
     return DiscreteVPSchedule(DDPMScheduler().alphas_cumprod)
 
 
-def weights_dir() -> Path:
-    return Path(str(resources.files("diffusion_gym.base_models") / "weights"))
-
-
 def load_digits_unet(path: Path | None = None) -> UNet2DModel:
     """The shipped UNet (or the safetensors file at ``path``, with its JSON beside it), eval mode, frozen."""
-    path = Path(path) if path is not None else weights_dir() / f"{WEIGHTS_NAME}.safetensors"
-    meta = json.loads(path.with_suffix(".json").read_text())
-    unet = UNet2DModel(**meta["unet_config"])
-    unet.load_state_dict(load_file(path))
+    path = Path(path) if path is not None else WEIGHTS_DIR / f"{WEIGHTS_NAME}.safetensors"
+    meta = read_metadata(path, "the digits UNet", keys=["unet_config"])
+    unet = load_weights_into(UNet2DModel(**meta["unet_config"]), path, "the digits UNet")
     return unet.eval().requires_grad_(False)
 
 

@@ -4,7 +4,7 @@ The gold utility is a Gaussian bump centred in the gap between the two lightest 
 components (weights 0.08 and 0.06), not on any mode: the reward-tilted law
 ``p(x) exp(u(x) / kl_coef) / Z`` moves most of the mass there, so the fine-tuned sampler visibly
 differs from the pretrained one. The proxy is a small MLP fitted to 40,000 noisy comparisons
-of that utility by :mod:`diffusion_gym.rewards.train_mixture2d`; its weights ship in the package.
+of that utility by :mod:`diffusion_gym.tasks.mixture2d.train_proxy`; its weights ship in the package.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from diffusion_gym.base_models.gaussian_mixture import mixture_2d
+from diffusion_gym.checkpoints import load_weights_into, read_metadata
 from diffusion_gym.rewards.bradley_terry import (
     BradleyTerryReward,
     PreferencePairs,
@@ -29,6 +28,8 @@ from diffusion_gym.rewards.bradley_terry import (
     mlp,
     pairwise_agreement,
 )
+from diffusion_gym.tasks.mixture2d import WEIGHTS_DIR
+from diffusion_gym.tasks.mixture2d.model import mixture_2d
 
 WEIGHTS_NAME = "mixture2d_proxy"
 
@@ -140,8 +141,8 @@ def save_proxy(model: BradleyTerryReward, config: ProxyConfig, metrics: dict[str
 
 def load_proxy(directory: Path | None = None) -> BradleyTerryReward:
     """The shipped proxy (or one saved by :func:`save_proxy` in ``directory``), in eval mode."""
-    root = Path(directory) if directory is not None else Path(str(resources.files("diffusion_gym.rewards") / "weights"))
-    meta = json.loads((root / f"{WEIGHTS_NAME}.json").read_text())
-    model = BradleyTerryReward(mlp(2, tuple(meta["config"]["hidden"])))
-    model.load_state_dict(load_file(root / f"{WEIGHTS_NAME}.safetensors"))
+    root = Path(directory) if directory is not None else WEIGHTS_DIR
+    path = root / f"{WEIGHTS_NAME}.safetensors"
+    meta = read_metadata(path, "the mixture2d proxy", keys=["config"])
+    model = load_weights_into(BradleyTerryReward(mlp(2, tuple(meta["config"]["hidden"]))), path, "the mixture2d proxy")
     return model.eval().requires_grad_(False)

@@ -4,7 +4,7 @@ The state is the latent (4, H/8, W/8 for SD); the condition is a prompt index in
 set, encoded once when the env is built (or given as embeddings, which needs no tokenizer); the VAE
 decodes the final latent for the terminal reward. Rewards: JPEG compressibility (the default, no
 weights) or incompressibility, an aesthetic, PickScore or ImageReward scorer from local weights
-(:mod:`diffusion_gym.rewards.scorers`), or any RewardModel of decoded images in [-1, 1].
+(:mod:`diffusion_gym.tasks.stable_diffusion.scorers`), or any RewardModel of decoded images in [-1, 1].
 """
 
 from __future__ import annotations
@@ -16,25 +16,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffusion_gym.base_models.stable_diffusion import (
+from diffusion_gym.rewards.composite import DecodedReward
+from diffusion_gym.rewards.protocol import RewardModel
+from diffusion_gym.tasks.stable_diffusion import TASK
+from diffusion_gym.tasks.stable_diffusion.model import (
     LatentDecoder,
     encode_prompts,
     has_text_encoder,
     load_parts,
     stable_diffusion_score,
 )
-from diffusion_gym.envs.single import DiffusionSDEEnv
-from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
-from diffusion_gym.rewards.composite import DecodedReward
-from diffusion_gym.rewards.protocol import RewardModel
-from diffusion_gym.rewards.scorers import image_reward
-
-DEFAULTS: dict[str, Any] = {"n_steps": 50, "integrator": "ddpm"}
+from diffusion_gym.tasks.stable_diffusion.scorers import image_reward
 
 
 def task_models(
     model_path: str | Path | None = None,
     prompts: Sequence[str] | None = None,
+    prompt: str | Sequence[str] | None = None,
     prompt_embeds: Tensor | None = None,
     negative_prompt_embeds: Tensor | None = None,
     guidance_scale: float = 7.5,
@@ -49,6 +47,8 @@ def task_models(
     Args:
         model_path: the pipeline directory (``StableDiffusionPipeline.save_pretrained``).
         prompts: the prompt set (text; needs the directory's tokenizer and text encoder).
+        prompt: the same, spelled as diffusers pipelines do: one prompt (a string) or several (a list or
+            tuple); give ``prompt`` or ``prompts``, not both.
         prompt_embeds: or the prompts' text-encoder hidden states, (P, L, D).
         negative_prompt_embeds: the unconditional embedding (L, D) for guidance; default: the empty
             prompt's, encoded by the directory's text encoder (required when it has none and
@@ -60,9 +60,16 @@ def task_models(
         reward_kwargs: keyword arguments of the reward's scorer (local weight paths).
         gold_kwargs: likewise for the gold's scorer.
         resolution: image side in pixels (default: the UNet's native size).
+
+    Raises:
+        ValueError: no model_path, both ``prompt`` and ``prompts``, or neither text nor embeddings.
     """
     if model_path is None:
         raise ValueError("DiffusionSDE-SD-v0 needs model_path=<a local Stable Diffusion directory>")
+    if prompt is not None:
+        if prompts is not None:
+            raise ValueError("pass prompt (diffusers' spelling) or prompts, not both")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     parts = load_parts(model_path, resolution)
     if prompt_embeds is None:
         if not prompts:
@@ -97,32 +104,7 @@ def task_models(
     return score, build(reward, reward_kwargs), None if gold is None else build(gold, gold_kwargs)
 
 
-def make_env(**kwargs: Any) -> DiffusionSDEEnv:
-    """Entry point of ``gym.make("DiffusionSDE-SD-v0", model_path=..., prompts=[...], **kwargs)``."""
-    task, env_kwargs = _split(kwargs)
-    return DiffusionSDEEnv(*task_models(**task), **(DEFAULTS | env_kwargs))
-
-
-def make_vector_env(num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv:
-    """Entry point of ``gym.make_vec("DiffusionSDE-SD-v0", num_envs, vectorization_mode="vector_entry_point", ...)``."""
-    task, env_kwargs = _split(kwargs)
-    return DiffusionSDEVectorEnv(num_envs, *task_models(**task), **(DEFAULTS | env_kwargs))
-
-
-_TASK_KWARGS = (
-    "model_path",
-    "prompts",
-    "prompt_embeds",
-    "negative_prompt_embeds",
-    "guidance_scale",
-    "reward",
-    "gold",
-    "reward_kwargs",
-    "gold_kwargs",
-    "resolution",
-)
-
-
-def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    task = {k: kwargs.pop(k) for k in _TASK_KWARGS if k in kwargs}
-    return task, kwargs
+make_env = TASK.make_env
+"""``gym.make("DiffusionSDE-SD-v0", model_path=..., prompts=[...], **kwargs)``."""
+make_vector_env = TASK.make_vector_env
+"""``gym.make_vec("DiffusionSDE-SD-v0", num_envs, vectorization_mode="vector_entry_point", model_path=..., ...)``."""

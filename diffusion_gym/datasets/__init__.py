@@ -1,1 +1,0 @@
-"""Datasets that ship inside PyPI packages (nothing is downloaded)."""

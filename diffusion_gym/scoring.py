@@ -1,0 +1,79 @@
+"""Scoring a policy against the references of its grid: the one routine behind ``agents.train``,
+``agents.tune`` and the benchmarks (docs/design.md, section 1), with one seed scheme and one
+evaluation batch size per device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffusion_gym.evaluation import Estimate, Rollouts, rollout
+from diffusion_gym.optimum import References
+
+SEED_PURPOSES = {"optimum": 1, "curve": 2, "final": 3, "oracle": 4}
+"""What a derived seed is for: the references' pretrained samples, a learning-curve point, a final
+score, the optimal control's episodes."""
+
+
+def derive_seed(purpose: str, *keys: int) -> int:
+    """A seed for one purpose and its keys (run seed, grid, point), hashed by ``SeedSequence`` so that
+    no two evaluations share noise."""
+    if purpose not in SEED_PURPOSES:
+        raise ValueError(f"purpose must be one of {sorted(SEED_PURPOSES)}, got {purpose!r}")
+    return int(np.random.SeedSequence([SEED_PURPOSES[purpose], *keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def eval_batch(n: int, device: torch.device | str) -> int:
+    """Envs per evaluation batch for ``n`` episodes: at most 65,536 on a GPU, 4,096 on a CPU."""
+    return min(int(n), 65_536 if torch.device(device).type == "cuda" else 4096)
+
+
+def estimates(summary: dict[str, Estimate]) -> dict[str, float]:
+    """A rollout summary as flat floats (``proxy``, ``gold``, ``objective``, ``kl``, each with ``_se``)."""
+    out = {}
+    for key, est in summary.items():
+        key = {"terminal_reward": "proxy", "gold_reward": "gold"}.get(key, key)
+        out[key], out[f"{key}_se"] = est.mean, est.se
+    return out
+
+
+def gaps(j: Estimate, refs: References) -> dict[str, float]:
+    """The normalized gap of an objective ``j`` against J* and, where the task has one, against the
+    reachable reference, each with its standard error and the policy's own share of it (the
+    references' share is common to every policy scored on the grid)."""
+    pre = refs.optimum.j_pretrained.mean
+    gap = refs.gap(j)
+    out = {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": j.se / (refs.optimum.j_star.mean - pre)}
+    reachable = refs.reachable_gap(j)
+    if reachable is not None and refs.reachable is not None:
+        out |= {"reachable_gap": reachable.mean, "reachable_gap_se": reachable.se}
+        out["reachable_gap_se_policy"] = j.se / (refs.reachable.mean - pre)
+    return out
+
+
+def reference_row(refs: References) -> dict[str, float]:
+    """The references as flat floats: J*, J(pre), and J_best (``j_best_error``: its numerical error)
+    and J_oracle where the task has them."""
+    opt = refs.optimum
+    row = {"j_star": opt.j_star.mean, "j_star_se": opt.j_star.se}
+    row |= {"j_pretrained": opt.j_pretrained.mean, "j_pretrained_se": opt.j_pretrained.se}
+    if refs.j_best is not None:
+        row |= {"j_best": refs.j_best.mean, "j_best_error": refs.j_best.se}
+    if refs.j_oracle is not None:
+        row |= {"j_oracle": refs.j_oracle.mean, "j_oracle_se": refs.j_oracle.se}
+    return row
+
+
+@torch.no_grad()
+def score_policy(env: Any, policy: Any, refs: References, n: int, seed: int) -> tuple[dict[str, float], Rollouts]:
+    """``n`` episodes of a deterministic policy (an agent, anything with ``act(obs)``, an action map,
+    or None for the pretrained sampler) on ``env`` from ``seed``: every estimate with its standard
+    error and both gaps (:func:`gaps`); and the rollouts. ``env``'s random stream is restored."""
+    env = getattr(env, "unwrapped", env)
+    state = env.rng_state()
+    r = rollout(env, getattr(policy, "act", policy), n, seed=seed)
+    env.set_rng_state(state)
+    summary = r.summary()
+    return estimates(summary) | gaps(summary["objective"], refs), r

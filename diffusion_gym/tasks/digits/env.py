@@ -1,0 +1,36 @@
+"""``DiffusionSDE-Digits-v0``: the class-conditional 8x8 digits UNet, its class as the condition
+(the "prompt"), a learned preference proxy as the terminal reward and the gold utility in info.
+
+Defaults differ from ``DiffusionSDE-v0`` where the task needs it: N = 50 steps of the DDPM
+integrator (accurate at coarse grids for a learned UNet) and classifier-free guidance 2.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from diffusion_gym.base_models.diffusers_unet import DiffusersScore
+from diffusion_gym.rewards.protocol import RewardModel
+from diffusion_gym.tasks.digits import TASK
+from diffusion_gym.tasks.digits import rewards as digits_rewards
+from diffusion_gym.tasks.digits.unet import digits_score_model
+
+
+def task_models(
+    utility: str = "alignment_thickness",
+    reward: Literal["proxy", "gold"] = "proxy",
+    guidance_scale: float = 2.0,
+) -> tuple[DiffusersScore, RewardModel, RewardModel]:
+    """(base model, terminal reward, gold utility) for ``utility`` (see
+    :data:`diffusion_gym.tasks.digits.rewards.UTILITIES`); ``reward="gold"`` trains on the gold itself."""
+    if reward not in ("proxy", "gold"):
+        raise ValueError(f"reward must be 'proxy' or 'gold', got {reward!r}")
+    gold = digits_rewards.gold_utility(utility)
+    terminal = digits_rewards.load_proxy(utility) if reward == "proxy" else digits_rewards.gold_utility(utility)
+    return digits_score_model(guidance_scale), terminal, gold
+
+
+make_env = TASK.make_env
+"""``gym.make("DiffusionSDE-Digits-v0", **kwargs)``: the task's arguments as :func:`task_models`."""
+make_vector_env = TASK.make_vector_env
+"""``gym.make_vec("DiffusionSDE-Digits-v0", num_envs, vectorization_mode="vector_entry_point", **kwargs)``."""

@@ -1,0 +1,124 @@
+"""A task as one unit: its env id, how to build its models, its defaults and what the runners need.
+
+A task lives in one folder, ``diffusion_gym/tasks/<name>/``: its base model, rewards, trainers and
+weights, and in its ``__init__.py`` one :class:`TaskSpec` passed to :func:`register_task`. The
+gym registration, the benchmarks (image metrics), the hyperparameter search (grids and budgets)
+and the throughput benchmark all read the spec; none of them lists tasks. References to code are
+``"module:attribute"`` strings, resolved on first use, so that registering a task imports nothing
+heavy (diffusers, a UNet's weights).
+
+    from diffusion_gym.tasks import TaskSpec, register_task
+
+    register_task(TaskSpec(name="ring", env_id="Ring-v0", models="my_package.ring:task_models"))
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusion_gym.envs.single import DiffusionSDEEnv
+    from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+
+
+def resolve(reference: str) -> Any:
+    """The object a ``"package.module:attribute"`` string names."""
+    module, sep, attribute = reference.partition(":")
+    if not sep:
+        raise ValueError(f"expected 'module:attribute', got {reference!r}")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One registered task.
+
+    Attributes:
+        name: the task's short name (its folder's), used by the runners' ``--task`` options.
+        env_id: the Gymnasium id it registers (``gym.make`` / ``gym.make_vec``).
+        models: ``"module:function"``; the function takes the task's own keyword arguments and returns
+            ``(score model, terminal reward, gold or None)``. Every other keyword of ``gym.make`` goes
+            to the env (:class:`~diffusion_gym.envs.vector.DiffusionSDEVectorEnv`).
+        defaults: env keyword defaults of this task (e.g. its N and integrator).
+        image_features: for image tasks, ``"module:function"`` returning ``(feature map, held-out
+            reference features)``: the Frechet distance and per-class diversity of the benchmarks.
+        tuning: the hyperparameter search's grid per search label (``agents.tune`` maps labels to
+            agents and their variants).
+        tuning_budget: that search's sizes (``num_envs``, ``reward_queries``, ``eval_n``, ``optimum_n``:
+            pretrained samples for J* and J(pre), ``curve_points``, ``curve_n``, ``policy_net``,
+            ``critic_pretrain_queries``).
+        throughput: ``benchmarks.env_throughput``'s sizes for this task, ``(batch, steps)`` pairs.
+    """
+
+    name: str
+    env_id: str
+    models: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    image_features: str | None = None
+    tuning: Mapping[str, Mapping[str, list[Any]]] = field(default_factory=dict)
+    tuning_budget: Mapping[str, Any] = field(default_factory=dict)
+    throughput: tuple[tuple[int, int], ...] = ((4096, 100),)
+
+    def split_kwargs(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(task kwargs, env kwargs)``: the ones ``models`` takes, and the rest over ``defaults``."""
+        build = resolve(self.models)
+        params = inspect.signature(build).parameters
+        own = {k: v for k, v in kwargs.items() if k in params}
+        return own, dict(self.defaults) | {k: v for k, v in kwargs.items() if k not in params}
+
+    def make_vector_env(self, num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv:
+        """The batched env of ``num_envs`` samples (the gym ``vector_entry_point``)."""
+        from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+
+        own, env_kwargs = self.split_kwargs(kwargs)
+        return DiffusionSDEVectorEnv(num_envs, *resolve(self.models)(**own), **env_kwargs)
+
+    def make_env(self, **kwargs: Any) -> DiffusionSDEEnv:
+        """The single-sample numpy env (the gym ``entry_point``)."""
+        from diffusion_gym.envs.single import DiffusionSDEEnv
+
+        own, env_kwargs = self.split_kwargs(kwargs)
+        return DiffusionSDEEnv(*resolve(self.models)(**own), **env_kwargs)
+
+    def features(self) -> tuple[Callable[[Any], Any], Any] | None:
+        """``(feature map, reference features)`` of an image task, else None."""
+        return None if self.image_features is None else resolve(self.image_features)()
+
+
+TASKS: dict[str, TaskSpec] = {}
+"""Every registered task by name."""
+
+
+def register_task(spec: TaskSpec, *, override: bool = False) -> TaskSpec:
+    """Add ``spec`` to :data:`TASKS` and register its env id with Gymnasium.
+
+    Args:
+        spec: the task.
+        override: replace a task of the same name or env id (otherwise that raises).
+    """
+    from gymnasium.envs.registration import register, registry
+
+    clash = [t.name for t in TASKS.values() if t.name == spec.name or t.env_id == spec.env_id]
+    if clash and not override:
+        raise ValueError(f"a task named {spec.name!r} or with env id {spec.env_id!r} is registered: {clash}")
+    for name in clash:
+        registry.pop(TASKS.pop(name).env_id, None)
+    if spec.env_id in registry and not override:
+        raise ValueError(f"env id {spec.env_id!r} is registered with Gymnasium by someone else")
+    registry.pop(spec.env_id, None)
+    register(id=spec.env_id, entry_point=spec.make_env, vector_entry_point=spec.make_vector_env)
+    TASKS[spec.name] = spec
+    return spec
+
+
+def get_task(key: str) -> TaskSpec:
+    """The task of a name or an env id."""
+    for spec in TASKS.values():
+        if key in (spec.name, spec.env_id):
+            return spec
+    known = sorted(t.name for t in TASKS.values()) + sorted(t.env_id for t in TASKS.values())
+    raise KeyError(f"no task {key!r}; registered: {known}")

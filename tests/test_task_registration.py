@@ -1,0 +1,153 @@
+"""A task added from outside the package: one TaskSpec registered from this test module is enough for
+``gym.make``, the benchmarks' suite runner, the tuning grids and the throughput benchmark."""
+
+import json
+
+import gymnasium as gym
+import pytest
+from torch import Tensor, nn
+
+import diffusion_gym  # noqa: F401  (registers the built-in tasks)
+from agents.tune import budget, searches
+from benchmarks.env_throughput import measure
+from benchmarks.suite import load_suite
+from diffusion_gym.sde import LinearVPSchedule
+from diffusion_gym.tasks import TASKS, TaskSpec, get_task, register_task
+
+
+class StandardNormalScore(nn.Module):
+    """Data ~ N(0, I) in 3 dimensions: under a VP schedule every marginal is N(0, I), score ``-x``."""
+
+    event_shape = (3,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.schedule = LinearVPSchedule()
+
+    def score(self, s: Tensor, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        return -x
+
+
+class Bump(nn.Module):
+    """``r(x) = -||x - c||^2 / 2``, a reward the agents can move towards."""
+
+    def __init__(self, centre: float) -> None:
+        super().__init__()
+        self.centre = centre
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        return -0.5 * (x - self.centre).square().sum(1)
+
+
+def toy_models(centre: float = 1.0) -> tuple[StandardNormalScore, Bump, Bump]:
+    """The toy task: base N(0, I_3), reward and gold a bump at ``centre * (1, 1, 1)``."""
+    return StandardNormalScore(), Bump(centre), Bump(centre)
+
+
+TOY = TaskSpec(
+    name="toy_normal",
+    env_id="ToyNormal-v0",
+    models=f"{__name__}:toy_models",
+    defaults={"n_steps": 6, "integrator": "exponential", "kl_coef": 1.0},
+    tuning={"ddpo": {"lr": [1e-3], "clip": [0.1]}, "ct_ppo": {"lr": [1e-3], "clip": [1.0]}},
+    tuning_budget={"num_envs": 32, "reward_queries": 64, "eval_n": 64, "optimum_n": 256, "curve_points": 1},
+    throughput=((64, 6),),
+)
+
+SUITE = """
+seeds = 1
+agents = ["ddpo", "ct_ppo"]
+
+[tasks.toy]
+env = "ToyNormal-v0"
+env_kwargs = { centre = 0.5 }
+n_train = [6]
+num_envs = 64
+reward_queries = 128
+curve_points = 1
+curve_n = 128
+eval_steps = [6, 12]
+eval_n = 256
+optimum_n = 1024
+"""
+
+
+@pytest.fixture
+def toy_task():
+    register_task(TOY)
+    try:
+        yield TOY
+    finally:
+        TASKS.pop(TOY.name)
+        gym.envs.registration.registry.pop(TOY.env_id)
+
+
+def test_a_registered_task_is_a_gym_env_with_its_defaults_and_kwargs(toy_task):
+    assert get_task("ToyNormal-v0") is get_task("toy_normal") is toy_task
+    venv = gym.make_vec("ToyNormal-v0", num_envs=8, vectorization_mode="vector_entry_point", centre=2.0).unwrapped
+    assert venv.n_steps == 6 and venv.integrator == "exponential" and venv.reward_model.centre == 2.0
+    obs, _ = venv.reset(seed=0)
+    assert obs["x"].shape == (8, 3)
+    env = gym.make("ToyNormal-v0", n_steps=3)
+    env.reset(seed=0)
+    for _ in range(3):
+        _, reward, terminated, _, _ = env.step(env.action_space.sample())
+    assert terminated and isinstance(reward, float)
+    with pytest.raises(ValueError, match="registered"):
+        register_task(TOY)
+    register_task(TOY, override=True)  # a new version of the task replaces the old one
+    assert get_task("toy_normal") is TOY
+
+
+def test_a_registered_task_runs_a_tiny_suite_and_the_runners(toy_task, tmp_path):
+    from benchmarks.run import run_suite
+
+    (tmp_path / "toy.toml").write_text(SUITE)
+    results = run_suite(load_suite(tmp_path / "toy.toml"), "cpu", tmp_path / "out")
+    assert [run["id"] for run in results["runs"]] == ["toy/ddpo/N6/seed0", "toy/ct_ppo/N6/seed0"]
+    task = results["tasks"]["toy"]
+    assert set(task["optimum"]) == {"6", "12"} and task["reachable"] is None  # no J_best, no oracle here
+    assert all(run["image"] is None and set(run["final"]) == {"6", "12"} for run in results["runs"])
+    for run in results["runs"]:
+        assert all(row["gap_se"] > 0 and abs(row["gap"]) < 10 for row in run["final"].values())
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["runs"][0]["env"] == "ToyNormal-v0" and (tmp_path / "out" / "report.md").exists()
+    # The tuning grids and budget and the throughput sizes come from the spec.
+    assert set(searches("ToyNormal-v0")) == {"ddpo", "ct_ppo", "ct_ppo_reward", "ct_ppo_reward_pretrained"}
+    assert budget("ToyNormal-v0")["num_envs"] == 32
+    m = measure("toy_normal", batch=64, steps=6, repeats=1)
+    assert m["env_id"] == "ToyNormal-v0" and m["max_diff"] < 1e-5
+
+
+def test_task_references_resolve_lazily_and_report_bad_ones():
+    spec = TaskSpec(name="broken", env_id="Broken-v0", models="no_such_module:models")
+    with pytest.raises(ModuleNotFoundError):
+        spec.make_vector_env(2)
+    with pytest.raises(ValueError, match="module:attribute"):
+        TaskSpec(name="bad", env_id="Bad-v0", models="no_colon").make_vector_env(2)
+    with pytest.raises(KeyError, match="no task"):
+        get_task("Nope-v0")
+    assert get_task("DiffusionSDE-v0").features() is None
+
+
+def test_no_library_module_imports_a_task_or_a_runner():
+    """Layering: the env library (sde, kernel, envs, evaluation, references) never imports a task, an
+    agent or a benchmark; tasks never import agents or benchmarks."""
+    import ast
+    from pathlib import Path
+
+    root = Path(diffusion_gym.__file__).parent
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text())
+        imported = {
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+            if not isinstance(node, ast.ImportFrom) or node.module
+        }
+        assert not {m for m in imported if m.split(".")[0] in ("agents", "benchmarks")}, rel
+        if not rel.startswith("tasks/") and rel != "__init__.py":
+            assert not {m for m in imported if m.startswith("diffusion_gym.tasks")}, rel
+

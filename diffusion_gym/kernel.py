@@ -11,12 +11,14 @@ action scale on its grid) step k is
     log p_k  = log N(Y_{k+1}; m_k + b_k delta_k, v_k I)
 
 These are pure functions: the env steps with the single-step ones (Python-float constants, no
-tensor reads, nothing that syncs), the agents score whole stored trajectories with the path ones
+tensor reads, nothing that syncs; ``torch.mul(x, c)`` rather than ``c * x``, whose reflected
+operator goes through Python), the agents score whole stored trajectories with the path ones
 (time-major, leading dimension N, one call for all steps).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -30,14 +32,14 @@ from diffusion_gym.sde import Discretization
 
 def step_delta(disc: Discretization, k: int, action: Tensor) -> Tensor:
     """``delta_k = action_scale_k * action``: the score correction of an in-bounds action."""
-    return disc.constants[k].action_scale * action
+    return torch.mul(action, disc.constants[k].action_scale)
 
 
 def step_mean(disc: Discretization, k: int, x: Tensor, score: Tensor, delta: Tensor | None = None) -> Tensor:
     """``a_k x + b_k (score + delta)``: the transition's mean from ``x`` with the base model's ``score``
     there (the pretrained mean ``m_k`` when ``delta`` is None)."""
     c = disc.constants[k]
-    return torch.add(c.drift_scale * x, score if delta is None else score + delta, alpha=c.score_scale)
+    return torch.add(torch.mul(x, c.drift_scale), score if delta is None else score + delta, alpha=c.score_scale)
 
 
 def step_shift(disc: Discretization, k: int, pretrained_mean: Tensor, delta: Tensor) -> Tensor:
@@ -54,12 +56,18 @@ def step_kl(disc: Discretization, k: int, delta: Tensor) -> Tensor:
     """``w_k ||delta||^2``: the KL of the controlled to the pretrained transition, shape (B,)."""
     squares = (delta * delta).flatten(1)
     # Row sums as a matrix-vector product: several times faster on CPU than a sum over a short last dim.
-    return torch.mv(squares, squares.new_ones(squares.shape[1])).mul_(disc.constants[k].kl_weight)
+    return torch.mv(squares, _ones(squares.shape[1], squares.device, squares.dtype)).mul_(disc.constants[k].kl_weight)
 
 
 def step_log_prob(disc: Discretization, k: int, y_next: Tensor, mean: Tensor) -> Tensor:
     """``log N(y_next; mean, v_k I)``, summed over all but the batch dimension, shape (B,)."""
     return gaussian_log_prob(y_next, mean, disc.noise_std[k])
+
+
+@functools.cache
+def _ones(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A read-only vector of ones (only ever an operand): allocated once per size, device and dtype."""
+    return torch.ones(n, device=device, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -99,6 +99,7 @@ def test_a_registered_task_is_a_gym_env_with_its_defaults_and_kwargs(toy_task):
     assert get_task("toy_normal") is TOY
 
 
+@pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")  # the throughput benchmark's 6 coarse steps
 def test_a_registered_task_runs_a_tiny_suite_and_the_runners(toy_task, tmp_path):
     from benchmarks.run import run_suite
 

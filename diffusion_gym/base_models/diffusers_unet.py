@@ -112,7 +112,9 @@ class DiffusersScore(nn.Module):
         self.num_conditions: int | None = None if conditioning is None else conditioning.num_conditions
 
     def _unet(self, x: Tensor, timestep: Tensor, kwargs: dict[str, Any]) -> Tensor:
-        return self.unet(x, timestep, **kwargs, return_dict=False)[0]
+        # Under torch.autocast the UNet returns its low-precision dtype: back to x's, so that the guidance
+        # mix and the prediction-type conversions run in full precision (a no-op without autocast).
+        return self.unet(x, timestep, **kwargs, return_dict=False)[0].to(x.dtype)
 
     def predict_noise(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """The (guided) noise prediction ``eps(x_s)``."""

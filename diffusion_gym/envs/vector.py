@@ -160,7 +160,12 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self._action_scale = action_scale
         self.record_transitions = bool(record_transitions)
         self.n_steps = self.discretization.n_steps
-        self._t_end = float(grid64[-1])
+        disc = self.discretization
+        self._t0 = float(grid64[0])
+        # Step k's infos t_k, dt_k and its next observation's time t_{k+1} as one column, and the
+        # (terminated, truncated) columns: each step returns fresh copies of them, one copy each.
+        self._times = [torch.stack([disc.t[k], disc.dt[k], disc.t[k + 1]]).view(3, 1) for k in range(self.n_steps)]
+        self._flags = [torch.tensor([[done], [False]], device=self.device) for done in (False, True)]
 
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -272,7 +277,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self._k = 0
         self._kl_total = torch.zeros(self.num_envs, device=self.device, dtype=self.dtype)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        return self._observation(0), {}
+        return self._observation(torch.full((self.num_envs, 1), self._t0, device=self.device, dtype=self.dtype)), {}
 
     def _episode_conditions(self, cond: Any) -> Tensor | None:
         if self.num_conditions is None or self.conditions is None:
@@ -289,7 +294,6 @@ class DiffusionSDEVectorEnv(VectorEnv):
             raise ValueError(f"conditions must lie in [0, {self.num_conditions}), got {cond!r}")
         return c.to(device=self.device, dtype=torch.int64).expand(self.num_envs).clone()
 
-    @torch.no_grad()
     def step(self, actions: Any) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, dict[str, Any]]:
         """Advance all B samples by one grid interval.
 
@@ -302,6 +306,9 @@ class DiffusionSDEVectorEnv(VectorEnv):
             ValueError: wrong shape, a non-numeric dtype, NaN or inf in ``actions``.
             ResetNeeded: before the first reset, or after the last step with autoreset DISABLED.
         """
+        if torch.is_grad_enabled():  # callers that already run without gradients skip the context's cost
+            with torch.no_grad():
+                return self.step(actions)
         if self._k < 0:
             raise ResetNeeded("call reset() before step()")
         if self._k >= self.n_steps:
@@ -329,12 +336,12 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self._k = k + 1
         last = self._k == self.n_steps
 
-        c = disc.constants[k]
-        info: dict[str, Any] = {"t": self._fill(c.t), "dt": self._fill(c.dt), "kl": kl, "clipped": clipped}
+        # Fresh tensors (a returned tensor never aliases the env's state): rows of one copy each.
+        t, dt, t_next = self._times[k].expand(3, self.num_envs).clone().unbind(0)
+        terminated, truncated = self._flags[last].expand(2, self.num_envs).clone().unbind(0)
+        info: dict[str, Any] = {"t": t, "dt": dt, "kl": kl, "clipped": clipped}
         if self.record_transitions:
             info["pretrained_mean"], info["delta"] = pretrained, delta
-        terminated = torch.full((self.num_envs,), last, device=self.device)
-        truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         if last:
             if not self.sync_checks and bool(self._nonfinite):
                 self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # reported once
@@ -346,7 +353,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
                 info["gold_reward"] = self.gold_model(self._x, self._cond)
             info["kl_total"] = self._kl_total
             info["objective"] = terminal - self.kl_coef * self._kl_total
-        obs = self._observation(self._k)
+        obs = self._observation(t_next.unsqueeze(1))
         if last and self.autoreset_mode is AutoresetMode.SAME_STEP:
             # All rows finish together: final_obs / final_info hold the whole batch, the masks are all True.
             info = {**info, "final_obs": obs, "final_info": dict(info), "_final_obs": terminated.clone()}
@@ -365,16 +372,11 @@ class DiffusionSDEVectorEnv(VectorEnv):
 
         return render_batch(self)
 
-    def _observation(self, k: int) -> dict[str, Tensor]:
-        t = self.discretization.constants[k].t if k < self.n_steps else self._t_end
-        obs = {"x": self._x.clone(), "t": self._fill(t).unsqueeze(1)}
+    def _observation(self, t: Tensor) -> dict[str, Tensor]:
+        obs = {"x": self._x.clone(), "t": t}
         if self._cond is not None:
             obs["cond"] = self._cond.clone()
         return obs
-
-    def _fill(self, value: float | int | bool) -> Tensor:
-        # A fresh tensor per call: a returned tensor must never alias the env's state or another one.
-        return torch.full((self.num_envs,), value, device=self.device, dtype=self.dtype)
 
     def _check_actions(self, actions: Any) -> Tensor:
         """A real-valued tensor of the expected shape, in its own floating dtype (so that a large finite
@@ -397,15 +399,16 @@ class DiffusionSDEVectorEnv(VectorEnv):
     def _clip(self, raw: Tensor) -> tuple[Tensor, Tensor]:
         """Check finiteness and clip to [-1, 1] in the actions' own dtype, then move them to the env's
         device and dtype; returns them with per-row counts of clipped components."""
-        peak = raw.abs().amax()  # NaN and inf propagate
         if self.sync_checks:
-            peak_value = float(peak)
-            if not math.isfinite(peak_value):
+            low, high = torch.aminmax(raw)  # one pass; NaN propagates, inf is inf
+            low, high = float(low), float(high)
+            if not (math.isfinite(low) and math.isfinite(high)):
                 raise ValueError(f"actions must be finite; got {int((~torch.isfinite(raw)).sum())} NaN/inf entries")
-            if peak_value <= 1.0:  # the common case: nothing to clip
+            if -1.0 <= low and high <= 1.0:  # the common case: nothing to clip
                 zeros = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
                 return raw.to(device=self.device, dtype=self.dtype), zeros
         else:
+            peak = raw.abs().amax()  # NaN and inf propagate
             self._nonfinite = self._nonfinite | ~torch.isfinite(peak).to(self.device)
         clipped = (raw.abs() > 1).flatten(1).sum(1)  # NaN is not counted: it is reported as non-finite
         action = raw.clamp(-1.0, 1.0)

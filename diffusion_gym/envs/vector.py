@@ -144,7 +144,8 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self.reward_model = _on_device(reward, self.device, self.dtype)
         self.gold_model = _on_device(gold, self.device, self.dtype) if gold is not None else None
         self.compiled = bool(compile)
-        self._score_fn = torch.compile(self.score_model.score) if self.compiled else self.score_model.score
+        # What the env evaluates the score with: the model's own method, or its torch.compile'd version.
+        self.score_fn = torch.compile(self.score_model.score) if self.compiled else self.score_model.score
         self.schedule = score_model.schedule
         self.T = float(self.schedule.T)
         self.event_shape = tuple(score_model.event_shape)
@@ -229,9 +230,9 @@ class DiffusionSDEVectorEnv(VectorEnv):
         autocast when the env has ``autocast``)."""
         s = self.discretization.s[k]
         if self.autocast is None:
-            return self._score_fn(s, x, cond)
+            return self.score_fn(s, x, cond)
         with torch.autocast(self.device.type, dtype=self.autocast):
-            return self._score_fn(s, x, cond).to(self.dtype)
+            return self.score_fn(s, x, cond).to(self.dtype)
 
     def pretrained_mean(self, k: int, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """``m_k = a_k x + b_k s_pre(s_k, x)``: the mean of the pretrained transition from ``x``."""

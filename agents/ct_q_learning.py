@@ -33,6 +33,7 @@ from torch import Tensor
 
 from agents.common.agent import AgentConfig, FieldAgent, Stats
 from agents.common.trajectories import Trajectories, policy_deltas
+from diffusion_gym import kernel
 
 
 @dataclass
@@ -73,10 +74,11 @@ class CTQLearning(FieldAgent):
         if k == 0:
             self.behaviour_means: list[Tensor] = []
             self.behaviour_clipped: list[Tensor] = []
-        scale = self.env.discretization.constants[k].action_scale
-        self.behaviour_means.append(scale * mean)
+        disc = self.env.discretization
+        self.behaviour_means.append(kernel.step_delta(disc, k, mean))
         noise = torch.randn(mean.shape, generator=self.generator, device=self.generator.device).to(mean.dtype)
-        action = mean + noise * (self.exploration_std[k] / scale)
+        # The exploration noise is drawn in delta units and divided back into action units.
+        action = mean + noise * (self.exploration_std[k] / disc.constants[k].action_scale)
         self.behaviour_clipped.append((action.abs() > 1).float().mean())
         return action
 

@@ -183,7 +183,8 @@ class GridDP:
                 f"{env.event_shape}, {env.num_conditions} conditions, kl_coef {env.kl_coef}"
             )
         self.env, self.n, self.resolution = env, int(n_grid), float(resolution)
-        self.disc: Discretization = env.discretization.to("cpu", torch.float64)
+        # The env's coefficients as its dtype rounds them, tensors and constants alike, in float64.
+        self.disc: Discretization = env.discretization.to("cpu", torch.float64).rounded()
         score_model = _float64_copy(env.score_model)
         n_states = self.disc.n_steps + 1
         if half_width is None:

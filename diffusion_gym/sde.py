@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal, NamedTuple
 
 import torch
@@ -279,6 +279,17 @@ class Discretization:
         moved |= {k: v.to(device=device, dtype=dtype) for k, v in moved.items() if isinstance(v, Tensor)}
         return Discretization(**moved)
 
+    def rounded(self) -> Discretization:
+        """The same, with the float constants read back from the tensors: the coefficients as this
+        dtype rounds them (what a float32 env's operations effectively multiply by)."""
+        columns = (self.t[:-1], self.dt, self.drift_scale, self.score_scale, self.noise_std, self.kl_weight)
+        return replace(self, constants=_constants(*columns, self.action_scale))
+
+
+def _constants(*columns: Tensor) -> tuple[StepConstants, ...]:
+    """Per-step :class:`StepConstants` from the columns t, dt, a, b, sqrt(v), w, action scale."""
+    return tuple(StepConstants(*row) for row in zip(*(c.tolist() for c in columns), strict=True))
+
 
 def action_scales(action_scale: ActionScale, t: Tensor) -> Tensor:
     """``action_scale`` at the environment times ``t`` (float64); raises unless positive and finite."""
@@ -348,8 +359,7 @@ def discretize(
     else:
         raise ValueError(f"unknown integrator {integrator!r}; expected one of {INTEGRATORS}")
     noise_std, kl_weight, scale = torch.sqrt(var), score_scale**2 / (2.0 * var), action_scales(action_scale, g[:-1])
-    columns = (g[:-1], dt, drift_scale, score_scale, noise_std, kl_weight, scale)
-    constants = tuple(StepConstants(*row) for row in zip(*(c.tolist() for c in columns), strict=True))
+    constants = _constants(g[:-1], dt, drift_scale, score_scale, noise_std, kl_weight, scale)
     return Discretization(
         t=g,
         s=s,

@@ -2,6 +2,7 @@
 ``gym.make``, the benchmarks' suite runner, the tuning grids and the throughput benchmark."""
 
 import json
+from dataclasses import replace
 
 import gymnasium as gym
 import pytest
@@ -93,10 +94,14 @@ def test_a_registered_task_is_a_gym_env_with_its_defaults_and_kwargs(toy_task):
     for _ in range(3):
         _, reward, terminated, _, _ = env.step(env.action_space.sample())
     assert terminated and isinstance(reward, float)
+    assert register_task(TOY) is TOY  # the same spec again: nothing to do (a module imported twice)
+    assert "ToyNormal-v0" in env.spec.to_json()  # string entry points: the env's spec serialises
+    changed = replace(TOY, defaults={**TOY.defaults, "n_steps": 4})
     with pytest.raises(ValueError, match="registered"):
-        register_task(TOY)
-    register_task(TOY, override=True)  # a new version of the task replaces the old one
-    assert get_task("toy_normal") is TOY
+        register_task(changed)
+    register_task(changed, override=True)  # a new version of the task replaces the old one
+    assert get_task("toy_normal") is changed and gym.make("ToyNormal-v0").unwrapped.batched.n_steps == 4
+    register_task(TOY, override=True)
 
 
 @pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")  # the throughput benchmark's 6 coarse steps
@@ -120,6 +125,14 @@ def test_a_registered_task_runs_a_tiny_suite_and_the_runners(toy_task, tmp_path)
     assert m["env_id"] == "ToyNormal-v0" and m["max_diff"] < 1e-5
 
 
+def models_with_a_device(device: str = "cpu") -> tuple[StandardNormalScore, Bump, Bump]:
+    return toy_models()
+
+
+def models_with_kwargs(**kwargs) -> tuple[StandardNormalScore, Bump, Bump]:
+    return toy_models()
+
+
 def test_task_references_resolve_lazily_and_report_bad_ones():
     spec = TaskSpec(name="broken", env_id="Broken-v0", models="no_such_module:models")
     with pytest.raises(ModuleNotFoundError):
@@ -129,6 +142,11 @@ def test_task_references_resolve_lazily_and_report_bad_ones():
     with pytest.raises(KeyError, match="no task"):
         get_task("Nope-v0")
     assert get_task("DiffusionSDE-v0").features() is None
+    # A task parameter the env also takes, or **kwargs, would make routing ambiguous.
+    with pytest.raises(TypeError, match="device"):
+        TaskSpec(name="t", env_id="T-v0", models=f"{__name__}:models_with_a_device").make_vector_env(2)
+    with pytest.raises(TypeError, match="kwargs"):
+        TaskSpec(name="t", env_id="T-v0", models=f"{__name__}:models_with_kwargs").make_vector_env(2)
 
 
 def test_no_library_module_imports_a_task_or_a_runner():

@@ -329,9 +329,13 @@ class FieldAgent(Agent):
 
 def to_floats(stats: Stats) -> dict[str, float]:
     """The scalars as floats, the device tensors among them read in one transfer."""
-    keys = [k for k, v in stats.items() if isinstance(v, Tensor)]
-    values = torch.stack([stats[k].detach().float().reshape(()) for k in keys]).tolist() if keys else []  # type: ignore[union-attr]
-    return {k: float(v) for k, v in stats.items() if not isinstance(v, Tensor)} | dict(zip(keys, values, strict=True))
+    tensors = {k: v.detach().reshape(()) for k, v in stats.items() if isinstance(v, Tensor)}
+    values: list[float] = []
+    if tensors:
+        device = next(iter(tensors.values())).device  # a CPU scalar among device ones (a zero grad norm) joins them
+        values = torch.stack([v.to(device=device, dtype=torch.float64) for v in tensors.values()]).tolist()
+    floats = {k: float(v) for k, v in stats.items() if not isinstance(v, Tensor)}
+    return floats | dict(zip(tensors, values, strict=True))
 
 
 _RUN_ONLY = {"progress", "logdir", "compile"}

@@ -64,9 +64,21 @@ class TaskSpec:
     throughput: tuple[tuple[int, int], ...] = ((4096, 100),)
 
     def split_kwargs(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``(task kwargs, env kwargs)``: the ones ``models`` takes, and the rest over ``defaults``."""
-        build = resolve(self.models)
-        params = inspect.signature(build).parameters
+        """``(task kwargs, env kwargs)``: the ones ``models`` takes, and the rest over ``defaults``.
+
+        Raises:
+            TypeError: ``models`` takes ``**kwargs`` or a parameter the env takes too (``device``,
+                ``n_steps``, ...): which side a keyword is for would be ambiguous.
+        """
+        from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+
+        params = inspect.signature(resolve(self.models)).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            raise TypeError(f"{self.models} must name its parameters (no **kwargs): they are the task's env kwargs")
+        env_params = inspect.signature(DiffusionSDEVectorEnv).parameters
+        shared = set(params) & {k for k, p in env_params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        if shared:
+            raise TypeError(f"{self.models} takes {sorted(shared)}, which the env takes too; rename them")
         own = {k: v for k, v in kwargs.items() if k in params}
         return own, dict(self.defaults) | {k: v for k, v in kwargs.items() if k not in params}
 
@@ -93,8 +105,20 @@ TASKS: dict[str, TaskSpec] = {}
 """Every registered task by name."""
 
 
+def make_task_env(task: str, **kwargs: Any) -> DiffusionSDEEnv:
+    """Gymnasium's ``entry_point`` of every registered task: the single env of ``TASKS[task]``."""
+    return TASKS[task].make_env(**kwargs)
+
+
+def make_task_vector_env(task: str, num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv:
+    """Gymnasium's ``vector_entry_point`` of every registered task: the batched env of ``TASKS[task]``."""
+    return TASKS[task].make_vector_env(num_envs, **kwargs)
+
+
 def register_task(spec: TaskSpec, *, override: bool = False) -> TaskSpec:
-    """Add ``spec`` to :data:`TASKS` and register its env id with Gymnasium.
+    """Add ``spec`` to :data:`TASKS` and register its env id with Gymnasium (string entry points with
+    ``task=<name>`` in the spec's kwargs, so that ``env.spec`` serialises). Registering the same spec
+    again does nothing.
 
     Args:
         spec: the task.
@@ -102,6 +126,8 @@ def register_task(spec: TaskSpec, *, override: bool = False) -> TaskSpec:
     """
     from gymnasium.envs.registration import register, registry
 
+    if TASKS.get(spec.name) == spec and spec.env_id in registry:
+        return spec
     clash = [t.name for t in TASKS.values() if t.name == spec.name or t.env_id == spec.env_id]
     if clash and not override:
         raise ValueError(f"a task named {spec.name!r} or with env id {spec.env_id!r} is registered: {clash}")
@@ -110,7 +136,12 @@ def register_task(spec: TaskSpec, *, override: bool = False) -> TaskSpec:
     if spec.env_id in registry and not override:
         raise ValueError(f"env id {spec.env_id!r} is registered with Gymnasium by someone else")
     registry.pop(spec.env_id, None)
-    register(id=spec.env_id, entry_point=spec.make_env, vector_entry_point=spec.make_vector_env)
+    register(
+        id=spec.env_id,
+        entry_point=f"{__name__}:make_task_env",
+        vector_entry_point=f"{__name__}:make_task_vector_env",
+        kwargs={"task": spec.name},
+    )
     TASKS[spec.name] = spec
     return spec
 

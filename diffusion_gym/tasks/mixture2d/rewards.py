@@ -87,8 +87,12 @@ def comparison_inputs(n: int, generator: torch.Generator, box: float = 6.0) -> T
     return x[torch.randperm(n, generator=generator)]
 
 
-def train_proxy(config: ProxyConfig, progress: bool = True) -> tuple[BradleyTerryReward, dict[str, float]]:
-    """Fit the proxy to noisy comparisons of :func:`gold_utility`; returns it and held-out metrics.
+def train_proxy(
+    config: ProxyConfig, progress: bool = True, device: str | torch.device = "cpu"
+) -> tuple[BradleyTerryReward, dict[str, float]]:
+    """Fit the proxy to noisy comparisons of :func:`gold_utility` (on ``device``; the data and every
+    random draw come from the CPU generator, so the pairs are the same on any device); returns it, on
+    the CPU, and held-out metrics.
 
     Metrics: held-out BT log-loss on noisy labels (and the gold utility's own log-loss on the same
     labels, its floor); the fraction of pairs ordered as gold orders them, on held-out comparison
@@ -103,9 +107,10 @@ def train_proxy(config: ProxyConfig, progress: bool = True) -> tuple[BradleyTerr
     a = comparison_inputs(n, gen, config.box)
     b = comparison_inputs(n, gen, config.box)
     train, held = label_pairs(gold, a, b, gen, config.temperature).split(config.n_pairs)
-    model = BradleyTerryReward(mlp(2, config.hidden))
-    fit_bradley_terry(model, train, config.steps, gen, config.batch_size, config.lr, progress=progress)
-    model.eval()
+    model = BradleyTerryReward(mlp(2, config.hidden)).to(device)
+    on_device = PreferencePairs(train.a.to(device), train.b.to(device), train.prefer_a.to(device))
+    fit_bradley_terry(model, on_device, config.steps, gen, config.batch_size, config.lr, progress=progress)
+    model = model.cpu().eval()
     anchor_offset(model, gold, mixture_2d().sample(100_000, gen))
     data_a, data_b = mixture_2d().sample(10_000, gen), mixture_2d().sample(10_000, gen)
     box = (torch.rand(20_000, 2, generator=gen) * 2 - 1) * config.box

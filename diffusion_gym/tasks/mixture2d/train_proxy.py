@@ -23,9 +23,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--heldout", type=int, default=defaults.n_heldout)
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--device", default="cpu", help="where the proxy is fitted (the data are drawn on the CPU)")
     args = parser.parse_args(argv)
     config = replace(defaults, seed=args.seed, n_pairs=args.pairs, n_heldout=args.heldout, steps=args.steps)
-    model, metrics = train_proxy(config, progress=not args.quiet)
+    model, metrics = train_proxy(config, progress=not args.quiet, device=args.device)
     out = args.out if args.out is not None else WEIGHTS_DIR
     save_proxy(model, config, metrics, out)
     for k, v in metrics.items():

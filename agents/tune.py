@@ -35,7 +35,7 @@ from agents.common.agent import Agent
 from agents.common.build import build_agent, make_env
 from diffusion_gym.evaluation import crossing
 from diffusion_gym.optimum import References, references
-from diffusion_gym.scoring import derive_seed, eval_batch, score_policy
+from diffusion_gym.scoring import derive_seed, eval_batch, reference_row, score_policy
 from diffusion_gym.tasks import get_task
 
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     meta = {"env": args.env, "env_kwargs": env_kwargs, "num_envs": args.num_envs, "seed": args.seed}
     meta |= {k: getattr(args, k) for k in ("reward_queries", "eval_n", "optimum_n", "curve_points", "curve_n")}
-    meta |= {"policy_net": args.policy_net} | reference_summary(refs)
+    meta |= {"policy_net": args.policy_net} | reference_row(refs)
     kept: list[dict[str, Any]] = []
     if args.agents and path.exists():
         old = json.loads(path.read_text())
@@ -223,15 +223,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return runs
 
 
-def reference_summary(refs: References) -> dict[str, float | None]:
-    """The references of the search's grid, as the record keeps them."""
-    out: dict[str, float | None] = {"j_star": refs.optimum.j_star.mean, "j_star_se": refs.optimum.j_star.se}
-    out |= {"j_pretrained": refs.optimum.j_pretrained.mean, "j_pretrained_se": refs.optimum.j_pretrained.se}
-    for name, est in (("j_best", refs.j_best), ("j_oracle", refs.j_oracle)):
-        out |= {name: None, f"{name}_se": None} if est is None else {name: est.mean, f"{name}_se": est.se}
-    return out
-
-
 def write_record(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     """``<out>/<env>.json`` (every run) and ``<out>/<env>.md`` (the table, each search's pick, the defaults),
     from the record alone."""
@@ -257,7 +248,8 @@ def write_record(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
     reachable = meta.get("j_best") is not None or meta.get("j_oracle") is not None
     crossed = "reachable gap" if reachable else "gap"
     if meta.get("j_best") is not None:
-        refs += f", J_best = {meta['j_best']:.4f} (numerical error {meta['j_best_se']:.1e})"
+        error = meta.get("j_best_error", meta.get("j_best_se"))  # records before 2026-12 name it j_best_se
+        refs += f", J_best = {meta['j_best']:.4f} (numerical error {error:.1e})"
     if meta.get("j_oracle") is not None:
         refs += f", J_oracle = {est('j_oracle')}"
     kwargs = meta["env_kwargs"]

@@ -58,9 +58,7 @@ def raw_loop(env: DiffusionSDEVectorEnv, seed: int, rewards: bool = True) -> tor
             noise = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
             x = (1 + 0.5 * bdt) * x + bdt * score(s_dev[k], x, cond) + bdt**0.5 * noise
         if rewards:
-            env.reward_model(x, cond)
-            if env.gold_model is not None:
-                env.gold_model(x, cond)
+            _queries(env, x, cond)
     return x
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from agents.common.networks import DenoisedRewardCritic, FieldMLP
 from agents.common.trajectories import Trajectories, collect
+from diffusion_gym.checkpoints import load_checkpoint
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.evaluation import Estimate, rollout
 
@@ -282,8 +283,6 @@ class Agent:
             FileNotFoundError: no file at ``path``.
             ValueError: the file is truncated or not an agent checkpoint, or is of another agent or config.
         """
-        from diffusion_gym.checkpoints import load_checkpoint
-
         what = f"{self.name} agent checkpoint"
         self.load_state_dict(load_checkpoint(path, what, keys=("agent", "config", "modules")))
         return self

@@ -63,8 +63,9 @@ class TaskSpec:
     tuning_budget: Mapping[str, Any] = field(default_factory=dict)
     throughput: tuple[tuple[int, int], ...] = ((4096, 100),)
 
-    def split_kwargs(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``(task kwargs, env kwargs)``: the ones ``models`` takes, and the rest over ``defaults``.
+    def build(self, kwargs: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """``(models, env kwargs)``: ``models`` called with the keywords it takes, and the rest over
+        ``defaults``.
 
         Raises:
             TypeError: ``models`` takes ``**kwargs`` or a parameter the env takes too (``device``,
@@ -72,7 +73,8 @@ class TaskSpec:
         """
         from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 
-        params = inspect.signature(resolve(self.models)).parameters
+        models = resolve(self.models)
+        params = inspect.signature(models).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             raise TypeError(f"{self.models} must name its parameters (no **kwargs): they are the task's env kwargs")
         env_params = inspect.signature(DiffusionSDEVectorEnv).parameters
@@ -80,21 +82,21 @@ class TaskSpec:
         if shared:
             raise TypeError(f"{self.models} takes {sorted(shared)}, which the env takes too; rename them")
         own = {k: v for k, v in kwargs.items() if k in params}
-        return own, dict(self.defaults) | {k: v for k, v in kwargs.items() if k not in params}
+        return models(**own), dict(self.defaults) | {k: v for k, v in kwargs.items() if k not in params}
 
     def make_vector_env(self, num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv:
         """The batched env of ``num_envs`` samples (the gym ``vector_entry_point``)."""
         from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 
-        own, env_kwargs = self.split_kwargs(kwargs)
-        return DiffusionSDEVectorEnv(num_envs, *resolve(self.models)(**own), **env_kwargs)
+        models, env_kwargs = self.build(kwargs)
+        return DiffusionSDEVectorEnv(num_envs, *models, **env_kwargs)
 
     def make_env(self, **kwargs: Any) -> DiffusionSDEEnv:
         """The single-sample numpy env (the gym ``entry_point``)."""
         from diffusion_gym.envs.single import DiffusionSDEEnv
 
-        own, env_kwargs = self.split_kwargs(kwargs)
-        return DiffusionSDEEnv(*resolve(self.models)(**own), **env_kwargs)
+        models, env_kwargs = self.build(kwargs)
+        return DiffusionSDEEnv(*models, **env_kwargs)
 
     def features(self) -> tuple[Callable[[Any], Any], Any] | None:
         """``(feature map, reference features)`` of an image task, else None."""

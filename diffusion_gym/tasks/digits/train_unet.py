@@ -29,6 +29,7 @@ from diffusers import UNet2DModel
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from diffusion_gym.checkpoints import load_checkpoint
 from diffusion_gym.tasks.digits import WEIGHTS_DIR
 from diffusion_gym.tasks.digits.data import digits
 from diffusion_gym.tasks.digits.unet import NULL_CLASS, UNET_CONFIG, WEIGHTS_NAME, digits_schedule
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     gen = torch.Generator().manual_seed(args.seed)
     start, losses = 0, []
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False, map_location=device)
+        keys = ("run", "unet", "ema", "opt", "sched", "gen", "torch_rng", "step", "losses")
+        state = load_checkpoint(ckpt_path, "digits UNet training checkpoint", keys)
         if state["run"] != run:
             warnings.warn(f"ignoring {ckpt_path}: it was written by a run with {state['run']}, not {run}", stacklevel=2)
         else:
@@ -88,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ema.load_state_dict(state["ema"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
-            gen.set_state(state["gen"].cpu())
-            torch.set_rng_state(state["torch_rng"].cpu())
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["torch_rng"])
             start, losses = state["step"], state["losses"]
 
     meta = {"unet_config": UNET_CONFIG, "schedule": "DDPMScheduler() defaults", "args": run}

@@ -62,8 +62,10 @@ def test_digits_env_renders_an_image_grid():
 def test_other_channel_counts_and_event_shapes():
     latents = SimpleNamespace(event_shape=(4, 8, 8), _x=torch.randn(5, 4, 8, 8, dtype=torch.float64))
     assert_frame(render_batch(latents))
-    with pytest.raises(ValueError, match=r"\(3,\)"):
-        render_batch(SimpleNamespace(event_shape=(3,), _x=torch.zeros(2, 3)))
+    with pytest.raises(ValueError, match=r"\(1,\)"):
+        render_batch(SimpleNamespace(event_shape=(1,), _x=torch.zeros(2, 1)))
+    with pytest.raises(ValueError, match=r"\(2, 3\)"):
+        render_batch(SimpleNamespace(event_shape=(2, 3), _x=torch.zeros(2, 2, 3)))
 
 
 def test_render_mode_none_human_and_before_reset():

@@ -1,9 +1,10 @@
 """Pictures of a batched env's current state, for ``render_mode="rgb_array"``.
 
 2-D states are drawn as a scatter over the base model's density at the current diffusion time (when
-the model has ``log_prob``), with matplotlib's Agg canvas (never pyplot: no global backend state
-changes); image states as a grid of up to 64 images, built with numpy. Both return an (H, W, 3) uint8
-array, the frame format of Gymnasium's video recorders.
+the model has ``log_prob``), D-dimensional vectors as a scatter of their first two coordinates, with
+matplotlib's Agg canvas (never pyplot: no global backend state changes); image states as a grid of up
+to 64 images, built with numpy. Both return an (H, W, 3) uint8 array, the frame format of
+Gymnasium's video recorders.
 """
 
 from __future__ import annotations
@@ -41,21 +42,21 @@ def render_batch(env: DiffusionSDEVectorEnv) -> np.ndarray:
         env: a batched env after its first reset.
 
     Raises:
-        ValueError: for event shapes other than ``(2,)`` and ``(C, H, W)``.
+        ValueError: for event shapes other than ``(D,)`` with D >= 2 and ``(C, H, W)``.
     """
     shape = tuple(env.event_shape)
     x = env._x.detach()
-    if shape == (2,):
+    if len(shape) == 1 and shape[0] >= 2:
         return _render_points(env, x)
     if len(shape) == 3:
         return _render_images(x)
-    raise ValueError(f"render supports 2-D states and (C, H, W) images, got event shape {shape}")
+    raise ValueError(f"render supports (D,) vectors with D >= 2 and (C, H, W) images, got event shape {shape}")
 
 
 def _render_points(env: DiffusionSDEVectorEnv, x: Tensor) -> np.ndarray:
-    """A scatter of (up to :data:`SCATTER_POINTS`) 2-D samples over the base density ``p_s`` at the
-    current diffusion time ``s = T - t``, in a fixed view box; the title gives t, the step and how many
-    samples fall outside the box."""
+    """A scatter of (up to :data:`SCATTER_POINTS`) samples' first two coordinates, in 2-D over the base
+    density ``p_s`` at the current diffusion time ``s = T - t``, in a fixed view box; the title gives
+    t, the step and how many samples fall outside the box."""
     # Imported here: the image path and envs that never render do not pay for matplotlib.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -63,14 +64,15 @@ def _render_points(env: DiffusionSDEVectorEnv, x: Tensor) -> np.ndarray:
     k = env._k
     t = float(env.grid[k])
     s = max(env.T - t, 0.0)
-    points = x[:SCATTER_POINTS].to("cpu", torch.float64).numpy()
+    dim = x.shape[1]
+    points = x[:SCATTER_POINTS, :2].to("cpu", torch.float64).numpy()
     points = points[np.isfinite(points).all(axis=1)]
     outside = int((np.abs(points) > VIEW_BOX).any(axis=1).sum())
 
     fig = Figure(figsize=(FIGURE_PX / 100, FIGURE_PX / 100), dpi=100)
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_axes((0.08, 0.06, 0.9, 0.86))
-    density = _density(env, s)
+    density = _density(env, s) if dim == 2 else None
     if density is not None:
         extent = (-VIEW_BOX, VIEW_BOX, -VIEW_BOX, VIEW_BOX)
         ax.imshow(density, extent=extent, origin="lower", cmap="Blues", interpolation="bilinear", aspect="auto")
@@ -78,7 +80,9 @@ def _render_points(env: DiffusionSDEVectorEnv, x: Tensor) -> np.ndarray:
     ax.scatter(points[:, 0], points[:, 1], s=size, c="tab:orange", edgecolors="none", alpha=0.8)
     ax.set_xlim(-VIEW_BOX, VIEW_BOX)
     ax.set_ylim(-VIEW_BOX, VIEW_BOX)
-    title = f"t = {t:.3f}  (step {k}/{env.n_steps}, {x.shape[0]} samples)"
+    title = f"t = {t:.3f}  (step {k}/{env.n_steps}, {x.shape[0]} samples" + (
+        f", coordinates 1-2 of {dim})" if dim > 2 else ")"
+    )
     if outside:
         title += f", {outside} outside"
     ax.set_title(title, fontsize=10)

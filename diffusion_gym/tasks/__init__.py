@@ -5,7 +5,7 @@ Importing this package registers the built-in tasks (``mixture2d``: ``DiffusionS
 :func:`register_task` from its own module.
 """
 
-from diffusion_gym.tasks import digits, mixture2d, stable_diffusion  # noqa: E402,F401  (registers them)
+from diffusion_gym.tasks import digits, mixture, mixture2d, stable_diffusion  # noqa: E402,F401  (registers them)
 from diffusion_gym.tasks.spec import TASKS, TaskSpec, get_task, register_task, resolve
 
 __all__ = ["TASKS", "TaskSpec", "get_task", "register_task", "resolve"]

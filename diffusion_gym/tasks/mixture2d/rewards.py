@@ -24,9 +24,9 @@ from diffusion_gym.rewards.bradley_terry import (
     PreferencePairs,
     anchor_offset,
     fit_bradley_terry,
+    heldout_metrics,
     label_pairs,
     mlp,
-    pairwise_agreement,
 )
 from diffusion_gym.tasks.mixture2d import WEIGHTS_DIR
 from diffusion_gym.tasks.mixture2d.model import mixture_2d
@@ -114,26 +114,10 @@ def train_proxy(
     anchor_offset(model, gold, mixture_2d().sample(100_000, gen))
     data_a, data_b = mixture_2d().sample(10_000, gen), mixture_2d().sample(10_000, gen)
     box = (torch.rand(20_000, 2, generator=gen) * 2 - 1) * config.box
+    metrics = heldout_metrics(model, gold, held, config.temperature, data_a, data_b)
     with torch.no_grad():
-        clear = (gold(held.a) - gold(held.b)).abs() > 0.1
-        rmse_data = (model(data_a) - gold(data_a)).square().mean().sqrt().item()
-        rmse_box = (model(box) - gold(box)).square().mean().sqrt().item()
-    metrics = {
-        "heldout_logloss": _bt_logloss(model, held),
-        "heldout_logloss_gold": _bt_logloss(gold, held, config.temperature),
-        "agreement_heldout": pairwise_agreement(model, gold, held.a, held.b),
-        "agreement_heldout_gold_diff_gt_0.1": pairwise_agreement(model, gold, held.a[clear], held.b[clear]),
-        "agreement_pretrained_samples": pairwise_agreement(model, gold, data_a, data_b),
-        "rmse_pretrained_samples": rmse_data,
-        "rmse_box": rmse_box,
-    }
+        metrics["rmse_box"] = (model(box) - gold(box)).square().mean().sqrt().item()
     return model, metrics
-
-
-@torch.no_grad()
-def _bt_logloss(reward: nn.Module, pairs: PreferencePairs, temperature: float = 1.0) -> float:
-    logits = (reward(pairs.a) - reward(pairs.b)) / temperature
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, pairs.prefer_a).item()
 
 
 def save_proxy(model: BradleyTerryReward, config: ProxyConfig, metrics: dict[str, float], directory: Path) -> None:

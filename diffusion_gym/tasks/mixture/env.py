@@ -1,0 +1,43 @@
+"""``DiffusionSDE-Mixture-v0``: the D-dimensional Gaussian-mixture task (exact score, learned proxy, closed-form
+gold)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
+from diffusion_gym.rewards.protocol import RewardModel
+from diffusion_gym.tasks.mixture import TASK
+from diffusion_gym.tasks.mixture.model import mixture
+from diffusion_gym.tasks.mixture.rewards import SHIPPED_DIMS, GaussianBumpsUtility, gold_utility, load_proxy
+
+
+def task_models(
+    dim: int = 8, reward: Literal["proxy", "gold"] = "proxy"
+) -> tuple[GaussianMixtureScore, RewardModel, GaussianBumpsUtility]:
+    """The task's (base model, terminal reward, gold utility) in ``dim`` dimensions.
+
+    Args:
+        dim: the dimension D, an integer >= 2; the proxy ships for :data:`~.rewards.SHIPPED_DIMS`.
+        reward: ``"proxy"`` (the shipped Bradley-Terry proxy) or ``"gold"`` (train on the gold utility,
+            any ``dim >= 2``).
+
+    Raises:
+        ValueError: ``dim`` is not an integer >= 2, ``reward`` is neither, or no proxy ships for ``dim``.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+        raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
+    if reward not in ("proxy", "gold"):
+        raise ValueError(f"reward must be 'proxy' or 'gold', got {reward!r}")
+    if reward == "proxy" and dim not in SHIPPED_DIMS:
+        raise ValueError(
+            f"no proxy ships for dim={dim}; shipped dims: {list(SHIPPED_DIMS)} (reward='gold' works for any dim >= 2)"
+        )
+    gold = gold_utility(dim)
+    return mixture(dim), (load_proxy(dim) if reward == "proxy" else gold_utility(dim)), gold
+
+
+make_env = TASK.make_env
+"""``gym.make("DiffusionSDE-Mixture-v0", **kwargs)``: ``dim``, ``reward`` as :func:`task_models`, the rest the env's."""
+make_vector_env = TASK.make_vector_env
+"""``gym.make_vec("DiffusionSDE-Mixture-v0", num_envs, vectorization_mode="vector_entry_point", **kwargs)``."""

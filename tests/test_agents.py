@@ -364,3 +364,40 @@ def test_compiled_env_and_agent_match_eager():
     agent = agent_cls(compiled, config_cls(progress=False, compile=True)).learn(512)
     assert_ratios_are_one(agent, collect(agent.env, agent.behaviour_action))
 
+
+@pytest.mark.parametrize("name", ["ct_ppo", "ddpo", "dpok"])
+def test_the_convolutional_policy_starts_at_zero_and_its_ratios_are_exact(name):
+    """``policy_net="conv"`` on the digits task: zero correction at initialisation, a non-zero one after
+    an update, and the recomputed transition densities equal the rollouts' (ratio 1 within 1e-5)."""
+    from agents.common.networks import FieldConv
+    from diffusion_gym.tasks.digits.env import make_vector_env as make_digits
+
+    env = make_digits(8, n_steps=3, utility="thickness", integrator="exponential", dtype="float64")
+    agent_cls, config_cls = AGENTS[name]
+    agent = agent_cls(env, config_cls(progress=False, policy_net="conv"))
+    assert isinstance(agent.actor, FieldConv)
+    x, cond = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 5, 9])
+    assert torch.equal(agent.policy(0.4, x, cond), torch.zeros_like(x))
+    agent.env.reset(seed=0)
+    agent.update(collect(agent.env, agent.behaviour_action))
+    assert agent.policy(0.4, x, cond).abs().max() > 1e-4
+    assert_ratios_are_one(agent, collect(agent.env, agent.behaviour_action))
+
+
+def test_the_convolutional_field_is_translation_equivariant_away_from_the_border():
+    """Shifting an image shifts the field (the interior, beyond the convolutions' reach of the
+    zero padding), exactly up to float rounding; the field needs (C, H, W) states and its condition."""
+    from agents.common.networks import FieldConv
+
+    torch.manual_seed(0)
+    field = FieldConv((1, 16, 16), T=1.0, num_conditions=10, depth=2, zero_init=False).double()
+    x, cond, t = torch.randn(2, 1, 16, 16, dtype=torch.float64), torch.tensor([1, 4]), torch.tensor(0.3)
+    x[..., :, :4] = 0.0
+    x[..., :, -4:] = 0.0
+    shifted = torch.roll(x, 2, dims=-1)
+    out, out_shifted = field(t, x, cond), field(t, shifted, cond)
+    torch.testing.assert_close(out_shifted[..., 4:-4, 6:-4], out[..., 4:-4, 4:-6], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="conditional"):
+        field(t, x)
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        FieldConv((2,), T=1.0)

@@ -21,7 +21,7 @@ from gymnasium.vector import AutoresetMode
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from agents.common.networks import DenoisedRewardCritic, FieldMLP
+from agents.common.networks import DenoisedRewardCritic, FieldConv, FieldMLP
 from agents.common.trajectories import Trajectories, collect
 from diffusion_gym.checkpoints import load_checkpoint
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
@@ -373,8 +373,10 @@ def make_actor(env: DiffusionSDEVectorEnv, config: AgentConfig) -> nn.Module:
         kind = "lora" if isinstance(env.score_model, DiffusersScore) else "mlp"
     if kind == "mlp":
         return FieldMLP(env.event_shape, env.T, env.num_conditions, config.hidden).to(env.device, env.dtype)
+    if kind == "conv":
+        return FieldConv(env.event_shape, env.T, env.num_conditions).to(env.device, env.dtype)
     if kind == "lora":
         from agents.common.lora import LoRAScoreField
 
         return LoRAScoreField(env.score_model, env.action_scale_at, rank=config.lora_rank).to(env.device, env.dtype)
-    raise ValueError(f"policy_net must be 'auto', 'mlp' or 'lora', got {config.policy_net!r}")
+    raise ValueError(f"policy_net must be 'auto', 'mlp', 'conv' or 'lora', got {config.policy_net!r}")

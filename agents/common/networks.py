@@ -73,6 +73,59 @@ class FieldMLP(nn.Module):
         return out.squeeze(1) if self.scalar else out.reshape(x.shape[0], *self.event_shape)
 
 
+class FieldConv(nn.Module):
+    """``f(t, x, c)`` for image states: a small convolutional field, the state's shape in and out.
+
+    Time features and the condition embedding enter every layer as per-channel shifts (FiLM-style
+    biases), so the field is translation-equivariant in the pixels: a local edit the reward likes
+    (a thicker stroke) is learnt once for every position instead of once per pixel as an MLP must.
+
+    Args:
+        event_shape: one state's shape, ``(C, H, W)``.
+        T: the horizon (time features are of t / T).
+        num_conditions: embed condition indices if the task is conditional.
+        width: channels of the hidden convolutions.
+        depth: hidden 3x3 convolutions.
+        zero_init: initialise the last layer to zero (the policy starts at zero correction).
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        T: float,
+        num_conditions: int | None = None,
+        width: int = 32,
+        depth: int = 3,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(event_shape) != 3:
+            raise ValueError(f"a convolutional field needs (C, H, W) states, got event shape {tuple(event_shape)}")
+        channels = int(event_shape[0])
+        self.event_shape = tuple(event_shape)
+        self.time = TimeFeatures(T)
+        self.cond = nn.Embedding(num_conditions, 16) if num_conditions is not None else None
+        context = self.time.dim + (16 if num_conditions is not None else 0)
+        self.convs = nn.ModuleList(nn.Conv2d(channels if i == 0 else width, width, 3, padding=1) for i in range(depth))
+        self.shifts = nn.ModuleList(nn.Linear(context, width) for _ in range(depth))
+        self.head = nn.Conv2d(width, channels, 3, padding=1)
+        if zero_init:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def forward(self, t: Tensor, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        context = [self.time(t).to(x.dtype).expand(x.shape[0], -1)]
+        if self.cond is not None:
+            if cond is None:
+                raise ValueError("this network is conditional: pass cond")
+            context.append(self.cond(cond).to(x.dtype))
+        c = torch.cat(context, dim=1)
+        h = x
+        for conv, shift in zip(self.convs, self.shifts, strict=True):
+            h = nn.functional.silu(conv(h) + shift(c)[:, :, None, None])
+        return self.head(h)
+
+
 class DenoisedRewardCritic(nn.Module):
     """``V(t, y, c) = cos(pi s / 2T) r(x0_hat, c) + sin(pi s / 2T) g_phi(t, y, c)``, ``s = T - t``: the critic of
     the authors' CT-PPO (ContTimeRL4DM, ``ddpo_continuous/scripts/src/ImageReward_VN.py``, their time

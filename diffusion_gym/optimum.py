@@ -55,11 +55,27 @@ class Optimum:
         j_star: ``kl_coef log E_pre exp(r / kl_coef)``.
         j_pretrained: ``E_pre r`` (the pretrained sampler pays no KL).
         covariance: the covariance of the two estimates (strongly positive: same samples).
+        ess: the effective sample size ``(sum w)^2 / sum w^2`` of the weights ``w = exp(r / kl_coef)``
+            behind J* (None where unknown): J* rests on about this many samples, so a J* whose
+            ESS is a few dozen is not to be trusted whatever its standard error says.
     """
 
     j_star: Estimate
     j_pretrained: Estimate
     covariance: float = 0.0
+    ess: float | None = None
+
+    def row(self) -> dict[str, float | None]:
+        """The estimates as flat numbers (results files, shipped reference tables)."""
+        return {
+            "j_star": self.j_star.mean,
+            "j_star_se": self.j_star.se,
+            "j_pretrained": self.j_pretrained.mean,
+            "j_pretrained_se": self.j_pretrained.se,
+            "covariance": self.covariance,
+            "n": self.j_star.n,
+            "ess": self.ess,
+        }
 
     def normalized_gap(self, j: Estimate) -> Estimate:
         """The normalized gap of a policy's objective ``j`` (estimated from other samples)."""
@@ -67,7 +83,8 @@ class Optimum:
 
 
 def optimum_from_rewards(rewards: Tensor, kl_coef: float) -> Optimum:
-    """J*, J(pre) and their covariance from terminal rewards of the pretrained sampler.
+    """J*, J(pre), their covariance and the weights' effective sample size from terminal rewards of
+    the pretrained sampler.
 
     The covariance is the delta-method one, from the influence functions
     ``kl_coef (w_i / mean(w) - 1)`` of J* and ``r_i - mean(r)`` of J(pre).
@@ -78,7 +95,8 @@ def optimum_from_rewards(rewards: Tensor, kl_coef: float) -> Optimum:
     influence_star = kl_coef * (w / w.mean() - 1)
     influence_pre = r - r.mean()
     cov = (influence_star * influence_pre).sum().item() / (r.numel() * (r.numel() - 1))
-    return Optimum(soft_value(r, kl_coef), Estimate.of(r), cov)
+    ess = (w.sum().square() / w.square().sum()).item()
+    return Optimum(soft_value(r, kl_coef), Estimate.of(r), cov, ess)
 
 
 def optimal_objective(env: DiffusionSDEVectorEnv, n_samples: int = 65_536, seed: int = 0) -> Optimum:

@@ -12,9 +12,9 @@ import torch
 from diffusion_gym.evaluation import Estimate, Rollouts, rollout
 from diffusion_gym.optimum import References
 
-SEED_PURPOSES = {"optimum": 1, "curve": 2, "final": 3, "oracle": 4}
+SEED_PURPOSES = {"optimum": 1, "curve": 2, "final": 3, "oracle": 4, "shipped": 5}
 """What a derived seed is for: the references' pretrained samples, a learning-curve point, a final
-score, the optimal control's episodes."""
+score, the optimal control's episodes, the pretrained samples of references shipped with a task."""
 
 
 def derive_seed(purpose: str, *keys: int) -> int:

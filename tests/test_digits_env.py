@@ -90,3 +90,37 @@ def test_frechet_threshold_rejects_an_undertrained_model(heldout_features):
     images, _ = sample_digits(DATA / "digits_unet_10pct.safetensors")
     with torch.no_grad():
         assert frechet_distance(load_classifier().features(images), heldout_features) > FRECHET_THRESHOLD
+
+
+def test_the_default_configuration_has_headroom_and_a_trustworthy_shipped_optimum():
+    """The task's defaults are what its shipped references describe: at every shipped grid J* - J(pre)
+    is at least one standard deviation of the pretrained per-sample objective and the effective
+    sample size behind J* is >= 200; other configurations find no shipped entry."""
+    from diffusion_gym.tasks import get_task
+
+    task = get_task("digits")
+    for n_steps in (10, 20):
+        entry = task.shipped_optimum({"n_steps": n_steps})
+        assert entry is not None, n_steps
+        sd = entry["j_pretrained_se"] * np.sqrt(entry["n"])
+        assert entry["j_star"] - entry["j_pretrained"] >= sd
+        assert entry["ess"] >= 200 and entry["command"].startswith("python -m diffusion_gym.tasks.digits.references")
+    assert task.shipped_optimum({}) == task.shipped_optimum({"n_steps": 10, "dtype": "float32", "utility": "thickness"})
+    assert task.shipped_optimum({"kl_coef": 1.0}) is None
+    assert task.shipped_optimum({"n_steps": 10, "integrator": "ddpm"}) is None
+    assert task.shipped_optimum({"n_steps": 10, "reward": "gold"}) is None
+
+
+@pytest.mark.slow
+def test_a_shipped_optimum_is_reproduced_by_fresh_samples():
+    """Recompute the N = 10 entry from 4,096 fresh pretrained samples (another seed): J* and J(pre)
+    within 4 standard errors of the shipped ones (both errors combined)."""
+    from diffusion_gym.evaluation import rollout
+    from diffusion_gym.optimum import optimum_from_rewards
+    from diffusion_gym.tasks import get_task
+
+    shipped = get_task("digits").shipped_optimum({"n_steps": 10})
+    env = make_vector_env(1024, n_steps=10)
+    fresh = optimum_from_rewards(rollout(env, None, 4096, seed=2024).terminal_reward, env.kl_coef)
+    for est, key in ((fresh.j_star, "j_star"), (fresh.j_pretrained, "j_pretrained")):
+        assert abs(est.mean - shipped[key]) <= 4 * np.hypot(est.se, shipped[f"{key}_se"]), key

@@ -140,3 +140,17 @@ def test_estimate_and_rollout_summary():
     assert torch.equal(again.x, out.x)
     same_step = rollout(make_vector_env(64, n_steps=5, autoreset_mode="SameStep"), None, 64, seed=0)
     assert torch.equal(same_step.x, out.x[:64])  # the final samples, not the next episode's noise
+
+
+def test_effective_sample_size_of_the_tilting_weights():
+    """Equal rewards: every sample counts (ESS = n). Two reward levels: the closed form
+    ``(sum w)^2 / sum w^2``; and it falls as kl_coef does (a sharper tilt rests on fewer samples)."""
+    n = 1000
+    assert optimum_from_rewards(torch.full((n,), 3.0), 0.5).ess == pytest.approx(n, rel=1e-12)
+    r = torch.cat([torch.ones(100), torch.zeros(900)])
+    e = math.exp(1 / 0.25)
+    expected = (100 * e + 900) ** 2 / (100 * e**2 + 900)
+    assert optimum_from_rewards(r, 0.25).ess == pytest.approx(expected, rel=1e-12)
+    g = torch.randn(4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sizes = [optimum_from_rewards(g, kl).ess for kl in (4.0, 1.0, 0.5)]
+    assert sizes[0] > sizes[1] > sizes[2]

@@ -15,7 +15,9 @@ heavy (diffusers, a UNet's weights).
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import inspect
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,6 +54,9 @@ class TaskSpec:
             pretrained samples for J* and J(pre), ``curve_points``, ``curve_n``, ``policy_net``,
             ``critic_pretrain_queries``).
         throughput: ``benchmarks.env_throughput``'s sizes for this task, ``(batch, steps)`` pairs.
+        references: ``"package:file.json"``, J* and J(pre) computed once per configuration and
+            shipped with the task (:meth:`shipped_optimum`), for tasks whose J* needs more pretrained
+            samples than a benchmark run can afford; None: every run estimates them.
     """
 
     name: str
@@ -62,6 +67,7 @@ class TaskSpec:
     tuning: Mapping[str, Mapping[str, list[Any]]] = field(default_factory=dict)
     tuning_budget: Mapping[str, Any] = field(default_factory=dict)
     throughput: tuple[tuple[int, int], ...] = ((4096, 100),)
+    references: str | None = None
 
     def build(self, kwargs: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(models, env kwargs)``: ``models`` called with the keywords it takes, and the rest over
@@ -98,9 +104,51 @@ class TaskSpec:
         models, env_kwargs = self.build(kwargs)
         return DiffusionSDEEnv(*models, **env_kwargs)
 
+    def configuration(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """What defines the pretrained sampler's law and J* on one grid: the task's own keywords and
+        the env's ``n_steps, grid, integrator, kl_coef, eps, dtype, autocast, conditions``, each from
+        ``kwargs``, else the task's defaults, else the functions' own defaults (JSON-comparable)."""
+        from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+
+        params = inspect.signature(resolve(self.models)).parameters
+        env_params = inspect.signature(DiffusionSDEVectorEnv).parameters
+        keys = [*params, *LAW_KEYS]
+        defaults = {k: p.default for k, p in (*env_params.items(), *params.items()) if k in keys}
+        merged = defaults | dict(self.defaults) | dict(kwargs)
+        for k in ("dtype", "autocast"):  # "float32" and torch.float32 name one dtype
+            if isinstance(merged.get(k), str) and not merged[k].startswith("torch."):
+                merged[k] = f"torch.{merged[k]}"
+        return {k: _comparable(merged.get(k)) for k in keys}
+
+    def shipped_optimum(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The shipped J*, J(pre) (with their errors, covariance, sample count, effective sample size
+        and the command that computed them) of the configuration ``kwargs`` names, or None when the
+        task ships none for it."""
+        if self.references is None:
+            return None
+        package, _, name = self.references.partition(":")
+        path = importlib.resources.files(package) / name
+        if not path.is_file():
+            return None
+        table = json.loads(path.read_text())
+        config = self.configuration(kwargs)
+        for entry in table["entries"]:
+            if entry["config"] == config:
+                return entry
+        return None
+
     def features(self) -> tuple[Callable[[Any], Any], Any] | None:
         """``(feature map, reference features)`` of an image task, else None."""
         return None if self.image_features is None else resolve(self.image_features)()
+
+
+LAW_KEYS = ("n_steps", "grid", "integrator", "kl_coef", "eps", "dtype", "autocast", "conditions")
+"""The env keywords the pretrained sampler's law and J* depend on (not the batch, device or action box)."""
+
+
+def _comparable(value: Any) -> Any:
+    """``value`` as JSON gives it back (dtypes and other objects as strings, tuples as lists)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 TASKS: dict[str, TaskSpec] = {}

@@ -197,8 +197,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | int | str]]:
         print(f"batch {batch}, steps {steps}, median of {args.repeats} episodes each")
         print(f"batched env : {m['env_rate']:.3e} particle-steps/s")
         print(f"raw loop    : {m['raw_rate']:.3e} particle-steps/s")
-        print(f"ratio env/raw: {m['ratio']:.3f}  (sampling alone: {m['sampling_ratio']:.3f}; the reward and gold "
-              f"queries are {100 * m['query_share']:.1f}% of the raw episode)")
+        print(
+            f"ratio env/raw: {m['ratio']:.3f}  (sampling alone: {m['sampling_ratio']:.3f}; the reward and gold "
+            f"queries are {100 * m['query_share']:.1f}% of the raw episode)"
+        )
         print(f"max |x_env - x_raw| over final samples: {m['max_diff']:.2e}")
         if m["host_syncs_per_episode"] is not None:
             print(f"host synchronisations per env episode: {m['host_syncs_per_episode']}")

@@ -281,7 +281,8 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
 def _references_line(task: dict[str, Any], n: int) -> str:
     """J*, J_best, J_oracle and J(pre) on grid n, as the report's sentence."""
     o = task["optimum"][str(n)]
-    parts = [f"J* = {fmt(o['j_star'], o['j_star_se'])}"]
+    ess = f" (effective sample size {o['ess']:,.0f} of {o['n']:,})" if o.get("ess") is not None else ""
+    parts = [f"J* = {fmt(o['j_star'], o['j_star_se'])}{ess}"]
     if "j_best" in o:
         parts.append(
             f"J_best = {o['j_best']:.4f} (dynamic programme, numerical error {o['j_best_error']:.1e}; the same "
@@ -290,7 +291,102 @@ def _references_line(task: dict[str, Any], n: int) -> str:
     if "j_oracle" in o:
         parts.append(f"J_oracle = {fmt(o['j_oracle'], o['j_oracle_se'])} (the optimal control)")
     parts.append(f"J(pre) = {fmt(o['j_pretrained'], o['j_pretrained_se'])}")
+    parts.append(f"headroom (J* - J(pre)) / sd = {headroom(o):.2f}")
     return ", ".join(parts)
+
+
+def headroom(optimum: dict[str, Any]) -> float:
+    """``(J* - J(pre))`` in standard deviations of the pretrained sampler's per-sample objective."""
+    sd = optimum["j_pretrained_se"] * math.sqrt(optimum["n"])
+    return (optimum["j_star"] - optimum["j_pretrained"]) / sd if sd > 0 else math.nan
+
+
+def gap_at(run: dict[str, Any], queries: float, gap_key: str) -> float:
+    """The run's learning-curve gap at ``queries`` reward queries, linearly interpolated."""
+    points = [(p["reward_queries"], p[gap_key]) for p in run["curve"] if p.get(gap_key) is not None]
+    for (q0, g0), (q1, g1) in zip(points, points[1:], strict=False):
+        if q0 <= queries <= q1:
+            return g0 if q1 == q0 else g0 + (g1 - g0) * (queries - q0) / (q1 - q0)
+    return math.nan
+
+
+def detectable_difference(samples: list[list[float]], level: float = LEVEL, power: float = 0.8) -> float:
+    """The smallest difference of two agents' means a two-sided t-test at ``level`` detects with
+    probability ``power``, from the spread over seeds pooled over agents (each list: one agent's seeds)."""
+    groups = [g for g in samples if len(g) > 1]
+    df = sum(len(g) - 1 for g in groups)
+    if df == 0:
+        return math.nan
+    pooled = math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in groups) / df)
+    k = statistics.fmean(len(g) for g in groups)
+    return (stats.t.ppf(1 - level / 2, df) + stats.t.ppf(power, df)) * pooled * math.sqrt(2 / k)
+
+
+def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]:
+    """Whether the task can tell the agents apart: its headroom and the weights behind J*, whether
+    the best agent's gap is still falling at a quarter of the budget (the task does not saturate
+    early), the smallest difference in queries-to-gap the seeds can detect, and whether q-learning
+    ever fell measurably below the pretrained model on its learning curve."""
+    task = results["tasks"][key]
+    runs = runs_by_agent(results, key, n_train)
+    gap_key = claim_gap(task)
+    o = task["optimum"][str(n_train)]
+    lines = [
+        f"**Does this task discriminate?** Headroom {headroom(o):.2f} standard deviations of the pretrained "
+        "per-sample objective"
+        + (
+            f"; J* rests on an effective {o['ess']:,.0f} of {o['n']:,} pretrained samples"
+            if o.get("ess") is not None
+            else ""
+        )
+        + "."
+    ]
+    finals = {a: _final(rs, n_train, gap_key) for a, rs in runs.items() if rs}
+    if finals:
+        best = min(finals, key=lambda a: finals[a].mean)
+        rs = runs[best]
+        quarter = over_seeds(gap_at(r, r["reward_queries"] / 4, gap_key) for r in rs)
+        final = finals[best]
+        ratio = quarter.mean / final.mean if final.mean > 0 else math.inf
+        if ratio >= 1.5:
+            verdict = "the task does not saturate early (ratio >= 1.5)"
+        elif final.mean > 0.5:
+            verdict = "the best agent closes less than half the gap, so the budget is short, not the task saturated"
+        else:
+            verdict = "the task saturates early (ratio < 1.5): the last three quarters of the budget tell little"
+        lines.append(
+            f"Early saturation: the best agent here ({best}) has a {gap_key.replace('_', ' ')} of {fmt(quarter)} at a "
+            f"quarter of its budget and {fmt(final)} at the end, ratio {ratio:.2f}: {verdict}."
+        )
+    threshold = results["gap_thresholds"][0]
+    samples = []
+    for rs in runs.values():
+        qs = [_crossings(r, gap_key)[str(threshold)]["reward_queries"] for r in rs]
+        if rs and all(q is not None for q in qs):
+            samples.append(qs)
+    mdd = detectable_difference(samples)
+    if math.isfinite(mdd):
+        lines.append(
+            f"Detectable difference: with these seeds, two agents' reward queries to a {gap_key.replace('_', ' ')} "
+            f"of {threshold} must differ by about {mdd:,.0f} to be found significant at {LEVEL:.0%} with 80% power "
+            f"(t-test, seed spread pooled over the {len(samples)} agents that reached it in every seed)."
+        )
+    else:
+        lines.append(
+            f"Detectable difference: fewer than one agent reached a {gap_key.replace('_', ' ')} of {threshold} in "
+            "every seed of two or more; the queries-to-gap comparison has no error bar here."
+        )
+    pre = Estimate(o["j_pretrained"], o["j_pretrained_se"], o["n"])
+    for agent, rs in runs.items():
+        if not agent.startswith("ct_q_learning"):
+            continue
+        worst = min((p["objective"] - pre.mean) / math.hypot(p["objective_se"], pre.se) for r in rs for p in r["curve"])
+        holds = "holds" if worst >= -3 else "DOES NOT HOLD"
+        lines.append(
+            f"{agent} stability: its lowest learning-curve point over all seeds is {worst:.1f} standard errors "
+            f"from J(pre) (the bound J >= J(pre) - 3 s.e. {holds})."
+        )
+    return lines
 
 
 def render(results: dict[str, Any]) -> str:
@@ -328,7 +424,12 @@ def render(results: dict[str, Any]) -> str:
             f"{task['num_envs']} envs, {task['reward_queries']:,} reward queries per run (unless the table says "
             f"otherwise); learning curves "
             f"from {task['curve_n']:,} samples per point; final scores from {task['eval_n']:,} samples per "
-            f"grid; J* and J(pre) from {task['optimum_n']:,} pretrained samples per grid"
+            f"grid; J* and J(pre) "
+            + (
+                f"shipped with the task, from {first['n']:,} pretrained samples per grid (`{first['command']}`)"
+                if "command" in (first := next(iter(task["optimum"].values())))
+                else f"from {task['optimum_n']:,} pretrained samples per grid"
+            )
             + (
                 f", J_oracle from {next(iter(task['optimum'].values()))['j_oracle_n']:,} episodes of the optimal "
                 "control"
@@ -463,6 +564,7 @@ def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_trai
                 cells = [fmt(task["optimum"][str(n)][field], task["optimum"][str(n)][err]) for n in grids]
                 lines.append(f"| {name} | " + " | ".join(cells) + " | | | | |")
     lines += ["", "**The paper's claims on this task.**", ""] + [f"- {c}" for c in claims(results, key, n_train)]
+    lines += [""] + [f"- {c}" if i else c for i, c in enumerate(discrimination(results, key, n_train))]
     return lines
 
 

@@ -44,7 +44,6 @@ SAMPLES_PER_CLASS = 8
 POINTS_SAVED = 4096
 
 
-
 # ------------------------------------------------------------------------------------------------
 # Image metrics: the task spec's feature map and reference features, where it has them.
 
@@ -92,19 +91,19 @@ def task_baseline(task: SuiteTask, device: torch.device, out: Path, cache: dict[
     optimum: dict[str, Any] = {}
     pretrained: dict[str, Any] = {}
     oracle: dict[str, Any] = {}
+    spec = get_task(task.env)
     for n_steps in grids:
-        env = _eval_env(task, n_steps, task.optimum_n, device)
-        pre = rollout(env, None, task.optimum_n, seed=derive_seed("optimum", n_steps))
-        opt = optimum_from_rewards(pre.terminal_reward, env.kl_coef)
-        optimum[str(n_steps)] = {
-            "j_star": opt.j_star.mean,
-            "j_star_se": opt.j_star.se,
-            "j_pretrained": opt.j_pretrained.mean,
-            "j_pretrained_se": opt.j_pretrained.se,
-            "covariance": opt.covariance,
-            "n": opt.j_star.n,
-            "kl_coef": env.kl_coef,
-        }
+        shipped = spec.shipped_optimum(task.env_kwargs | {"n_steps": n_steps})
+        # With shipped references the pretrained samples serve only the pretrained row and plots.
+        n_pre = task.optimum_n if shipped is None else task.eval_n
+        env = _eval_env(task, n_steps, n_pre, device)
+        pre = rollout(env, None, n_pre, seed=derive_seed("optimum", n_steps))
+        if shipped is None:
+            optimum[str(n_steps)] = optimum_from_rewards(pre.terminal_reward, env.kl_coef).row()
+        else:
+            keys = ("j_star", "j_star_se", "j_pretrained", "j_pretrained_se", "covariance", "n", "ess", "command")
+            optimum[str(n_steps)] = {k: shipped[k] for k in keys}
+        optimum[str(n_steps)]["kl_coef"] = env.kl_coef
         if solvable(env):
             solution = best_policy(env, n_grid=task.best_grid)
             optimum[str(n_steps)] |= {"j_best": solution.j_best, "j_best_error": solution.error}

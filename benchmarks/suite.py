@@ -10,7 +10,8 @@ A run is one agent x task x seed x N_train. The file (see ``benchmarks/suites/qu
   (``num_envs``, ``reward_queries``), the learning-curve and final evaluations (``curve_points``,
   ``curve_n``, ``eval_steps``, ``eval_n``, ``optimum_n``), the references' sizes (``oracle_n``:
   episodes of the optimal control, default ``eval_n``; ``best_grid``: cells per axis of J_best's
-  dynamic programme, default 256), ``policy_net`` and, under
+  dynamic programme, default 256), ``policy_net``, ``agents`` (the subset of the suite's agents
+  that run on this task; default: all) and, under
   ``[tasks.KEY.agent_settings.NAME]``, per-task config overrides.
 
 Any table may hold ``[cpu]`` / ``[cuda]`` sub-tables, merged over it on that device: one suite
@@ -51,8 +52,9 @@ TASK_FIELDS = {
     "agent_settings": dict,
     "oracle_n": int,
     "best_grid": int,
+    "agents": list,
 }
-OPTIONAL_TASK_FIELDS = {"env_kwargs", "policy_net", "agent_settings", "oracle_n", "best_grid"}
+OPTIONAL_TASK_FIELDS = {"env_kwargs", "policy_net", "agent_settings", "oracle_n", "best_grid", "agents"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class SuiteTask:
     agent_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     oracle_n: int | None = None
     best_grid: int = 256
+    agents: list[str] | None = None
 
     @property
     def oracle_episodes(self) -> int:
@@ -117,6 +120,8 @@ class Suite:
         for task in self.tasks.values():
             for n_train in task.n_train:
                 for label, (agent, overrides) in self.agents.items():
+                    if task.agents is not None and label not in task.agents:
+                        continue
                     for seed in self.seeds:
                         merged = dict(overrides)
                         if task.policy_net is not None and agent != "sb3":
@@ -192,6 +197,8 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
             raise ValueError(f"{path}: task {key!r} overrides agents not in the suite: {sorted(unknown_agents)}")
         for label, t in overrides.items():
             _check_settings(path, label, registry[agents[label][0]], t)
+        if unknown_agents := set(table.get("agents", [])) - set(agents):
+            raise ValueError(f"{path}: task {key!r} names agents not in the suite: {sorted(unknown_agents)}")
         if not set(table["n_train"]) <= set(table["eval_steps"]):
             raise ValueError(f"{path}: task {key!r}: every n_train grid must be in eval_steps (scored there)")
         counts = [table[k] for k in ("curve_points", "eval_n", "curve_n", "reward_queries", "oracle_n") if k in table]

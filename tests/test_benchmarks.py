@@ -17,7 +17,7 @@ from agents.common.trajectories import Trajectories
 from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.env_throughput import measure
 from benchmarks.plots import kl_front
-from benchmarks.report import claims, render
+from benchmarks.report import claims, detectable_difference, discrimination, gap_at, headroom, render
 from benchmarks.suite import load_suite
 from diffusion_gym.evaluation import crossing
 from diffusion_gym.metrics import per_class_diversity
@@ -99,16 +99,24 @@ def tiny_run(tmp_path_factory):
 def test_shipped_suites_parse_on_both_devices():
     for device in ("cpu", "cuda"):
         quick = load_suite("quick", device)
-        assert set(quick.tasks) == {"mixture2d", "digits"}
+        assert set(quick.tasks) == {"mixture8", "digits"}
+        assert quick.tasks["mixture8"].env_kwargs["dim"] == 8
         assert quick.seeds == [0, 1]
         learners = {name for name, (cls, _) in AGENTS.items() if cls.trains}  # the oracle is a reference row
         assert {agent for agent, _ in quick.agents.values()} == learners | {"sb3"}
-        assert len(quick.runs()) == len(quick.agents) * 2 * 2
+        on_digits = quick.tasks["digits"].agents
+        assert set(on_digits) == learners and len(quick.runs()) == (len(quick.agents) + len(on_digits)) * 2
+        assert {r.label for r in quick.runs() if r.task.key == "digits"} == set(on_digits)
         full = load_suite("full", device)
         assert len(full.seeds) > 2
-        assert full.throughput
+        assert {t.env_kwargs.get("dim") for t in full.tasks.values() if t.env == "DiffusionSDE-Mixture-v0"} == {
+            2,
+            8,
+            32,
+        }
+        assert "digits" in full.tasks and full.throughput
     cpu, cuda = load_suite("full", "cpu"), load_suite("full", "cuda")
-    assert cpu.tasks["mixture2d"].reward_queries < cuda.tasks["mixture2d"].reward_queries
+    assert cpu.tasks["mixture8"].reward_queries < cuda.tasks["mixture8"].reward_queries
     assert load_suite("quick", seeds=5).seeds == [0, 1, 2, 3, 4]
 
 
@@ -123,6 +131,7 @@ def test_shipped_suites_parse_on_both_devices():
         (lambda s: s.replace("eval_steps = [5, 10, 20]", "eval_steps = [5, 20]"), "n_train grid must be in"),
         (lambda s: s.replace("curve_points = 3", "curve_points = 0"), "must be >= 1"),
         (lambda s: "colour = 1\n" + s, "unknown top-level"),
+        (lambda s: s.replace("curve_n = 1024", 'curve_n = 1024\nagents = ["sac"]'), "names agents not in the suite"),
     ],
 )
 def test_bad_suites_raise(tmp_path, edit, message):
@@ -376,3 +385,46 @@ def test_no_committed_objective_exceeds_the_best_policy_of_its_grid(name):
             assert row["objective"] <= ref["j_best"] + 3 * math.hypot(row["objective_se"], ref["j_best_error"])
     assert checked == sum(len(run["final"]) for run in results["runs"]) > 0
     assert any("j_best" in ref for task in results["tasks"].values() for ref in task["optimum"].values())
+
+
+def test_discrimination_measures_are_exact_on_known_inputs():
+    """Headroom in pretrained standard deviations, the curve's gap at a query count (linear
+    interpolation), and the detectable difference: with two agents of k seeds and pooled sd s it is
+    ``(t_{0.975, df} + t_{0.8, df}) s sqrt(2 / k)``, df = 2 (k - 1)."""
+    from scipy import stats as st
+
+    o = {"j_star": 2.0, "j_pretrained": 1.0, "j_pretrained_se": 0.01, "n": 10_000}
+    assert headroom(o) == pytest.approx(1.0, rel=1e-12)
+    run = {
+        "curve": [
+            {"reward_queries": 0, "gap": 1.0},
+            {"reward_queries": 100, "gap": 0.5},
+            {"reward_queries": 300, "gap": 0.1},
+        ]
+    }
+    assert gap_at(run, 50, "gap") == pytest.approx(0.75) and gap_at(run, 200, "gap") == pytest.approx(0.3)
+    assert math.isnan(gap_at(run, 400, "gap"))
+    a, b = [100.0, 120.0, 140.0], [200.0, 220.0, 240.0]  # sd 20 each
+    expected = (st.t.ppf(0.975, 4) + st.t.ppf(0.8, 4)) * 20.0 * math.sqrt(2 / 3)
+    assert detectable_difference([a, b]) == pytest.approx(expected, rel=1e-12)
+    assert math.isnan(detectable_difference([[5.0]]))
+
+
+def test_the_report_flags_q_learning_below_the_pretrained_model_and_early_saturation():
+    """The discrimination lines read the committed quick results: q-learning's lowest curve point is
+    stated in standard errors from J(pre), and the saturation verdict follows the quarter-budget ratio."""
+    from pathlib import Path
+
+    results = json.loads((Path(__file__).parents[1] / "benchmarks/results/quick-cpu/results.json").read_text())
+    lines = discrimination(results, "mixture2d", 20)
+    assert lines[0].startswith("**Does this task discriminate?** Headroom")
+    q_line = next(line for line in lines if line.startswith("ct_q_learning stability"))
+    curve = [
+        p for r in results["runs"] if r["agent"] == "ct_q_learning" and r["task"] == "mixture2d" for p in r["curve"]
+    ]
+    o = results["tasks"]["mixture2d"]["optimum"]["20"]
+    worst = min(
+        (p["objective"] - o["j_pretrained"]) / math.hypot(p["objective_se"], o["j_pretrained_se"]) for p in curve
+    )
+    assert f"{worst:.1f} standard errors" in q_line and ("DOES NOT HOLD" in q_line) == (worst < -3)
+    assert any("ratio" in line and "saturate" in line for line in lines)

@@ -169,4 +169,3 @@ def test_no_library_module_imports_a_task_or_a_runner():
         assert not {m for m in imported if m.split(".")[0] in ("agents", "benchmarks")}, rel
         if not rel.startswith("tasks/") and rel != "__init__.py":
             assert not {m for m in imported if m.startswith("diffusion_gym.tasks")}, rel
-

@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--optimum-n", type=int, default=None, help="samples for J* (default: tuning budget)")
     parser.add_argument("--curve-points", type=int, default=None, help="default: the task's tuning budget")
     parser.add_argument("--curve-n", type=int, default=None, help="default: the task's tuning budget")
-    parser.add_argument("--policy-net", default=None, help="mlp | lora | auto (default: the task's tuning budget)")
+    parser.add_argument(
+        "--policy-net", default=None, help="mlp | conv | lora | auto (default: the task's tuning budget)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "tuning")
     parser.add_argument("--render", action="store_true", help="rewrite the markdown table from the JSON and stop")

@@ -311,15 +311,31 @@ def gap_at(run: dict[str, Any], queries: float, gap_key: str) -> float:
 
 
 def detectable_difference(samples: list[list[float]], level: float = LEVEL, power: float = 0.8) -> float:
-    """The smallest difference of two agents' means a two-sided t-test at ``level`` detects with
-    probability ``power``, from the spread over seeds pooled over agents (each list: one agent's seeds)."""
+    """The smallest difference of two agents' means that a two-sided two-sample t-test at ``level``
+    (as the claims use: two agents of k seeds each, 2 (k - 1) degrees of freedom, k the harmonic mean
+    of the seed counts) detects with probability ``power``; the seed spread is pooled over agents
+    (each list: one agent's seeds)."""
     groups = [g for g in samples if len(g) > 1]
-    df = sum(len(g) - 1 for g in groups)
-    if df == 0:
+    if not groups:
         return math.nan
-    pooled = math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in groups) / df)
-    k = statistics.fmean(len(g) for g in groups)
+    pooled = math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in groups) / sum(len(g) - 1 for g in groups))
+    k = statistics.harmonic_mean([len(g) for g in groups])
+    df = 2 * (k - 1)
     return (stats.t.ppf(1 - level / 2, df) + stats.t.ppf(power, df)) * pooled * math.sqrt(2 / k)
+
+
+def saturation_verdict(quarter: float, final: float) -> tuple[float, str]:
+    """The ratio of the best agent's gap at a quarter of its budget to its final gap, and what it says."""
+    if not (math.isfinite(quarter) and math.isfinite(final)):
+        return math.nan, "no learning curve reaches a quarter of the budget"
+    if final <= 0:
+        return math.inf, "the best agent ends at or past the reference, so the ratio is not informative"
+    ratio = quarter / final
+    if ratio >= 1.5:
+        return ratio, "the task does not saturate early (ratio >= 1.5)"
+    if final > 0.5:
+        return ratio, "the best agent closes less than half the gap, so the budget is short, not the task saturated"
+    return ratio, "the task saturates early (ratio < 1.5): the last three quarters of the budget tell little"
 
 
 def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]:
@@ -342,18 +358,13 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
         + "."
     ]
     finals = {a: _final(rs, n_train, gap_key) for a, rs in runs.items() if rs}
+    finals = {a: f for a, f in finals.items() if math.isfinite(f.mean)}
     if finals:
         best = min(finals, key=lambda a: finals[a].mean)
         rs = runs[best]
         quarter = over_seeds(gap_at(r, r["reward_queries"] / 4, gap_key) for r in rs)
         final = finals[best]
-        ratio = quarter.mean / final.mean if final.mean > 0 else math.inf
-        if ratio >= 1.5:
-            verdict = "the task does not saturate early (ratio >= 1.5)"
-        elif final.mean > 0.5:
-            verdict = "the best agent closes less than half the gap, so the budget is short, not the task saturated"
-        else:
-            verdict = "the task saturates early (ratio < 1.5): the last three quarters of the budget tell little"
+        ratio, verdict = saturation_verdict(quarter.mean, final.mean)
         lines.append(
             f"Early saturation: the best agent here ({best}) has a {gap_key.replace('_', ' ')} of {fmt(quarter)} at a "
             f"quarter of its budget and {fmt(final)} at the end, ratio {ratio:.2f}: {verdict}."
@@ -373,8 +384,8 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
         )
     else:
         lines.append(
-            f"Detectable difference: fewer than one agent reached a {gap_key.replace('_', ' ')} of {threshold} in "
-            "every seed of two or more; the queries-to-gap comparison has no error bar here."
+            f"Detectable difference: no agent reached a {gap_key.replace('_', ' ')} of {threshold} in every one "
+            "of two or more seeds; the queries-to-gap comparison has no error bar here."
         )
     pre = Estimate(o["j_pretrained"], o["j_pretrained_se"], o["n"])
     for agent, rs in runs.items():
@@ -384,7 +395,8 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
         holds = "holds" if worst >= -3 else "DOES NOT HOLD"
         lines.append(
             f"{agent} stability: its lowest learning-curve point over all seeds is {worst:.1f} standard errors "
-            f"from J(pre) (the bound J >= J(pre) - 3 s.e. {holds})."
+            f"from J(pre) (the bound J >= J(pre) - 3 s.e. at every point {holds}; the minimum over all points "
+            "and seeds, so a chance dip of 3 s.e. is possible among many points)."
         )
     return lines
 

@@ -199,6 +199,8 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
             _check_settings(path, label, registry[agents[label][0]], t)
         if unknown_agents := set(table.get("agents", [])) - set(agents):
             raise ValueError(f"{path}: task {key!r} names agents not in the suite: {sorted(unknown_agents)}")
+        if "agents" in table and (idle := set(overrides) - set(table["agents"])):
+            raise ValueError(f"{path}: task {key!r} has settings for agents it does not run: {sorted(idle)}")
         if not set(table["n_train"]) <= set(table["eval_steps"]):
             raise ValueError(f"{path}: task {key!r}: every n_train grid must be in eval_steps (scored there)")
         counts = [table[k] for k in ("curve_points", "eval_n", "curve_n", "reward_queries", "oracle_n") if k in table]

@@ -191,9 +191,12 @@ class References:
 
     def reachable_gap(self, j: Estimate) -> Estimate | None:
         """``(J_ref - J) / (J_ref - J(pre))`` with the reachable reference (independent of J(pre)'s
-        samples), or None where the task has none."""
+        samples), or None where the task has none or where it does not beat the pretrained model
+        (the optimal control on a coarse grid can do worse than no control: no yardstick there)."""
         ref = self.reachable
-        return None if ref is None else normalized_gap(j, ref, self.optimum.j_pretrained)
+        if ref is None or ref.mean <= self.optimum.j_pretrained.mean:
+            return None
+        return normalized_gap(j, ref, self.optimum.j_pretrained)
 
 
 def references(

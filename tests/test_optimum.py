@@ -154,3 +154,20 @@ def test_effective_sample_size_of_the_tilting_weights():
     g = torch.randn(4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     sizes = [optimum_from_rewards(g, kl).ess for kl in (4.0, 1.0, 0.5)]
     assert sizes[0] > sizes[1] > sizes[2]
+
+
+def test_a_reachable_reference_below_the_pretrained_model_is_no_yardstick():
+    """The optimal control applied on a coarse grid can score below J(pre) (8-D mixture at N = 10):
+    then there is no reachable gap on that grid, and a suite task is scored against J* alone."""
+    from benchmarks.run import _reachable_key
+    from diffusion_gym.optimum import Optimum, References
+
+    opt = Optimum(Estimate(3.0, 0.01, 1000), Estimate(1.3, 0.01, 1000))
+    policy = Estimate(2.0, 0.02, 1000)
+    assert References(opt, j_oracle=Estimate(0.9, 0.05, 512)).reachable_gap(policy) is None
+    above = References(opt, j_oracle=Estimate(2.3, 0.05, 512)).reachable_gap(policy)
+    assert above is not None and above.mean == pytest.approx(0.3 / 1.0)
+    entries = {"10": {"j_oracle": 0.9, "j_pretrained": 1.3}, "20": {"j_oracle": 2.0, "j_pretrained": 1.3}}
+    assert _reachable_key(entries) is None
+    entries["10"]["j_oracle"] = 1.5
+    assert _reachable_key(entries) == "j_oracle"

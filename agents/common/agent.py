@@ -44,6 +44,7 @@ class AgentConfig:
         max_grad_norm: gradient clipping of every update.
         anneal_lr: decay every learning rate linearly to 10% of its value over the reward-query budget.
         policy_net: the policy's network: ``"mlp"`` (an MLP of time, flattened state and condition),
+            ``"conv"`` (a small convolutional field for image states; ``hidden`` does not apply),
             ``"lora"`` (the base UNet with LoRA adapters; UNet bases only) or ``"auto"`` (LoRA on a
             UNet base, else the MLP).
         lora_rank: the rank of the LoRA adapters.

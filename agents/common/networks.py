@@ -77,8 +77,9 @@ class FieldConv(nn.Module):
     """``f(t, x, c)`` for image states: a small convolutional field, the state's shape in and out.
 
     Time features and the condition embedding enter every layer as per-channel shifts (FiLM-style
-    biases), so the field is translation-equivariant in the pixels: a local edit the reward likes
-    (a thicker stroke) is learnt once for every position instead of once per pixel as an MLP must.
+    biases); the weights are shared across pixels (translation equivariant away from the zero
+    padding's reach): a local edit the reward likes (a thicker stroke) is learnt once for every
+    position instead of once per pixel as an MLP must.
 
     Args:
         event_shape: one state's shape, ``(C, H, W)``.

@@ -10,9 +10,9 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 # Defaults (utility "thickness" in env.py): the headroom a benchmark needs. At kl_coef 1 J* - J(pre)
 # is 0.31 pretrained standard deviations (every utility but JPEG), less than the evaluation noise of
-# a few hundred samples; at 0.3 it is 1.08 (N = 10) and 1.09 (N = 20), with an effective sample size
-# of ~3% of the pretrained samples behind J*: J* and J(pre) ship in references.json (references.py),
-# from 32,768 samples per grid. N = 10 with the exponential integrator halves a query's cost against
+# a few hundred samples; at 0.3 it is 1.15 (N = 10) and 1.13 (N = 20), with an effective sample size
+# of only ~1% of the pretrained samples behind J* (385 and 322 of 32,768): J* and J(pre) ship in
+# references.json (references.py). N = 10 with the exponential integrator halves a query's cost against
 # N = 20 (the UNet is 90% of it), which is what lets the quick suite's agents learn on 2 CPU cores.
 # exp(q / gamma) explores at a KL price of gamma D T / 2 per episode (D: the state's dimension): the
 # 2-D grid's temperatures times 2 / 64 give the same exploration price on 8x8 digits. On 2 CPU cores

@@ -3,9 +3,10 @@
 
 Defaults differ from ``DiffusionSDE-v0`` where the task needs it: N = 10 steps of the exponential
 integrator, kl_coef 0.3 and the thickness utility, so that J* - J(pre) is about one standard
-deviation of the pretrained objective (1.08; 0.31 at kl_coef 1) while a query stays cheap; and
+deviation of the pretrained objective (1.15; 0.31 at kl_coef 1) while a query stays cheap; and
 classifier-free guidance 2. J* and J(pre) of the default configuration ship with the task
-(``references.json``: its effective sample size is ~3% of the samples, so it takes tens of thousands).
+(``references.json``: the effective sample size behind J* is ~1% of the samples, so it takes tens of
+thousands).
 """
 
 from __future__ import annotations

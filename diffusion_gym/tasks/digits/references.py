@@ -1,7 +1,7 @@
 """Compute the J* and J(pre) that ship with ``DiffusionSDE-Digits-v0`` (``references.json``).
 
 J* rests on the weights ``exp(r / kl_coef)`` of pretrained samples; with the headroom the task needs
-(J* - J(pre) of about one pretrained standard deviation) only ~2% of the samples carry them, so a
+(J* - J(pre) of about one pretrained standard deviation) only ~1% of the samples carry them, so a
 trustworthy J* (effective sample size >= 200) takes tens of thousands of UNet episodes, more than a
 benchmark run affords. They are computed once here, per configuration, and the benchmarks read them
 (:meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_optimum`).

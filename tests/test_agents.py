@@ -401,3 +401,18 @@ def test_the_convolutional_field_is_translation_equivariant_away_from_the_border
         field(t, x)
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         FieldConv((2,), T=1.0)
+
+
+def test_q_learning_takes_the_reward_critic():
+    """``critic="reward"`` gives q-learning the denoised-reward critic; it trains with finite stats and
+    its recomputed policy densities still equal the rollouts'; an unknown critic is refused."""
+    from agents.common.networks import DenoisedRewardCritic
+
+    agent_cls, config_cls = AGENTS["ct_q_learning"]
+    agent = agent_cls(tiny_env(), config_cls(progress=False, critic="reward"))
+    assert isinstance(agent.critic, DenoisedRewardCritic)
+    seen = []
+    agent.learn(64, callback=lambda a, stats: seen.append(stats))
+    assert all(math.isfinite(v) for v in seen[-1].values())
+    with pytest.raises(ValueError, match="critic"):
+        agent_cls(tiny_env(), config_cls(progress=False, critic="unet"))

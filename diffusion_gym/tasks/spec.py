@@ -14,6 +14,7 @@ heavy (diffusers, a UNet's weights).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.resources
 import inspect
@@ -123,7 +124,8 @@ class TaskSpec:
     def shipped_optimum(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         """The shipped J*, J(pre) (with their errors, covariance, sample count, effective sample size
         and the command that computed them) of the configuration ``kwargs`` names, or None when the
-        task ships none for it."""
+        task ships none for it, or when the task's ``weights/`` folder is no longer the one they were
+        computed with (``weights_sha256``: a retrained model or proxy makes them stale)."""
         if self.references is None:
             return None
         package, _, name = self.references.partition(":")
@@ -134,7 +136,8 @@ class TaskSpec:
         config = self.configuration(kwargs)
         for entry in table["entries"]:
             if entry["config"] == config:
-                return entry
+                stale = "weights_sha256" in entry and entry["weights_sha256"] != weights_fingerprint(package)
+                return None if stale else entry
         return None
 
     def features(self) -> tuple[Callable[[Any], Any], Any] | None:
@@ -144,6 +147,16 @@ class TaskSpec:
 
 LAW_KEYS = ("n_steps", "grid", "integrator", "kl_coef", "eps", "dtype", "autocast", "conditions")
 """The env keywords the pretrained sampler's law and J* depend on (not the batch, device or action box)."""
+
+
+def weights_fingerprint(package: str) -> str:
+    """The sha256 of every file in ``package``'s ``weights/`` folder (names and bytes, sorted)."""
+    digest = hashlib.sha256()
+    folder = importlib.resources.files(package) / "weights"
+    for item in sorted(folder.iterdir(), key=lambda p: p.name) if folder.is_dir() else []:
+        if item.is_file():
+            digest.update(item.name.encode() + b"\0" + item.read_bytes())
+    return digest.hexdigest()
 
 
 def _comparable(value: Any) -> Any:

@@ -26,6 +26,7 @@ from diffusion_gym.evaluation import rollout
 from diffusion_gym.optimum import optimum_from_rewards
 from diffusion_gym.scoring import derive_seed
 from diffusion_gym.tasks.digits import TASK
+from diffusion_gym.tasks.spec import weights_fingerprint
 
 TABLE = "references.json"
 
@@ -35,7 +36,12 @@ def shipped_entry(n_samples: int, batch: int = 1024, device: str = "cpu", **kwar
     pretrained episodes of the configuration ``kwargs`` (which must name ``n_steps``)."""
     env = TASK.make_vector_env(min(batch, n_samples), device=device, **kwargs)
     pre = rollout(env, None, n_samples, seed=derive_seed("shipped", int(kwargs["n_steps"])))
-    return {"config": TASK.configuration(kwargs)} | optimum_from_rewards(pre.terminal_reward, env.kl_coef).row()
+    row = optimum_from_rewards(pre.terminal_reward, env.kl_coef).row()
+    return (
+        {"config": TASK.configuration(kwargs)}
+        | row
+        | {"weights_sha256": weights_fingerprint("diffusion_gym.tasks.digits")}
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from agents.common.agent import Agent
 from agents.common.build import build_agent, make_env
 from diffusion_gym.optimum import references
 from diffusion_gym.scoring import derive_seed, eval_batch, reference_row, score_policy
+from diffusion_gym.tasks import get_task
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--agent", default="ct_ppo")
     parser.add_argument("--env", default="DiffusionSDE-v0")
     parser.add_argument("--num-envs", type=int, default=512)
-    parser.add_argument("--n-steps", type=int, default=20)
+    parser.add_argument("--n-steps", type=int, default=None, help="default: the task's N, else 20")
     parser.add_argument("--env-kwargs", nargs="*", default=[], help="key=value env arguments")
     parser.add_argument("--reward-queries", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
 
-    env_kwargs = {"n_steps": args.n_steps, "device": args.device} | parse_assignments(args.env_kwargs)
+    n_steps = args.n_steps if args.n_steps is not None else get_task(args.env).defaults.get("n_steps", 20)
+    env_kwargs = {"n_steps": n_steps, "device": args.device} | parse_assignments(args.env_kwargs)
     env = make_env(args.env, args.num_envs, **env_kwargs)
     agent = build_agent(args.agent, env, {"seed": args.seed, "logdir": args.logdir} | parse_assignments(args.set))
     if args.checkpoint and Path(args.checkpoint).exists():

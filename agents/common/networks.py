@@ -24,6 +24,18 @@ class TimeFeatures(nn.Module):
         return torch.cat([u, torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+def context(
+    time: TimeFeatures, embedding: nn.Embedding | None, t: Tensor, x: Tensor, cond: Tensor | None
+) -> list[Tensor]:
+    """Per-row time features and, for a conditional network, the condition's embedding, in x's dtype."""
+    parts = [time(t).to(x.dtype).expand(x.shape[0], -1)]
+    if embedding is not None:
+        if cond is None:
+            raise ValueError("this network is conditional: pass cond")
+        parts.append(embedding(cond).to(x.dtype))
+    return parts
+
+
 class FieldMLP(nn.Module):
     """``f(t, x, c)``: an MLP of time features, the flattened state and a condition embedding, with an
     output of the state's shape (the score correction) or a scalar (a value).
@@ -64,12 +76,7 @@ class FieldMLP(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def forward(self, t: Tensor, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        parts = [x.flatten(1), self.time(t).to(x.dtype).expand(x.shape[0], -1)]
-        if self.cond is not None:
-            if cond is None:
-                raise ValueError("this network is conditional: pass cond")
-            parts.append(self.cond(cond).to(x.dtype))
-        out = self.head(self.body(torch.cat(parts, dim=1)))
+        out = self.head(self.body(torch.cat([x.flatten(1), *context(self.time, self.cond, t, x, cond)], dim=1)))
         return out.squeeze(1) if self.scalar else out.reshape(x.shape[0], *self.event_shape)
 
 
@@ -115,12 +122,7 @@ class FieldConv(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def forward(self, t: Tensor, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        context = [self.time(t).to(x.dtype).expand(x.shape[0], -1)]
-        if self.cond is not None:
-            if cond is None:
-                raise ValueError("this network is conditional: pass cond")
-            context.append(self.cond(cond).to(x.dtype))
-        c = torch.cat(context, dim=1)
+        c = torch.cat(context(self.time, self.cond, t, x, cond), dim=1)
         h = x
         for conv, shift in zip(self.convs, self.shifts, strict=True):
             h = nn.functional.silu(conv(h) + shift(c)[:, :, None, None])

@@ -46,13 +46,20 @@ def score_at_grids(
 ) -> list[dict[str, float]]:
     """The policy's objective, rewards and KL at each grid, with the references there (J*, J(pre), and
     J_best and J_oracle where the task has them) and both normalized gaps (docs/design.md, section 1),
-    seeded as the benchmarks seed them (:func:`~diffusion_gym.scoring.derive_seed`)."""
+    seeded as the benchmarks seed them (:func:`~diffusion_gym.scoring.derive_seed`). J* and J(pre)
+    are the task's shipped ones where it ships them for this configuration, as in the benchmarks."""
     rows = []
     n_train = env_kwargs["n_steps"]
     for n_steps in steps:
         env = make_env(env_id, eval_batch(n, agent.env.device), **(env_kwargs | {"n_steps": n_steps}))
+        shipped = get_task(env_id).shipped_optimum(env_kwargs | {"n_steps": n_steps})
         refs = references(
-            env, n, seed=derive_seed("optimum", n_steps), oracle_n=n, oracle_seed=derive_seed("oracle", n_steps)
+            env,
+            n,
+            seed=derive_seed("optimum", n_steps),
+            oracle_n=n,
+            oracle_seed=derive_seed("oracle", n_steps),
+            shipped=shipped,
         )
         row, _ = score_policy(env, agent, refs, n, derive_seed("final", seed, n_train, n_steps))
         rows.append({"n_steps": n_steps} | reference_row(refs) | row)

@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         seed=derive_seed("optimum", args.n_steps),
         oracle_n=args.eval_n,
         oracle_seed=derive_seed("oracle", args.n_steps),
+        shipped=get_task(args.env).shipped_optimum(env_kwargs),
     )
     meta = {"env": args.env, "env_kwargs": env_kwargs, "num_envs": args.num_envs, "seed": args.seed}
     meta |= {k: getattr(args, k) for k in ("reward_queries", "eval_n", "optimum_n", "curve_points", "curve_n")}

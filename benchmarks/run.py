@@ -163,12 +163,7 @@ def _reachable_key(optimum: dict[str, Any]) -> str | None:
 
 def _references(entry: dict[str, Any]) -> References:
     """The references of one grid from its ``optimum`` entry of results.json."""
-    n = entry["n"]
-    optimum = Optimum(
-        Estimate(entry["j_star"], entry["j_star_se"], n),
-        Estimate(entry["j_pretrained"], entry["j_pretrained_se"], n),
-        entry["covariance"],
-    )
+    optimum = Optimum.from_row(entry)
     j_best = Estimate(entry["j_best"], entry["j_best_error"], entry["j_best_cells"]) if "j_best" in entry else None
     j_oracle = Estimate(entry["j_oracle"], entry["j_oracle_se"], entry["j_oracle_n"]) if "j_oracle" in entry else None
     return References(optimum, j_best, j_oracle)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -76,6 +78,17 @@ class Optimum:
             "n": self.j_star.n,
             "ess": self.ess,
         }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Optimum:
+        """The estimates of :meth:`row` (a results file's or a task's shipped table's entry) back."""
+        n = row["n"]
+        return cls(
+            Estimate(row["j_star"], row["j_star_se"], n),
+            Estimate(row["j_pretrained"], row["j_pretrained_se"], n),
+            row.get("covariance", 0.0),
+            row.get("ess"),
+        )
 
     def normalized_gap(self, j: Estimate) -> Estimate:
         """The normalized gap of a policy's objective ``j`` (estimated from other samples)."""
@@ -206,6 +219,7 @@ def references(
     oracle_n: int | None = None,
     oracle_seed: int | None = None,
     best: bool = True,
+    shipped: Mapping[str, Any] | None = None,
 ) -> References:
     """J*, J(pre), and where the task allows them J_best (2-D) and J_oracle (Gaussian mixture), on ``env``'s grid.
 
@@ -216,12 +230,15 @@ def references(
         oracle_n: episodes of the optimal control (default: ``n_samples``).
         oracle_seed: seeds them (default: ``seed + 1``; independent of the pretrained samples).
         best: compute J_best where the task is 2-D (a few seconds at N = 200 on a CPU).
+        shipped: J* and J(pre) the task ships for this configuration
+            (:meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_optimum`), used instead of estimating
+            them from ``n_samples`` (tasks whose weights' ESS is ~1% of the samples ship them).
     """
     from diffusion_gym.dynamic_programming import best_policy, solvable
     from diffusion_gym.optimal_control import MixtureOptimalControl
 
     env = getattr(env, "unwrapped", env)
-    optimum = optimal_objective(env, n_samples, seed)
+    optimum = optimal_objective(env, n_samples, seed) if shipped is None else Optimum.from_row(shipped)
     j_best = None
     if best and solvable(env):
         solution = best_policy(env)

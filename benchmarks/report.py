@@ -341,8 +341,8 @@ def saturation_verdict(quarter: float, final: float) -> tuple[float, str]:
 def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]:
     """Whether the task can tell the agents apart: its headroom and the weights behind J*, whether
     the best agent's gap is still falling at a quarter of the budget (the task does not saturate
-    early), the smallest difference in queries-to-gap the seeds can detect, and whether q-learning
-    ever fell measurably below the pretrained model on its learning curve."""
+    early), the smallest difference in queries-to-gap and in final gap the seeds can detect, and
+    whether q-learning ever fell measurably below the pretrained model on its learning curve."""
     task = results["tasks"][key]
     runs = runs_by_agent(results, key, n_train)
     gap_key = claim_gap(task)
@@ -386,6 +386,18 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
         lines.append(
             f"Detectable difference: no agent reached a {gap_key.replace('_', ' ')} of {threshold} in every one "
             "of two or more seeds; the queries-to-gap comparison has no error bar here."
+        )
+    finals_by_seed = [
+        [r["final"][str(n_train)][gap_key] for r in rs if str(n_train) in r["final"]] for rs in runs.values()
+    ]
+    finals_by_seed = [f for f in finals_by_seed if len(f) > 1 and all(math.isfinite(x) for x in f)]
+    per_agent = sorted(detectable_difference([f, f]) for f in finals_by_seed)
+    if per_agent:
+        lines.append(
+            f"Detectable difference at the end: two agents' final {gap_key.replace('_', ' ')}s must differ by about "
+            f"{statistics.median(per_agent):.3f} to be found significant at {LEVEL:.0%} with 80% power (the same "
+            f"test at the median seed spread of the {len(per_agent)} agents; {per_agent[0]:.3f} to "
+            f"{per_agent[-1]:.3f} over their spreads)."
         )
     pre = Estimate(o["j_pretrained"], o["j_pretrained_se"], o["n"])
     for agent, rs in runs.items():

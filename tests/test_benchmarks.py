@@ -4,6 +4,7 @@ TensorBoard), the report generated from results.json alone, the claims it states
 import copy
 import json
 import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -452,3 +453,27 @@ def test_the_report_flags_q_learning_below_the_pretrained_model():
             for p in r["curve"]
         )
         assert f"{worst:.1f} standard errors" in q_line and ("DOES NOT HOLD" in q_line) == (worst < -3)
+
+
+def test_the_report_states_the_detectable_difference_in_final_gap_on_every_task():
+    """Every task of the committed quick results gets the smallest detectable difference of final
+    gaps: the two-sample formula at each agent's own seed spread of final gaps, the median over
+    agents (one noisy agent does not set it), so a task where no agent crosses the threshold in
+    every seed still says what its seeds can resolve."""
+    from pathlib import Path
+
+    from benchmarks.report import claim_gap
+
+    results = json.loads((Path(__file__).parents[1] / "benchmarks/results/quick-cpu/results.json").read_text())
+    for key, task in results["tasks"].items():
+        n_train = task["n_train"][0]
+        gap_key = claim_gap(task)
+        by_agent: dict[str, list[float]] = {}
+        for r in results["runs"]:
+            if r["task"] == key and r["n_train"] == n_train:
+                by_agent.setdefault(r["agent"], []).append(r["final"][str(n_train)][gap_key])
+        expected = statistics.median(detectable_difference([g, g]) for g in by_agent.values())
+        line = next(
+            x for x in discrimination(results, key, n_train) if x.startswith("Detectable difference at the end")
+        )
+        assert math.isfinite(expected) and f"differ by about {expected:.3f}" in line, (key, line)

@@ -50,16 +50,16 @@ def score_at_grids(
     are the task's shipped ones where it ships them for this configuration, as in the benchmarks."""
     rows = []
     n_train = env_kwargs["n_steps"]
+    task = get_task(env_id)
     for n_steps in steps:
         env = make_env(env_id, eval_batch(n, agent.env.device), **(env_kwargs | {"n_steps": n_steps}))
-        shipped = get_task(env_id).shipped_optimum(env_kwargs | {"n_steps": n_steps})
         refs = references(
             env,
             n,
             seed=derive_seed("optimum", n_steps),
             oracle_n=n,
             oracle_seed=derive_seed("oracle", n_steps),
-            shipped=shipped,
+            shipped=task.shipped_optimum(env_kwargs | {"n_steps": n_steps}),
         )
         row, _ = score_policy(env, agent, refs, n, derive_seed("final", seed, n_train, n_steps))
         rows.append({"n_steps": n_steps} | reference_row(refs) | row)

@@ -45,6 +45,7 @@ from torch import Tensor
 from agents.common.agent import AgentConfig, FieldAgent, Stats
 from agents.common.ppo_clip import clipped_ratio, ppo_clip_updates
 from agents.common.trajectories import Trajectories, collect, per_step_kl
+from diffusion_gym import distributed
 
 
 @dataclass
@@ -98,7 +99,7 @@ class CTPPO(FieldAgent):
         while spent < self.config.critic_pretrain_queries:
             traj = collect(self.env, lambda k, obs: zero)
             losses.append(self.fit_critic(traj))
-            spent += traj.batch
+            spent += traj.batch * self.world_size
         self.reward_queries += spent
         if losses:
             self._log({"critic_pretrain_loss": torch.stack(losses).mean().item()})
@@ -120,11 +121,12 @@ class CTPPO(FieldAgent):
         cfg = self.config
         v = self.values(traj)
         advantages = traj.rewards + v[1:] - v[:-1]
+        batch = distributed.gather(advantages, dim=1)  # the statistics are the whole batch's, over ranks
         if cfg.advantage_norm == "per_step":
-            scale = advantages.std(1, keepdim=True).clamp_min(1e-8)
-            advantages = (advantages - advantages.mean(1, keepdim=True)) / scale
+            scale = batch.std(1, keepdim=True).clamp_min(1e-8)
+            advantages = (advantages - batch.mean(1, keepdim=True)) / scale
         else:
-            scale = advantages.std().clamp_min(1e-8).expand(advantages.shape[0], 1)
+            scale = batch.std().clamp_min(1e-8).expand(advantages.shape[0], 1)
             advantages = advantages / scale
         if cfg.adv_clip > 0:
             advantages = advantages.clamp(-cfg.adv_clip, cfg.adv_clip)

@@ -62,7 +62,7 @@ from torch import Tensor
 
 from agents.common.agent import AgentConfig, FieldAgent, Stats
 from agents.common.trajectories import Trajectories, policy_deltas
-from diffusion_gym import kernel
+from diffusion_gym import distributed, kernel
 
 
 @dataclass
@@ -142,8 +142,9 @@ class CTQLearning(FieldAgent):
             increment = traj.rewards + j[1:] - j[:-1]  # the residual's part that does not depend on psi
             # A per-step baseline: it leaves the orthogonality condition's expectation unchanged
             # (d q / d mu has mean zero under the policy) and removes the value's bias from it.
-            increment = increment - increment.mean(1, keepdim=True)
-            scale = increment.std().clamp_min(1e-8)
+            batch = distributed.gather(increment, dim=1)  # the whole batch's statistics, over ranks
+            increment = increment - batch.mean(1, keepdim=True)
+            scale = (batch - batch.mean(1, keepdim=True)).std().clamp_min(1e-8)
             behaviour_means = torch.stack(self.behaviour_means)
             two_var = 2 * self.exploration_std[:, None] ** 2  # (N, 1)
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from agents.common.agent import AgentConfig, FieldAgent, Stats
 from agents.common.ppo_clip import clipped_ratio, ppo_clip_updates
 from agents.common.trajectories import Trajectories, running_kl
+from diffusion_gym import distributed
 
 
 @dataclass
@@ -55,8 +56,11 @@ class DDPO(FieldAgent):
     def update(self, traj: Trajectories) -> Stats:
         cfg, env = self.config, self.env
         with torch.no_grad():
-            advantages, scale = normalized_per_condition(traj.objective, traj.cond)
-            advantages = advantages.clamp(-cfg.adv_clip, cfg.adv_clip)
+            # Per condition over the whole batch (every rank's episodes), then this rank's part.
+            cond = None if traj.cond is None else distributed.gather(traj.cond)
+            advantages, scale = normalized_per_condition(distributed.gather(traj.objective), cond)
+            advantages = distributed.local_part(advantages).clamp(-cfg.adv_clip, cfg.adv_clip)
+            scale = distributed.local_part(scale)
 
         def loss(sub: Trajectories, idx: Tensor, deltas: Tensor, ratio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
             # One advantage per episode, for all its steps.

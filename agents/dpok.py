@@ -22,6 +22,7 @@ from torch import Tensor
 from agents.common.agent import AgentConfig, FieldAgent, Stats
 from agents.common.ppo_clip import clipped_ratio, ppo_clip_updates
 from agents.common.trajectories import Trajectories, running_kl
+from diffusion_gym import distributed
 
 
 @dataclass
@@ -57,7 +58,7 @@ class DPOK(FieldAgent):
         returns = traj.returns_to_go()
         with torch.no_grad():
             advantages = returns - self.values(traj)[:-1]
-            scale = advantages.std().clamp_min(1e-8)
+            scale = distributed.gather(advantages, dim=1).std().clamp_min(1e-8)  # the whole batch's
             advantages = advantages / scale
 
         def loss(sub: Trajectories, idx: Tensor, deltas: Tensor, ratio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

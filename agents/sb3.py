@@ -96,6 +96,10 @@ class SB3Agent(Agent):
     """An SB3 algorithm trained on the batched env through :class:`SB3VecEnv`, in the zoo's API."""
 
     name = "sb3"
+    single_process = (
+        "Stable-Baselines3 has no data-parallel update, so each rank would train its own model on its own "
+        "envs and the ranks would never agree"
+    )
 
     def __init__(self, env: Any, config: SB3Config | None = None) -> None:
         super().__init__(env, config or SB3Config())

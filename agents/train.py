@@ -8,6 +8,16 @@ A checkpoint that exists is resumed (the same run continues). The policy is then
 every ``--eval-steps`` grid against the references estimated on that same grid (J*, J(pre), and
 J_best and J_oracle where the task has them: docs/design.md, section 1) with both normalized gaps,
 and the results are printed and optionally written as JSON.
+
+Data-parallel under ``torchrun`` (docs/design.md, section 7), on one node or many:
+
+    torchrun --standalone --nproc_per_node 4 -m agents.train --agent ddpo --device cuda --num-envs 2048
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --rdzv-id run1 \
+        -m agents.train --agent ct_ppo --device cuda --checkpoint /shared/ct_ppo.pt
+
+``--num-envs`` and ``--eval-n`` are the whole job's (each rank steps its equal share), so a run means
+the same algorithm whatever the number of processes; rank ``r`` runs on ``cuda:LOCAL_RANK`` (or the
+CPU), and rank 0 alone prints and writes the checkpoint, TensorBoard and ``--out``.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from typing import Any
 
 from agents.common.agent import Agent
 from agents.common.build import build_agent, make_env
+from diffusion_gym import distributed
 from diffusion_gym.optimum import references
 from diffusion_gym.scoring import derive_seed, eval_batch, reference_row, score_policy
 from diffusion_gym.tasks import get_task
@@ -70,12 +81,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agent", default="ct_ppo")
     parser.add_argument("--env", default="DiffusionSDE-v0")
-    parser.add_argument("--num-envs", type=int, default=512)
+    parser.add_argument("--num-envs", type=int, default=512, help="the whole job's, split over ranks")
     parser.add_argument("--n-steps", type=int, default=None, help="default: the task's N, else 20")
     parser.add_argument("--env-kwargs", nargs="*", default=[], help="key=value env arguments")
     parser.add_argument("--reward-queries", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (envs and agent)")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:1, ... (envs and agent; under torchrun cuda:LOCAL_RANK)"
+    )
     parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
     parser.add_argument("--logdir", default=None, help="TensorBoard directory")
     parser.add_argument("--checkpoint", default=None, help="resumed if it exists, written during training")
@@ -83,21 +96,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-n", type=int, default=16_384)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
+    device = distributed.setup(args.device)
+    try:
+        return run(args, device)
+    finally:
+        if argv is None:  # the command, not a caller that may hold the process group
+            distributed.shutdown()
 
+
+def run(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    """Train, score, print and write what ``args`` say, on ``device`` (this rank's)."""
     n_steps = args.n_steps if args.n_steps is not None else get_task(args.env).defaults.get("n_steps", 20)
-    env_kwargs = {"n_steps": n_steps, "device": args.device} | parse_assignments(args.env_kwargs)
-    env = make_env(args.env, args.num_envs, **env_kwargs)
+    env_kwargs = {"n_steps": n_steps, "device": str(device)} | parse_assignments(args.env_kwargs)
+    env = make_env(args.env, distributed.split(args.num_envs), **env_kwargs)
     agent = build_agent(args.agent, env, {"seed": args.seed, "logdir": args.logdir} | parse_assignments(args.set))
+    log = print if distributed.is_main() else lambda *a: None
     if args.checkpoint and Path(args.checkpoint).exists():
         agent.load(args.checkpoint)
-        print(f"resumed from {args.checkpoint} at {agent.reward_queries} reward queries")
+        log(f"resumed from {args.checkpoint} at {agent.reward_queries} reward queries")
     start = time.perf_counter()
     agent.learn(args.reward_queries, checkpoint=args.checkpoint)
     seconds = time.perf_counter() - start
 
     steps = [int(s) for s in args.eval_steps.split(",")] if args.eval_steps else [env_kwargs["n_steps"]]
     rows = score_at_grids(agent, args.env, env_kwargs, steps, args.eval_n, args.seed)
-    print(f"{args.agent} on {args.env}: {agent.reward_queries} reward queries in {seconds:.0f} s (this run)")
+    world = distributed.world_size()
+    processes = f" on {world} processes" if world > 1 else ""
+    log(f"{args.agent} on {args.env}: {agent.reward_queries} reward queries in {seconds:.0f} s (this run){processes}")
     for row in rows:
         gold = f"  gold {row['gold']:.3f}" if "gold" in row else ""
         best = f"  J_best {row['j_best']:.4f}" if "j_best" in row else ""
@@ -107,14 +132,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if "reachable_gap" in row
             else ""
         )
-        print(
+        log(
             f"  N={row['n_steps']:4d}  J {row['objective']:.4f} ± {row['objective_se']:.4f}"
             f"  J* {row['j_star']:.4f}{best}{oracle}  J(pre) {row['j_pretrained']:.4f}"
             f"  gap {row['gap']:.3f} ± {row['gap_se']:.3f}{reach}  KL {row['kl']:.3f}{gold}"
         )
     result = {"agent": args.agent, "env": args.env, "config": dataclasses.asdict(agent.config), "seconds": seconds}
-    result |= {"reward_queries": agent.reward_queries, "env_kwargs": env_kwargs, "scores": rows}
-    if args.out is not None:
+    result |= {"reward_queries": agent.reward_queries, "num_envs": args.num_envs, "world_size": world}
+    result |= {"env_kwargs": env_kwargs, "scores": rows}
+    if args.out is not None and distributed.is_main():
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result

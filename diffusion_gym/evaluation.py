@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffusion_gym import distributed
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 
 Policy = Callable[[dict[str, Tensor]], Tensor]
@@ -74,6 +75,10 @@ def rollout(
 ) -> Rollouts:
     """Run whole episodes until ``n_samples`` finals are collected (default: one batch).
 
+    Under ``torchrun`` (more than one rank) the episodes are sharded: every rank must call this, runs
+    its share from its own seed (:func:`~diffusion_gym.distributed.rank_seed`) and returns all
+    ``n_samples`` results gathered in rank order, so every estimate is the same on every rank.
+
     Args:
         env: the batched env; it is reset here.
         policy: observation to action; None is the pretrained sampler (zero action).
@@ -83,6 +88,34 @@ def rollout(
             drawn by the env).
     """
     n = env.num_envs if n_samples is None else int(n_samples)
+    world = distributed.world_size()
+    if world == 1:
+        return _rollout(env, policy, n, seed, cond)
+    share = -(-n // world)
+    if cond is not None:
+        cond = torch.as_tensor(cond).flatten()
+        if len(cond) != n:
+            raise ValueError(f"cond must hold one condition per sample ({n}), got {len(cond)}")
+        cond = torch.cat([cond, cond[-1:].expand(share * world - n)]).tensor_split(world)[distributed.rank()]
+    r = _rollout(env, policy, share, distributed.rank_seed(seed), cond)
+
+    def gathered(x: Tensor | None) -> Tensor | None:
+        return None if x is None else distributed.gather(x)[:n]
+
+    return Rollouts(
+        gathered(r.objective),
+        gathered(r.terminal_reward),
+        gathered(r.gold_reward),
+        gathered(r.kl),
+        gathered(r.x),
+        gathered(r.cond),
+    )
+
+
+def _rollout(
+    env: DiffusionSDEVectorEnv, policy: Policy | None, n: int, seed: int | None, cond: Tensor | None
+) -> Rollouts:
+    """:func:`rollout` in one process."""
     keys = ("objective", "terminal_reward", "gold_reward", "kl_total", "x", "cond")
     parts: dict[str, list[Tensor]] = {key: [] for key in keys}
     if cond is not None:

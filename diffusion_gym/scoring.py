@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffusion_gym import distributed
 from diffusion_gym.evaluation import Estimate, Rollouts, rollout
 from diffusion_gym.optimum import References
 
@@ -26,8 +27,10 @@ def derive_seed(purpose: str, *keys: int) -> int:
 
 
 def eval_batch(n: int, device: torch.device | str) -> int:
-    """Envs per evaluation batch for ``n`` episodes: at most 65,536 on a GPU, 4,096 on a CPU."""
-    return min(int(n), 65_536 if torch.device(device).type == "cuda" else 4096)
+    """Envs per evaluation batch for ``n`` episodes: at most 65,536 on a GPU, 4,096 on a CPU; under
+    ``torchrun``, for this rank's share of them (evaluation is sharded: :func:`~diffusion_gym.evaluation.rollout`)."""
+    share = -(-int(n) // distributed.world_size())
+    return min(share, 65_536 if torch.device(device).type == "cuda" else 4096)
 
 
 def estimates(summary: dict[str, Estimate]) -> dict[str, float]:

@@ -5,6 +5,14 @@ iteration = one episode of every row = ``num_envs`` reward queries) and represen
 a score-correction field ``delta(t, x, c)``. Checkpoints hold every random state (torch's, the
 agent's generator, the env's), so a run killed after a checkpoint and resumed ends where an
 uninterrupted run ends.
+
+Under ``torchrun`` the same loop is data-parallel (docs/design.md, section 7): each rank steps its
+own envs (one iteration queries ``world_size * num_envs`` rewards) from its own seeds, every
+optimiser step averages the gradients over ranks (:meth:`Agent.clip_and_step`), the agents compute
+their batch statistics on the whole batch (:func:`~diffusion_gym.distributed.gather`), the logged
+scalars are reduced, and rank 0 alone writes checkpoints (with every rank's random states) and
+TensorBoard. An agent built on this base is data-parallel if its optimiser steps go through
+:meth:`Agent.clip_and_step` and its batch statistics through ``gather``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from tqdm.auto import tqdm
 
 from agents.common.networks import DenoisedRewardCritic, FieldConv, FieldMLP
 from agents.common.trajectories import Trajectories, collect
+from diffusion_gym import distributed
 from diffusion_gym.checkpoints import load_checkpoint
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.evaluation import Estimate, rollout
@@ -78,6 +87,8 @@ class Agent:
     name = "agent"
     trains = True
     """False for references that compute their policy instead of learning it (no reward queries)."""
+    single_process: str | None = None
+    """Why this agent cannot train data-parallel (None: it can); it then refuses a world size > 1."""
 
     def __init__(self, env: Any, config: AgentConfig) -> None:
         env = getattr(env, "unwrapped", env)
@@ -86,11 +97,17 @@ class Agent:
         if env.autoreset_mode is AutoresetMode.SAME_STEP:
             # The last step's observation would be the next episode's start, not Y_N.
             raise ValueError("agents need autoreset_mode NEXT_STEP or DISABLED, not SAME_STEP")
+        self.world_size = distributed.world_size()
+        if self.world_size > 1 and self.single_process is not None:
+            raise RuntimeError(
+                f"{type(self).__name__} cannot train with world size {self.world_size}: {self.single_process}. "
+                "Run it in one process (without torchrun, or with --nproc_per_node 1)."
+            )
         env.record_transitions = True
         self.env = env
         self.config = config
-        torch.manual_seed(config.seed)
-        self.generator = torch.Generator(device=env.device).manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.generator = torch.Generator(device=env.device).manual_seed(distributed.rank_seed(config.seed))
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.reward_queries = 0
@@ -152,14 +169,15 @@ class Agent:
             checkpoint_every: iterations between checkpoints.
         """
         if self.iteration == 0 and self.reward_queries == 0:
-            self.env.reset(seed=self.config.seed)
+            distributed.broadcast_parameters(self.trainable_parameters())
+            self.env.reset(seed=distributed.rank_seed(self.config.seed))
             self.before_training()
         bar = tqdm(
             total=reward_queries,
             initial=min(self.reward_queries, reward_queries),
             desc=self.name,
             unit="queries",
-            disable=not self.config.progress,
+            disable=not self.config.progress or not distributed.is_main(),
         )
         groups = [group for opt in self.optimizers.values() for group in opt.param_groups]
         for group in groups:
@@ -170,11 +188,11 @@ class Agent:
                 for group in groups:
                     group["lr"] = group["initial_lr"] * factor
             traj = collect(self.env, self.behaviour_action)
-            stats = to_floats(self.update(traj) | self._episode_stats(traj))
+            stats = distributed.reduce_stats(to_floats(self.update(traj) | self._episode_stats(traj)))
             self.iteration += 1
-            self.reward_queries += traj.batch
+            self.reward_queries += traj.batch * self.world_size
             self._log(stats)
-            bar.update(traj.batch)
+            bar.update(traj.batch * self.world_size)
             bar.set_postfix(objective=f"{stats['objective']:.3f}", kl=f"{stats['kl']:.3f}")
             if checkpoint is not None and (
                 self.iteration % checkpoint_every == 0 or self.reward_queries >= reward_queries
@@ -195,7 +213,7 @@ class Agent:
         return stats
 
     def _log(self, stats: dict[str, float]) -> None:
-        if self.config.logdir is None:
+        if self.config.logdir is None or not distributed.is_main():
             return
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
@@ -205,13 +223,21 @@ class Agent:
             if math.isfinite(value):
                 self._writer.add_scalar(f"{self.name}/{key}", value, self.reward_queries)
 
+    def trainable_parameters(self) -> list[Tensor]:
+        """The parameters the optimisers step: all that data-parallel ranks synchronise (a LoRA
+        policy's adapters, not its frozen base)."""
+        return [p for opt in self.optimizers.values() for group in opt.param_groups for p in group["params"]]
+
     def clip_and_step(self, name: str, loss: Tensor) -> Tensor:
-        """Backpropagate ``loss`` into optimiser ``name``'s parameters, clip, step; returns the gradient
-        norm before clipping (a device tensor: reading it would wait for the device)."""
+        """Backpropagate ``loss`` into optimiser ``name``'s parameters, average the gradients over ranks
+        (data-parallel runs; ``loss`` is this rank's mean over its episodes, and ranks hold equal
+        numbers of them, so the average is the whole minibatch's gradient), clip, step; returns the
+        gradient norm before clipping (a device tensor: reading it would wait for the device)."""
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in opt.param_groups for p in group["params"]]
+        distributed.average_gradients(params)
         norm = nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         opt.step()
         return norm.detach()
@@ -237,7 +263,18 @@ class Agent:
     # ---------------------------------------------------------------------------------------------
     # Checkpoints.
 
-    def state_dict(self) -> dict[str, Any]:
+    def rng_state(self) -> dict[str, Tensor]:
+        """This process's random states: torch's, the agent's generator and the env's."""
+        return {"torch": torch.get_rng_state(), "generator": self.generator.get_state(), "env": self.env.rng_state()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.generator.set_state(state["generator"])
+        self.env.set_rng_state(state["env"])
+
+    def state_dict(self, rng: list[dict[str, Tensor]] | None = None) -> dict[str, Any]:
+        """The checkpoint: weights, optimisers, counters and ``rng``, every rank's random states in
+        rank order (default: this process's alone)."""
         return {
             "agent": self.name,
             "config": asdict(self.config),
@@ -245,14 +282,21 @@ class Agent:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "reward_queries": self.reward_queries,
             "iteration": self.iteration,
-            "torch_rng": torch.get_rng_state(),
-            "generator": self.generator.get_state(),
-            "env_rng": self.env.rng_state(),
+            "rng": rng if rng is not None else [self.rng_state()],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["agent"] != self.name:
             raise ValueError(f"checkpoint of a {state['agent']} agent, not {self.name}")
+        if "rng" not in state:  # written before checkpoints held every rank's random states
+            legacy = {"torch": state["torch_rng"], "generator": state["generator"], "env": state["env_rng"]}
+            state = state | {"rng": [legacy]}
+        if len(state["rng"]) != self.world_size:
+            # Another number of ranks splits the batch and the random streams otherwise: another run.
+            raise ValueError(
+                f"checkpoint written by {len(state['rng'])} rank(s), this run has {self.world_size}: "
+                "resume with the same number of processes"
+            )
         ours = asdict(self.config)
         changed = {k: (v, ours.get(k)) for k, v in state["config"].items() if k not in _RUN_ONLY and ours.get(k) != v}
         if changed:
@@ -265,17 +309,19 @@ class Agent:
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
         self.reward_queries, self.iteration = state["reward_queries"], state["iteration"]
-        torch.set_rng_state(state["torch_rng"])
-        self.generator.set_state(state["generator"])
-        self.env.set_rng_state(state["env_rng"])
+        self.set_rng_state(state["rng"][distributed.rank()])
 
     def save(self, path: str | Path) -> None:
-        """Write the checkpoint atomically (a temporary file renamed over ``path``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        """Write the checkpoint atomically (a temporary file renamed over ``path``). Under ``torchrun``
+        every rank must call it: the ranks' random states are gathered and rank 0 writes the file."""
+        rng = distributed.all_gather_object(self.rng_state())
+        if distributed.is_main():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(self.state_dict(rng), tmp)
+            os.replace(tmp, path)
+        distributed.barrier()
 
     def load(self, path: str | Path) -> Agent:
         """Restore a checkpoint written by :meth:`save` into this agent (same config and env).

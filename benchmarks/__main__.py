@@ -4,10 +4,15 @@
     python -m benchmarks run --suite full --device cuda         # one GPU, <= 8 min
     python -m benchmarks run --suite full --device cpu          # the full suite's CPU sizes
     python -m benchmarks run --suite my_suite.toml --seeds 5 --out runs/mine
+    python -m benchmarks run --suite full --device cuda --nproc 8   # data-parallel runs under torchrun
     python -m benchmarks report runs/mine                       # report.md and plots from results.json
 
 ``run`` writes ``results.json`` (rewritten after every run), ``report.md``, ``plots/*.png``,
-``tensorboard/<run>/`` and ``samples/`` under ``--out``.
+``tensorboard/<run>/`` and ``samples/`` under ``--out``. With ``--nproc P`` the command starts itself
+again under ``torchrun`` with P processes on this node: every run trains data-parallel (each rank
+with its share of the run's envs, on ``cuda:LOCAL_RANK`` or the CPU), the evaluations are sharded,
+and rank 0 writes (docs/design.md, section 7). Started by ``torchrun`` directly (any number of nodes),
+it uses the job's processes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the suite's)")
     run.add_argument("--out", type=Path, default=None, help="default: benchmark_results/<suite>-<device type>")
     run.add_argument("--resume", action="store_true", help="keep the finished runs of --out/results.json")
+    run.add_argument("--nproc", type=int, default=1, help="processes on this node (data-parallel, torchrun)")
     report = sub.add_parser("report", help="regenerate report.md and the plots from results.json")
     report.add_argument("dir", type=Path)
     args = parser.parse_args(argv)
@@ -40,22 +47,43 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.run import run_suite, write_outputs
     from benchmarks.suite import load_suite
+    from diffusion_gym import distributed
 
     if args.command == "report":
         write_outputs(args.dir, json.loads((args.dir / "results.json").read_text()))
         print(f"wrote {args.dir / 'report.md'} and the plots")
         return 0
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if args.nproc < 1:
+        parser.error("--nproc must be >= 1")
+    if args.nproc > 1 and not distributed.launched():
+        # torchrun would read --nproc as its own (an abbreviation of --nproc_per_node): it is its setting now.
+        rest = [a for i, a in enumerate(argv) if not a.startswith("--nproc") and argv[i - 1 : i] != ["--nproc"]]
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+        return subprocess.run([*launch, "-m", "benchmarks", *rest], check=False).returncode
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU")
-    suite = load_suite(args.suite, device.type, args.seeds)
-    out = args.out or Path("benchmark_results") / f"{suite.name}-{device.type}"
-    command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
-    results = run_suite(suite, device, out, resume=args.resume, command=command)
-    print(
-        f"{len(results['runs'])} runs in {results['seconds']:.0f} s; wrote {out / 'results.json'}, "
-        f"{out / 'report.md'} and {len(results['plots'])} plots"
-    )
+    device = distributed.setup(device)
+    try:
+        suite = load_suite(args.suite, device.type, args.seeds)
+        world = distributed.world_size()
+        if args.nproc > 1 and args.nproc != world:
+            parser.error(f"--nproc {args.nproc} inside a torchrun job of {world} processes")
+        default_out = f"{suite.name}-{device.type}" + (f"-{world}proc" if world > 1 else "")
+        out = args.out or Path("benchmark_results") / default_out
+        if world > 1 and not any(a.startswith("--nproc") for a in argv):
+            argv += ["--nproc", str(world)]
+        results = run_suite(suite, device, out, resume=args.resume, command=" ".join(["python -m benchmarks", *argv]))
+        main = distributed.is_main()
+    finally:
+        if distributed.launched():
+            distributed.shutdown()
+    if main:
+        print(
+            f"{len(results['runs'])} runs in {results['seconds']:.0f} s; wrote {out / 'results.json'}, "
+            f"{out / 'report.md'} and {len(results['plots'])} plots"
+        )
     return 0
 
 

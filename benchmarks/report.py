@@ -413,6 +413,11 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
     return lines
 
 
+def _processes(results: dict[str, Any]) -> str:
+    nproc = results.get("nproc", 1)
+    return f" x {nproc} processes (data-parallel training, `--nproc {nproc}`)" if nproc > 1 else ""
+
+
 def render(results: dict[str, Any]) -> str:
     """The markdown report of a results dict (the contents of results.json)."""
     seeds = results["seeds"]
@@ -420,7 +425,7 @@ def render(results: dict[str, Any]) -> str:
         f"# Benchmark report: suite `{results['suite']}`",
         "",
         f"Generated from `results.json` by `python -m benchmarks report`. Command: `{results['command']}`; "
-        f"device {results['device']}, torch {results['torch']}, {results['date']}; "
+        f"device {results['device']}{_processes(results)}, torch {results['torch']}, {results['date']}; "
         f"{len(results['runs'])} runs, seeds {', '.join(map(str, seeds))}, "
         f"{results.get('seconds', math.nan):.0f} s in all.",
         "",

@@ -31,6 +31,7 @@ from agents.common.agent import Agent
 from agents.common.build import build_agent, make_env
 from benchmarks.env_throughput import device_name, measure
 from benchmarks.suite import RunSpec, Suite, SuiteTask
+from diffusion_gym import distributed
 from diffusion_gym.dynamic_programming import best_policy, solvable
 from diffusion_gym.evaluation import Estimate, Rollouts, crossing, rollout
 from diffusion_gym.optimal_control import MixtureOptimalControl
@@ -125,12 +126,13 @@ def task_baseline(task: SuiteTask, device: torch.device, out: Path, cache: dict[
             oracle[str(n_steps)] = estimates(r.summary()) | gaps(j_oracle, _references(optimum[str(n_steps)]))
         if n_steps in task.n_train:
             row = estimates(pre.summary())
-            # From as many samples as an agent's (the Frechet distance is biased at small sample counts).
-            m = task.eval_n
-            row["image"] = image_metrics(task.env, pre.x[:m], None if pre.cond is None else pre.cond[:m], cache)
             path = out / "samples" / f"{task.key}__pretrained__N{n_steps}.pt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(_saved_samples(pre) | {"terminal_reward": pre.terminal_reward.float()}, path)
+            if distributed.is_main():  # the rollouts are gathered on every rank; one writes
+                # From as many samples as an agent's (the Frechet distance is biased at small sample counts).
+                m = task.eval_n
+                row["image"] = image_metrics(task.env, pre.x[:m], None if pre.cond is None else pre.cond[:m], cache)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(_saved_samples(pre) | {"terminal_reward": pre.terminal_reward.float()}, path)
             row["samples"] = str(path.relative_to(out))
             pretrained[str(n_steps)] = row
     return {
@@ -174,7 +176,8 @@ class LearningCurve:
     ``budget * (i / curve_points)^2`` (the first iteration at or past each).
 
     Evaluation time is measured and excluded from the run's wall time; the points also go to the
-    run's TensorBoard directory as ``eval/*`` scalars.
+    run's TensorBoard directory as ``eval/*`` scalars (rank 0's job under ``torchrun``, where every
+    rank evaluates its share of the episodes).
     """
 
     def __init__(self, spec: RunSpec, refs: References, device: torch.device, logdir: Path) -> None:
@@ -192,7 +195,7 @@ class LearningCurve:
         self.start, self.eval_seconds = math.nan, 0.0
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(logdir), filename_suffix=".eval")
+        self.writer = SummaryWriter(str(logdir), filename_suffix=".eval") if distributed.is_main() else None
 
     def begin(self, agent: Agent) -> None:
         """Evaluate the untrained policy (the pretrained model, 0 queries) and start the clock."""
@@ -213,7 +216,7 @@ class LearningCurve:
         point = {"reward_queries": agent.reward_queries, "seconds": seconds} | row
         self.curve.append(point)
         for key in ("objective", "proxy", "gold", "kl", "gap", "reachable_gap"):
-            if key in point:
+            if key in point and self.writer is not None:
                 self.writer.add_scalar(f"eval/{key}", point[key], agent.reward_queries)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -233,17 +236,22 @@ class LearningCurve:
         return True
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def run_one(
     spec: RunSpec, baseline: dict[str, Any], device: torch.device, out: Path, cache: dict[str, Any]
 ) -> dict[str, Any]:
-    """Train one agent on one task with one seed at N_train, then score it at every grid."""
+    """Train one agent on one task with one seed at N_train, then score it at every grid (under
+    ``torchrun``: data-parallel, each rank with its share of the run's ``num_envs``)."""
     task = spec.task
     logdir = out / "tensorboard" / spec.run_id
-    shutil.rmtree(logdir, ignore_errors=True)  # a rerun into the same directory starts a fresh log
-    env = make_env(task.env, spec.num_envs, **(task.env_kwargs | {"n_steps": spec.n_train, "device": device}))
+    if distributed.is_main():
+        shutil.rmtree(logdir, ignore_errors=True)  # a rerun into the same directory starts a fresh log
+    distributed.barrier()
+    env_kwargs = task.env_kwargs | {"n_steps": spec.n_train, "device": device}
+    env = make_env(task.env, distributed.split(spec.num_envs), **env_kwargs)
     torch.manual_seed(spec.seed)
     agent = build_agent(spec.agent, env, spec.overrides | {"seed": spec.seed, "logdir": str(logdir), "progress": False})
     if device.type == "cuda":
@@ -271,10 +279,11 @@ def run_one(
         refs = _references(baseline["optimum"][str(n_steps)])
         final[str(n_steps)], r = score_policy(env_n, agent, refs, task.eval_n, seed)
         if n_steps == spec.n_train:
-            image = image_metrics(task.env, r.x, r.cond, cache)
             path = out / "samples" / f"{spec.run_id.replace('/', '__')}.pt"
-            torch.save(_saved_samples(r), path)
             samples = str(path.relative_to(out))
+            if distributed.is_main():
+                image = image_metrics(task.env, r.x, r.cond, cache)
+                torch.save(_saved_samples(r), path)
     eval_seconds = time.perf_counter() - t0 + curve.eval_seconds
     pts = curve.curve
     return {
@@ -346,9 +355,12 @@ def run_suite(
         suite: from :func:`benchmarks.suite.load_suite`.
         device: where envs and agents run.
         out: the output directory.
-        resume: keep the finished runs of ``out/results.json`` (same suite, device and settings) and
-            run the rest; raises if the file holds another suite or device, or a task changed.
+        resume: keep the finished runs of ``out/results.json`` (same suite, device, number of
+            processes and settings) and run the rest; raises if the file holds another suite, device
+            or number of processes, or a task changed.
         command: recorded in the results (default: this process's command line).
+
+    Under ``torchrun`` every rank calls this: the runs train data-parallel, and rank 0 alone writes.
     """
     device = torch.device(device)
     out = Path(out)
@@ -363,6 +375,7 @@ def run_suite(
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device),
         "device_type": device.type,
+        "nproc": distributed.world_size(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "seeds": suite.seeds,
@@ -375,10 +388,12 @@ def run_suite(
     previous_seconds = 0.0
     if resume and path.exists():
         old = json.loads(path.read_text())
-        if (old.get("suite"), old.get("device")) != (suite.name, results["device"]):
+        ours = (suite.name, results["device"], results["nproc"])
+        if (old.get("suite"), old.get("device"), old.get("nproc", 1)) != ours:
             raise ValueError(
-                f"{path} holds suite {old.get('suite')!r} on {old.get('device')!r}, not {suite.name!r} on "
-                f"{results['device']!r}: resume only the same suite on the same device, or choose another --out"
+                f"{path} holds suite {old.get('suite')!r} on {old.get('device')!r} x {old.get('nproc', 1)} "
+                f"processes, not {suite.name!r} on {results['device']!r} x {results['nproc']}: resume only the "
+                "same suite on the same device and number of processes, or choose another --out"
             )
         for key, task in old["tasks"].items():
             if key in suite.tasks and task.get("spec") != _jsonable(asdict(suite.tasks[key])):
@@ -389,11 +404,17 @@ def run_suite(
         results["started"], previous_seconds = old["started"], old.get("seconds", 0.0)
     done = {run["id"] for run in results["runs"]}
     runs = [spec for spec in suite.runs() if spec.run_id not in done]
-    throughput = _throughput_jobs(suite, device)
+    throughput = _throughput_jobs(suite, device) if distributed.is_main() else []
 
     cache: dict[str, Any] = {}
     start = time.perf_counter() - previous_seconds
-    bar = tqdm(total=len(runs) + len(throughput), desc=f"suite {suite.name}", unit="run", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(runs) + len(throughput),
+        desc=f"suite {suite.name}",
+        unit="run",
+        dynamic_ncols=True,
+        disable=not distributed.is_main(),
+    )
     for spec in runs:
         if spec.task.key not in results["tasks"]:
             bar.set_postfix_str(f"{spec.task.key}: J* and J(pre) at every grid")
@@ -401,7 +422,8 @@ def run_suite(
         bar.set_postfix_str(spec.run_id)
         results["runs"].append(run_one(spec, results["tasks"][spec.task.key], device, out, cache))
         results["seconds"] = time.perf_counter() - start
-        _write_json(path, results)
+        if distributed.is_main():
+            _write_json(path, results)
         bar.update()
     for job in throughput:
         bar.set_postfix_str(f"throughput {job['task']} batch {job['batch']}")
@@ -409,7 +431,9 @@ def run_suite(
         bar.update()
     bar.close()
     results["seconds"] = time.perf_counter() - start
-    write_outputs(out, results)
+    if distributed.is_main():
+        write_outputs(out, results)
+    distributed.barrier()
     return results
 
 

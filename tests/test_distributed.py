@@ -299,3 +299,44 @@ def test_torchrun_trains_and_rank_zero_alone_writes(tmp_path):
 def test_torchrun_refuses_a_batch_that_does_not_split():
     done = torchrun("-m", "agents.train", "--num-envs", "33", "--reward-queries", "33", "--n-steps", "5")
     assert done.returncode != 0 and "does not split evenly over 2 ranks" in done.stderr
+
+
+TWO_RANK_SUITE = """
+seeds = 1
+agents = ["ddpo", "ct_q_learning"]
+
+[tasks.mixture2d]
+env = "DiffusionSDE-v0"
+env_kwargs = { integrator = "exponential" }
+n_train = [5]
+num_envs = 64
+reward_queries = 256
+curve_points = 2
+curve_n = 256
+eval_steps = [5, 10]
+eval_n = 512
+optimum_n = 2048
+oracle_n = 256
+best_grid = 48
+"""
+
+
+def test_benchmarks_run_with_nproc_trains_every_run_on_two_ranks(tmp_path):
+    """``python -m benchmarks run --nproc 2`` starts itself under torchrun: the runs train on two ranks
+    with the suite's whole budget, rank 0 writes one results.json and the report says so."""
+    from benchmarks.__main__ import main as benchmarks_main
+
+    (tmp_path / "two.toml").write_text(TWO_RANK_SUITE)
+    args = ["run", "--suite", str(tmp_path / "two.toml"), "--out", str(tmp_path / "res"), "--nproc", "2"]
+    assert benchmarks_main(args) == 0
+    results = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert results["nproc"] == 2 and len(results["runs"]) == 2
+    for run in results["runs"]:
+        assert run["reward_queries"] == 256 and set(run["final"]) == {"5", "10"}
+        assert all(math.isfinite(row["gap"]) for row in run["final"].values())
+    assert "x 2 processes" in (tmp_path / "res" / "report.md").read_text()
+    with pytest.raises(ValueError, match="number of processes"):
+        from benchmarks.run import run_suite
+        from benchmarks.suite import load_suite
+
+        run_suite(load_suite(tmp_path / "two.toml"), "cpu", tmp_path / "res", resume=True)

@@ -9,7 +9,7 @@ every ``--eval-steps`` grid against the references estimated on that same grid (
 J_best and J_oracle where the task has them: docs/design.md, section 1) with both normalized gaps,
 and the results are printed and optionally written as JSON.
 
-Data-parallel under ``torchrun`` (docs/design.md, section 7), on one node or many:
+Data-parallel under ``torchrun`` (docs/design.md, section 6), on one node or many:
 
     torchrun --standalone --nproc_per_node 4 -m agents.train --agent ddpo --device cuda --num-envs 2048
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --rdzv-id run1 \
@@ -96,12 +96,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-n", type=int, default=16_384)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
-    device = distributed.setup(args.device)
-    try:
-        return run(args, device)
-    finally:
-        if argv is None:  # the command, not a caller that may hold the process group
-            distributed.shutdown()
+    result = run(args, distributed.setup(args.device))
+    if argv is None:  # the command, not a caller that may hold the process group
+        distributed.shutdown()  # not after a failure: the failed rank exits and torchrun stops the others
+    return result
 
 
 def run(args: argparse.Namespace, device: Any) -> dict[str, Any]:

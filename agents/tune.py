@@ -33,6 +33,7 @@ import torch
 
 from agents.common.agent import Agent
 from agents.common.build import build_agent, make_env
+from diffusion_gym import distributed
 from diffusion_gym.evaluation import crossing
 from diffusion_gym.optimum import References, references
 from diffusion_gym.scoring import derive_seed, eval_batch, reference_row, score_policy
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "tuning")
     parser.add_argument("--render", action="store_true", help="rewrite the markdown table from the JSON and stop")
     args = parser.parse_args(argv)
+    if distributed.launched():
+        parser.error("agents.tune runs its searches in one process; train one setting with torchrun -m agents.train")
     task_searches = searches(args.env)
     if not task_searches:
         parser.error(f"task {args.env} has no tuning grids (TaskSpec.tuning)")

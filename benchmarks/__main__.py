@@ -11,7 +11,7 @@
 ``tensorboard/<run>/`` and ``samples/`` under ``--out``. With ``--nproc P`` the command starts itself
 again under ``torchrun`` with P processes on this node: every run trains data-parallel (each rank
 with its share of the run's envs, on ``cuda:LOCAL_RANK`` or the CPU), the evaluations are sharded,
-and rank 0 writes (docs/design.md, section 7). Started by ``torchrun`` directly (any number of nodes),
+and rank 0 writes (docs/design.md, section 6). Started by ``torchrun`` directly (any number of nodes),
 it uses the job's processes.
 """
 
@@ -65,20 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU")
     device = distributed.setup(device)
-    try:
-        suite = load_suite(args.suite, device.type, args.seeds)
-        world = distributed.world_size()
-        if args.nproc > 1 and args.nproc != world:
-            parser.error(f"--nproc {args.nproc} inside a torchrun job of {world} processes")
-        default_out = f"{suite.name}-{device.type}" + (f"-{world}proc" if world > 1 else "")
-        out = args.out or Path("benchmark_results") / default_out
-        if world > 1 and not any(a.startswith("--nproc") for a in argv):
-            argv += ["--nproc", str(world)]
-        results = run_suite(suite, device, out, resume=args.resume, command=" ".join(["python -m benchmarks", *argv]))
-        main = distributed.is_main()
-    finally:
-        if distributed.launched():
-            distributed.shutdown()
+    suite = load_suite(args.suite, device.type, args.seeds)
+    world = distributed.world_size()
+    if args.nproc > 1 and args.nproc != world:
+        parser.error(f"--nproc {args.nproc} inside a torchrun job of {world} processes")
+    default_out = f"{suite.name}-{device.type}" + (f"-{world}proc" if world > 1 else "")
+    out = args.out or Path("benchmark_results") / default_out
+    if world > 1 and not any(a.startswith("--nproc") for a in argv):
+        argv += ["--nproc", str(world)]
+    results = run_suite(suite, device, out, resume=args.resume, command=" ".join(["python -m benchmarks", *argv]))
+    main = distributed.is_main()
+    distributed.shutdown()  # not after a failure: the failed rank exits and torchrun stops the others
     if main:
         print(
             f"{len(results['runs'])} runs in {results['seconds']:.0f} s; wrote {out / 'results.json'}, "

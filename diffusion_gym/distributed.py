@@ -1,7 +1,7 @@
 """Data parallelism across processes with ``torch.distributed``, launched by ``torchrun``: the process
 group, each rank's device and seed, and the collectives that training and evaluation use.
 
-Every rank runs the same program on its own share of the envs (docs/design.md, section 7). In a
+Every rank runs the same program on its own share of the envs (docs/design.md, section 6). In a
 single process (no ``torchrun``, or one process per node and one node) every function here is the
 identity or a no-op, so single-process runs take exactly the code paths they took before and
 their numbers do not change. The collectives must be called by every rank, in the same order.
@@ -46,8 +46,10 @@ def setup(device: str | torch.device = "cpu") -> torch.device:
 
 
 def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one, once every rank is done with it (a rank
+    tearing its connections down while another still uses them would fail that one)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -27,10 +27,8 @@ def _child(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple
     from diffusion_gym import distributed
 
     distributed.setup("cpu")
-    try:
-        fn(*args)
-    finally:
-        distributed.shutdown()
+    fn(*args)
+    distributed.shutdown()  # not after a failure: the failed rank exits and the others are stopped
 
 
 def run_ranks(fn: Callable[..., Any], *args: Any, world: int = 2) -> None:

@@ -6,7 +6,7 @@ a score-correction field ``delta(t, x, c)``. Checkpoints hold every random state
 agent's generator, the env's), so a run killed after a checkpoint and resumed ends where an
 uninterrupted run ends.
 
-Under ``torchrun`` the same loop is data-parallel (docs/design.md, section 7): each rank steps its
+Under ``torchrun`` the same loop is data-parallel (docs/design.md, section 6): each rank steps its
 own envs (one iteration queries ``world_size * num_envs`` rewards) from its own seeds, every
 optimiser step averages the gradients over ranks (:meth:`Agent.clip_and_step`), the agents compute
 their batch statistics on the whole batch (:func:`~diffusion_gym.distributed.gather`), the logged

@@ -102,7 +102,7 @@ class CTPPO(FieldAgent):
             spent += traj.batch * self.world_size
         self.reward_queries += spent
         if losses:
-            self._log({"critic_pretrain_loss": torch.stack(losses).mean().item()})
+            self._log(distributed.reduce_stats({"critic_pretrain_loss": torch.stack(losses).mean().item()}))
 
     def fit_critic(self, traj: Trajectories) -> Tensor:
         """``value_epochs`` passes of the time-weighted regression of V on the returns-to-go; the last loss."""

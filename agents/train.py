@@ -109,7 +109,8 @@ def run(args: argparse.Namespace, device: Any) -> dict[str, Any]:
     env = make_env(args.env, distributed.split(args.num_envs), **env_kwargs)
     agent = build_agent(args.agent, env, {"seed": args.seed, "logdir": args.logdir} | parse_assignments(args.set))
     log = print if distributed.is_main() else lambda *a: None
-    if args.checkpoint and Path(args.checkpoint).exists():
+    # Rank 0's view decides for every rank (a node with a stale view of shared storage would part ways).
+    if args.checkpoint and distributed.broadcast_object(Path(args.checkpoint).exists()):
         agent.load(args.checkpoint)
         log(f"resumed from {args.checkpoint} at {agent.reward_queries} reward queries")
     start = time.perf_counter()

@@ -415,7 +415,14 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
 
 def _processes(results: dict[str, Any]) -> str:
     nproc = results.get("nproc", 1)
-    return f" x {nproc} processes (data-parallel training, `--nproc {nproc}`)" if nproc > 1 else ""
+    if nproc == 1:
+        return ""
+    text = f" x {nproc} processes (data-parallel training, `--nproc {nproc}`)"
+    skipped = results.get("skipped", [])
+    if skipped:
+        labels = ", ".join(sorted({s["agent"] for s in skipped}))
+        text += f"; {len(skipped)} runs of {labels} left out (they train in one process only)"
+    return text
 
 
 def render(results: dict[str, Any]) -> str:

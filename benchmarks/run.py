@@ -386,8 +386,9 @@ def run_suite(
         "throughput": [],
     }
     previous_seconds = 0.0
-    if resume and path.exists():
-        old = json.loads(path.read_text())
+    # Rank 0's view of the results decides for every rank, so that all run the same list.
+    old = distributed.broadcast_object(json.loads(path.read_text()) if resume and path.exists() else None)
+    if old is not None:
         ours = (suite.name, results["device"], results["nproc"])
         if (old.get("suite"), old.get("device"), old.get("nproc", 1)) != ours:
             raise ValueError(
@@ -404,6 +405,8 @@ def run_suite(
         results["started"], previous_seconds = old["started"], old.get("seconds", 0.0)
     done = {run["id"] for run in results["runs"]}
     runs = [spec for spec in suite.runs() if spec.run_id not in done]
+    if distributed.world_size() > 1:
+        runs, results["skipped"] = _data_parallel_runs(runs)
     throughput = _throughput_jobs(suite, device) if distributed.is_main() else []
 
     cache: dict[str, Any] = {}
@@ -435,6 +438,29 @@ def run_suite(
         write_outputs(out, results)
     distributed.barrier()
     return results
+
+
+def _data_parallel_runs(runs: list[RunSpec]) -> tuple[list[RunSpec], list[dict[str, str]]]:
+    """The runs whose agents train data-parallel, and a record of those left out (SB3's: one process
+    only), with a warning naming them."""
+    from agents import all_agents
+
+    registry = all_agents()
+    keep, skipped = [], []
+    for spec in runs:
+        reason = getattr(registry[spec.agent][0], "single_process", None)
+        if reason is None:
+            keep.append(spec)
+        else:
+            skipped.append({"id": spec.run_id, "agent": spec.label, "reason": reason})
+    if skipped and distributed.is_main():
+        labels = sorted({s["agent"] for s in skipped})
+        warnings.warn(
+            f"{len(skipped)} runs of {', '.join(labels)} left out: they train in one process only "
+            f"({skipped[0]['reason']}); run them without --nproc, into another --out",
+            stacklevel=2,
+        )
+    return keep, skipped
 
 
 def write_outputs(out: Path, results: dict[str, Any]) -> None:

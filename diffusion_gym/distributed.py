@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+TIMEOUT = timedelta(minutes=60)
+"""How long a collective waits for the other ranks before the job fails."""
 
 
 def launched() -> bool:
@@ -38,10 +42,12 @@ def setup(device: str | torch.device = "cpu") -> torch.device:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # Rank 0 alone writes reports and times the env between runs while the others wait at a
+        # barrier: minutes, beyond NCCL's default 10-minute timeout for a collective.
         if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
+            dist.init_process_group("nccl", device_id=device, timeout=TIMEOUT)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=TIMEOUT)
     return device
 
 
@@ -74,7 +80,11 @@ def rank_seed(seed: int | None) -> int | None:
     two ranks draw the same noise. None stays None (an unseeded stream continues)."""
     if seed is None or rank() == 0:
         return seed
-    return int(np.random.SeedSequence([int(seed), rank()]).generate_state(1, np.uint64)[0] >> 1)
+    # The tag keeps these apart from the evaluation seeds, which hash (purpose, keys) the same way.
+    return int(np.random.SeedSequence([int(seed), rank(), _RANK_TAG]).generate_state(1, np.uint64)[0] >> 1)
+
+
+_RANK_TAG = 0x5EED_0F_4A4B
 
 
 def split(n: int) -> int:

@@ -335,7 +335,10 @@ def test_the_scaling_benchmark_takes_one_and_two_processes_apart():
 
 TWO_RANK_SUITE = """
 seeds = 1
-agents = ["ddpo", "ct_q_learning"]
+agents = ["ddpo", "ct_q_learning", "sb3_ppo"]
+
+[agent_settings.sb3_ppo]
+agent = "sb3"
 
 [tasks.mixture2d]
 env = "DiffusionSDE-v0"
@@ -355,23 +358,37 @@ best_grid = 48
 
 def test_benchmarks_run_with_nproc_trains_every_run_on_two_ranks(tmp_path):
     """``python -m benchmarks run --nproc 2`` starts itself under torchrun: the runs train on two ranks
-    with the suite's whole budget, rank 0 writes one results.json and the report says so."""
+    with the suite's whole budget, SB3's runs are left out and said so, rank 0 writes one
+    results.json, and a resume on another number of processes is refused (the same one is not)."""
     from benchmarks.__main__ import main as benchmarks_main
+    from benchmarks.env_throughput import device_name
+    from benchmarks.run import run_suite
+    from benchmarks.suite import load_suite
 
     (tmp_path / "two.toml").write_text(TWO_RANK_SUITE)
     args = ["run", "--suite", str(tmp_path / "two.toml"), "--out", str(tmp_path / "res"), "--nproc", "2"]
     assert benchmarks_main(args) == 0
-    results = json.loads((tmp_path / "res" / "results.json").read_text())
-    assert results["nproc"] == 2 and len(results["runs"]) == 2
+    path = tmp_path / "res" / "results.json"
+    results = json.loads(path.read_text())
+    assert results["nproc"] == 2 and [run["agent"] for run in results["runs"]] == ["ddpo", "ct_q_learning"]
+    assert [s["agent"] for s in results["skipped"]] == ["sb3_ppo"]
     for run in results["runs"]:
         assert run["reward_queries"] == 256 and set(run["final"]) == {"5", "10"}
         assert all(math.isfinite(row["gap"]) for row in run["final"].values())
-    assert "x 2 processes" in (tmp_path / "res" / "report.md").read_text()
-    with pytest.raises(ValueError, match="number of processes"):
-        from benchmarks.run import run_suite
-        from benchmarks.suite import load_suite
+    report = (tmp_path / "res" / "report.md").read_text()
+    assert "x 2 processes" in report and "1 runs of sb3_ppo left out" in report
 
-        run_suite(load_suite(tmp_path / "two.toml"), "cpu", tmp_path / "res", resume=True)
+    # This process (one rank) against the same results, on this process's device string: only the
+    # number of processes differs, and it is refused; with it set to 1, the finished runs are kept.
+    results["device"] = device_name(torch.device("cpu"))
+    path.write_text(json.dumps(results))
+    suite = load_suite(tmp_path / "two.toml")
+    suite.agents.pop("sb3_ppo")  # SB3 would run here, in one process
+    with pytest.raises(ValueError, match="x 2 processes, not"):
+        run_suite(suite, "cpu", tmp_path / "res", resume=True)
+    path.write_text(json.dumps(results | {"nproc": 1}))
+    again = run_suite(suite, "cpu", tmp_path / "res", resume=True)
+    assert [run["id"] for run in again["runs"]] == [run["id"] for run in results["runs"]]
 
 
 @pytest.mark.slow

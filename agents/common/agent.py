@@ -39,7 +39,9 @@ from diffusion_gym.evaluation import Estimate, rollout
 Stats = dict[str, Tensor | float]
 """An iteration's scalars: device tensors (0-d) or floats, turned into floats once per iteration."""
 Callback = Callable[["Agent", dict[str, float]], bool | None]
-"""Called after every iteration with the agent and its logged scalars; returning False stops learning."""
+"""Called after every iteration with the agent and its logged scalars; returning False stops learning.
+Under ``torchrun`` every rank calls it with the same scalars and counters: it must decide the same
+way on every rank (from those, not from rank-local state), or the ranks part ways."""
 
 
 @dataclass
@@ -163,7 +165,8 @@ class Agent:
         continues towards the same total).
 
         Args:
-            reward_queries: the total budget; each iteration queries ``num_envs`` rewards.
+            reward_queries: the total budget; each iteration queries ``num_envs`` rewards (under
+                ``torchrun``, every rank's envs together).
             callback: called after each iteration with the logged scalars; returning False stops.
             checkpoint: save here (atomically) every ``checkpoint_every`` iterations and at the end.
             checkpoint_every: iterations between checkpoints.

@@ -10,7 +10,7 @@ their numbers do not change. The collectives must be called by every rank, in th
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -127,34 +127,34 @@ def average_gradients(params: Iterable[Tensor]) -> None:
     gradient (frozen ones: a LoRA policy's base UNet) take no part."""
     if world_size() == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    comm = flat.to(_comm_device(flat))
-    dist.all_reduce(comm)
-    comm /= world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(comm[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+
+    def mean(flat: Tensor) -> None:
+        dist.all_reduce(flat)
+        flat /= world_size()
+
+    _flat_in_place([p.grad for p in params if p.grad is not None], mean)
 
 
 def broadcast_parameters(params: Iterable[Tensor]) -> None:
     """Copy rank 0's values of ``params`` to every rank (the start of a data-parallel run)."""
     if world_size() == 1:
         return
-    params = list(params)
-    if not params:
+    _flat_in_place(list(params), lambda flat: dist.broadcast(flat, src=0))
+
+
+def _flat_in_place(tensors: list[Tensor], collective: Callable[[Tensor], Any]) -> None:
+    """Run ``collective`` on one flat copy of ``tensors`` (one message, not one per tensor) and copy
+    its result back into them."""
+    if not tensors:
         return
-    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
     comm = flat.to(_comm_device(flat))
-    dist.broadcast(comm, src=0)
+    collective(comm)
     offset = 0
     with torch.no_grad():
-        for p in params:
-            p.copy_(comm[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
+        for t in tensors:
+            t.copy_(comm[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
 
 
 def reduce_stats(stats: dict[str, float]) -> dict[str, float]:

@@ -88,14 +88,15 @@ def rollout(
             drawn by the env).
     """
     n = env.num_envs if n_samples is None else int(n_samples)
+    if cond is not None:
+        cond = torch.as_tensor(cond).flatten()
+        if len(cond) != n:
+            raise ValueError(f"cond must hold one condition per sample ({n}), got {len(cond)}")
     world = distributed.world_size()
     if world == 1:
         return _rollout(env, policy, n, seed, cond)
     share = -(-n // world)
     if cond is not None:
-        cond = torch.as_tensor(cond).flatten()
-        if len(cond) != n:
-            raise ValueError(f"cond must hold one condition per sample ({n}), got {len(cond)}")
         cond = torch.cat([cond, cond[-1:].expand(share * world - n)]).tensor_split(world)[distributed.rank()]
     r = _rollout(env, policy, share, distributed.rank_seed(seed), cond)
 
@@ -115,13 +116,10 @@ def rollout(
 def _rollout(
     env: DiffusionSDEVectorEnv, policy: Policy | None, n: int, seed: int | None, cond: Tensor | None
 ) -> Rollouts:
-    """:func:`rollout` in one process."""
+    """:func:`rollout` in one process (``cond``: one condition per sample, or None)."""
     keys = ("objective", "terminal_reward", "gold_reward", "kl_total", "x", "cond")
     parts: dict[str, list[Tensor]] = {key: [] for key in keys}
     if cond is not None:
-        cond = torch.as_tensor(cond).flatten()
-        if len(cond) != n:
-            raise ValueError(f"cond must hold one condition per sample ({n}), got {len(cond)}")
         cond = torch.cat([cond, cond[-1:].expand(-n % env.num_envs)])  # whole batches
     zero = torch.zeros((env.num_envs, *env.event_shape), device=env.device, dtype=env.dtype)
     collected = 0

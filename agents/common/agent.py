@@ -229,7 +229,7 @@ class Agent:
     def trainable_parameters(self) -> list[Tensor]:
         """The parameters the optimisers step: all that data-parallel ranks synchronise (a LoRA
         policy's adapters, not its frozen base)."""
-        return [p for opt in self.optimizers.values() for group in opt.param_groups for p in group["params"]]
+        return [p for opt in self.optimizers.values() for p in _stepped(opt)]
 
     def clip_and_step(self, name: str, loss: Tensor) -> Tensor:
         """Backpropagate ``loss`` into optimiser ``name``'s parameters, average the gradients over ranks
@@ -239,7 +239,7 @@ class Agent:
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for group in opt.param_groups for p in group["params"]]
+        params = _stepped(opt)
         distributed.average_gradients(params)
         norm = nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         opt.step()
@@ -389,6 +389,11 @@ def to_floats(stats: Stats) -> dict[str, float]:
 
 _RUN_ONLY = {"progress", "logdir", "compile"}
 """Config fields that may differ between a run and its resumption."""
+
+
+def _stepped(opt: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters an optimiser steps."""
+    return [p for group in opt.param_groups for p in group["params"]]
 
 
 def _frozen(module: nn.Module) -> set[str]:

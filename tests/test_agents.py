@@ -245,6 +245,37 @@ def test_lora_needs_a_unet_base():
         AGENTS["ct_ppo"][0](tiny_env(), AGENTS["ct_ppo"][1](progress=False, policy_net="unet"))
 
 
+def test_a_registered_policy_is_picked_by_name_and_by_auto_where_it_fits():
+    """``register_policy`` adds a network that ``policy_net="<its name>"`` builds (on the env's device
+    and dtype), and ``"auto"`` once its ``fits`` accepts the env; unknown names list the registered ones."""
+    from agents.common.networks import FieldMLP
+    from agents.common.policies import POLICIES, register_policy
+
+    class Tagged(FieldMLP):
+        """The MLP under another name."""
+
+    def build(env, config):
+        return Tagged(env.event_shape, env.T, env.num_conditions, hidden=(8,))
+
+    agent_cls, config_cls = AGENTS["ct_ppo"]
+    register_policy("tagged", build)
+    try:
+        agent = agent_cls(tiny_env(dtype="float64"), config_cls(progress=False, policy_net="tagged"))
+        assert isinstance(agent.actor, Tagged) and agent.actor.head.weight.dtype == torch.float64
+        x = torch.ones(4, 2, dtype=torch.float64)
+        assert torch.equal(agent.policy(0.3, x), torch.zeros_like(x))  # zero at initialisation
+        assert type(agent_cls(tiny_env(), config_cls(progress=False)).actor) is FieldMLP  # no fits: auto keeps the MLP
+        register_policy("tagged", build, fits=lambda env: env.event_shape == (2,))
+        assert isinstance(agent_cls(tiny_env(), config_cls(progress=False)).actor, Tagged)
+        names = r"\['auto', 'conv', 'lora', 'mlp', 'tagged'\]"
+        with pytest.raises(ValueError, match=rf"policy_net must be one of {names}, got 'unet'"):
+            agent_cls(tiny_env(), config_cls(progress=False, policy_net="unet"))
+        with pytest.raises(ValueError, match="'auto' is not a policy's name"):
+            register_policy("auto", build)
+    finally:
+        POLICIES.pop("tagged")
+
+
 def test_tune_records_every_run_of_the_grid(tmp_path):
     import json
 
@@ -414,5 +445,5 @@ def test_q_learning_takes_the_reward_critic():
     seen = []
     agent.learn(64, callback=lambda a, stats: seen.append(stats))
     assert all(math.isfinite(v) for v in seen[-1].values())
-    with pytest.raises(ValueError, match="critic"):
+    with pytest.raises(ValueError, match=r"critic must be one of \['mlp', 'reward'\], got 'unet'"):
         agent_cls(tiny_env(), config_cls(progress=False, critic="unet"))

@@ -2,8 +2,10 @@
 
 An agent trains on a batched :class:`~diffusion_gym.envs.vector.DiffusionSDEVectorEnv` (one
 iteration = one episode of every row = ``num_envs`` reward queries) and represents its policy as
-a score-correction field ``delta(t, x, c)``. Checkpoints hold every random state (torch's, the
-agent's generator, the env's), so a run killed after a checkpoint and resumed ends where an
+a score-correction field ``delta(t, x, c)``. This module holds the training loop; the policy and
+value networks are in :mod:`agents.common.policies` and :mod:`agents.common.values`, checkpoints
+and evaluation in :mod:`agents.common.checkpointing`. Checkpoints hold every random state (torch's,
+the agent's generator, the env's), so a run killed after a checkpoint and resumed ends where an
 uninterrupted run ends.
 
 Under ``torchrun`` the same loop is data-parallel (docs/design.md, section 6): each rank steps its
@@ -18,9 +20,8 @@ TensorBoard. An agent built on this base is data-parallel if its optimiser steps
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,13 @@ from gymnasium.vector import AutoresetMode
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from agents.common.networks import DenoisedRewardCritic, FieldConv, FieldMLP
+from agents.common import checkpointing
+from agents.common.policies import correction, make_policy, squash
 from agents.common.trajectories import Trajectories, collect
+from agents.common.values import make_critic, trajectory_values
 from diffusion_gym import distributed
-from diffusion_gym.checkpoints import load_checkpoint
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
-from diffusion_gym.evaluation import Estimate, rollout
+from diffusion_gym.evaluation import Estimate
 
 Stats = dict[str, Tensor | float]
 """An iteration's scalars: device tensors (0-d) or floats, turned into floats once per iteration."""
@@ -54,10 +56,11 @@ class AgentConfig:
         hidden: hidden widths of the policy (and value) MLPs.
         max_grad_norm: gradient clipping of every update.
         anneal_lr: decay every learning rate linearly to 10% of its value over the reward-query budget.
-        policy_net: the policy's network: ``"mlp"`` (an MLP of time, flattened state and condition),
-            ``"conv"`` (a small convolutional field for image states; ``hidden`` does not apply),
-            ``"lora"`` (the base UNet with LoRA adapters; UNet bases only) or ``"auto"`` (LoRA on a
-            UNet base, else the MLP).
+        policy_net: the policy's network, a name in :data:`agents.common.policies.POLICIES`: ``"mlp"``
+            (an MLP of time, flattened state and condition), ``"conv"`` (a small convolutional field
+            for image states; ``hidden`` does not apply), ``"lora"`` (the base UNet with LoRA
+            adapters; UNet bases only), one registered with ``register_policy``, or ``"auto"`` (the
+            first registered policy that fits the env, LoRA on a UNet base, else the MLP).
         lora_rank: the rank of the LoRA adapters.
         compile: run the policy network and the trajectories' transition densities through
             ``torch.compile`` (the first iterations pay the compilation).
@@ -134,9 +137,7 @@ class Agent:
     @torch.no_grad()
     def policy(self, t: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """The score correction ``delta(t, x, c) = action_scale(t) * action``, batched."""
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        scale = self.env.action_scale_at(t).view(-1, *([1] * (x.ndim - 1)))
-        return scale * self.mean_action(t, x, cond)
+        return correction(self.env, self.mean_action, t, x, cond)
 
     # ---------------------------------------------------------------------------------------------
     # Learning.
@@ -248,7 +249,6 @@ class Agent:
     # ---------------------------------------------------------------------------------------------
     # Evaluation.
 
-    @torch.no_grad()
     def evaluate(
         self, env: DiffusionSDEVectorEnv | None = None, n: int = 4096, seed: int = 12345
     ) -> dict[str, Estimate]:
@@ -257,14 +257,10 @@ class Agent:
         ``env`` may have another grid than the training env (the policy is a function of time); the
         training env's random stream is left as it was.
         """
-        env = getattr(env, "unwrapped", env) or self.env
-        state = env.rng_state()
-        out = rollout(env, self.act, n, seed=seed).summary()
-        env.set_rng_state(state)
-        return {"proxy" if k == "terminal_reward" else k: v for k, v in out.items()}
+        return checkpointing.evaluate(self, env, n, seed)
 
     # ---------------------------------------------------------------------------------------------
-    # Checkpoints.
+    # Checkpoints (the format: :mod:`agents.common.checkpointing`).
 
     def rng_state(self) -> dict[str, Tensor]:
         """This process's random states: torch's, the agent's generator and the env's."""
@@ -278,53 +274,15 @@ class Agent:
     def state_dict(self, rng: list[dict[str, Tensor]] | None = None) -> dict[str, Any]:
         """The checkpoint: weights, optimisers, counters and ``rng``, every rank's random states in
         rank order (default: this process's alone)."""
-        return {
-            "agent": self.name,
-            "config": asdict(self.config),
-            "modules": {k: _trainable_state(m) for k, m in self.modules.items()},
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "reward_queries": self.reward_queries,
-            "iteration": self.iteration,
-            "rng": rng if rng is not None else [self.rng_state()],
-        }
+        return checkpointing.state_dict(self, rng)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["agent"] != self.name:
-            raise ValueError(f"checkpoint of a {state['agent']} agent, not {self.name}")
-        if "rng" not in state:  # written before checkpoints held every rank's random states
-            legacy = {"torch": state["torch_rng"], "generator": state["generator"], "env": state["env_rng"]}
-            state = state | {"rng": [legacy]}
-        if len(state["rng"]) != self.world_size:
-            # Another number of ranks splits the batch and the random streams otherwise: another run.
-            raise ValueError(
-                f"checkpoint written by {len(state['rng'])} rank(s), this run has {self.world_size}: "
-                "resume with the same number of processes"
-            )
-        ours = asdict(self.config)
-        changed = {k: (v, ours.get(k)) for k, v in state["config"].items() if k not in _RUN_ONLY and ours.get(k) != v}
-        if changed:
-            # The optimisers' saved learning rates (and everything else) would silently mix two configs.
-            raise ValueError(f"checkpoint's config differs from this agent's (saved, current): {changed}")
-        for k, m in self.modules.items():
-            missing, unexpected = m.load_state_dict(state["modules"][k], strict=False)
-            if unexpected or set(missing) - _frozen(m):
-                raise ValueError(f"checkpoint does not match {k}: missing {missing}, unexpected {unexpected}")
-        for k, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
-        self.reward_queries, self.iteration = state["reward_queries"], state["iteration"]
-        self.set_rng_state(state["rng"][distributed.rank()])
+        checkpointing.load_state_dict(self, state)
 
     def save(self, path: str | Path) -> None:
         """Write the checkpoint atomically (a temporary file renamed over ``path``). Under ``torchrun``
         every rank must call it: the ranks' random states are gathered and rank 0 writes the file."""
-        rng = distributed.all_gather_object(self.rng_state())
-        if distributed.is_main():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(self.state_dict(rng), tmp)
-            os.replace(tmp, path)
-        distributed.barrier()
+        checkpointing.save(self, path)
 
     def load(self, path: str | Path) -> Agent:
         """Restore a checkpoint written by :meth:`save` into this agent (same config and env).
@@ -333,17 +291,15 @@ class Agent:
             FileNotFoundError: no file at ``path``.
             ValueError: the file is truncated or not an agent checkpoint, or is of another agent or config.
         """
-        what = f"{self.name} agent checkpoint"
-        self.load_state_dict(load_checkpoint(path, what, keys=("agent", "config", "modules")))
+        checkpointing.load(self, path)
         return self
 
 
 class FieldAgent(Agent):
     """An agent whose policy is a field ``delta(t, x, c) = action_scale(t) tanh(actor(t, x, c))``, zero
-    at the start (the pretrained model), optionally with a value ``critic(t, x, c)``. The actor is an
-    MLP, or on a UNet base the UNet with LoRA adapters (``config.policy_net``); the critic an MLP
-    (``"mlp"``) or the reward at the denoised state blended with an MLP residual (``"reward"``,
-    :class:`~agents.common.networks.DenoisedRewardCritic`).
+    at the start (the pretrained model), optionally with a value ``critic(t, x, c)``. The actor is the
+    policy network ``config.policy_net`` names (:mod:`agents.common.policies`), the critic the value
+    network ``critic`` names (:mod:`agents.common.values`).
 
     The config must have ``lr`` (actor) and, with a critic, ``value_lr``.
     """
@@ -351,7 +307,7 @@ class FieldAgent(Agent):
     def __init__(self, env: Any, config: AgentConfig, critic: str | None) -> None:
         super().__init__(env, config)
         e = self.env
-        self.actor = make_actor(e, config)
+        self.actor = make_policy(e, config)
         self._actor_fn = torch.compile(self.actor) if config.compile else self.actor
         self.modules = {"actor": self.actor}
         trainable = [p for p in self.actor.parameters() if p.requires_grad]
@@ -362,18 +318,11 @@ class FieldAgent(Agent):
             self.optimizers["critic"] = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr)  # type: ignore[attr-defined]
 
     def mean_action(self, t: Tensor, x: Tensor, cond: Tensor | None) -> Tensor:
-        return torch.tanh(self._actor_fn(t, x, cond))
+        return squash(self._actor_fn(t, x, cond))
 
     def values(self, traj: Trajectories) -> Tensor:
         """``V(t_k, Y_k)`` for k = 0..N, with ``V(t_N) = 0`` (no reward after the last step), (N + 1, B)."""
-        inputs = traj.step_inputs(self.env)
-        if isinstance(self.critic, DenoisedRewardCritic):
-            if traj.denoised_reward is None:  # the reward is frozen: once per batch, not per minibatch
-                denoised = self.critic.denoised_reward(traj.denoised(self.env), inputs[2])
-                traj.denoised_reward = denoised.view(traj.n_steps, traj.batch)
-            inputs = (*inputs, traj.denoised_reward.flatten())
-        v = self.critic(*inputs).view(traj.n_steps, traj.batch)
-        return torch.cat([v, torch.zeros_like(v[:1])])
+        return trajectory_values(self.critic, self.env, traj)
 
 
 def to_floats(stats: Stats) -> dict[str, float]:
@@ -387,51 +336,6 @@ def to_floats(stats: Stats) -> dict[str, float]:
     return floats | dict(zip(tensors, values, strict=True))
 
 
-_RUN_ONLY = {"progress", "logdir", "compile"}
-"""Config fields that may differ between a run and its resumption."""
-
-
 def _stepped(opt: torch.optim.Optimizer) -> list[Tensor]:
     """The parameters an optimiser steps."""
     return [p for group in opt.param_groups for p in group["params"]]
-
-
-def _frozen(module: nn.Module) -> set[str]:
-    return {name for name, p in module.named_parameters() if not p.requires_grad}
-
-
-def _trainable_state(module: nn.Module) -> dict[str, Tensor]:
-    """A module's state without its frozen parameters (a LoRA policy's copy of the base UNet)."""
-    frozen = _frozen(module)
-    return {k: v for k, v in module.state_dict().items() if k not in frozen}
-
-
-def make_critic(env: DiffusionSDEVectorEnv, config: AgentConfig, kind: str) -> nn.Module:
-    """The value network ``kind`` names: ``"mlp"`` or ``"reward"`` (see :class:`FieldAgent`)."""
-    if kind == "mlp":
-        critic: nn.Module = FieldMLP(
-            env.event_shape, env.T, env.num_conditions, config.hidden, scalar=True, zero_init=False
-        )
-    elif kind == "reward":
-        critic = DenoisedRewardCritic(env.reward_model, env.event_shape, env.T, env.num_conditions, config.hidden)
-    else:
-        raise ValueError(f"critic must be 'mlp' or 'reward', got {kind!r}")
-    return critic.to(env.device, env.dtype)
-
-
-def make_actor(env: DiffusionSDEVectorEnv, config: AgentConfig) -> nn.Module:
-    """The policy network ``config.policy_net`` names, zero at initialisation."""
-    from diffusion_gym.base_models.diffusers_unet import DiffusersScore
-
-    kind = config.policy_net
-    if kind == "auto":
-        kind = "lora" if isinstance(env.score_model, DiffusersScore) else "mlp"
-    if kind == "mlp":
-        return FieldMLP(env.event_shape, env.T, env.num_conditions, config.hidden).to(env.device, env.dtype)
-    if kind == "conv":
-        return FieldConv(env.event_shape, env.T, env.num_conditions).to(env.device, env.dtype)
-    if kind == "lora":
-        from agents.common.lora import LoRAScoreField
-
-        return LoRAScoreField(env.score_model, env.action_scale_at, rank=config.lora_rank).to(env.device, env.dtype)
-    raise ValueError(f"policy_net must be 'auto', 'mlp', 'conv' or 'lora', got {config.policy_net!r}")

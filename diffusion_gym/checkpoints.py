@@ -23,7 +23,7 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 def _require_keys(data: Any, keys: Iterable[str], source: Path, expected: str) -> None:
     """Raise ValueError unless ``data`` (read from ``source``) is a dict with ``keys``; ``expected`` is
-    what it should be, with its article (``"a ct_ppo agent checkpoint"``)."""
+    what it should be, with its article (``"a my_agent agent checkpoint"``)."""
     if not isinstance(data, dict):
         raise ValueError(f"{source} holds a {type(data).__name__}, not {expected}")
     missing = [k for k in keys if k not in data]
@@ -38,7 +38,7 @@ def load_checkpoint(path: str | Path, what: str, keys: Iterable[str] = ()) -> di
 
     Args:
         path: the checkpoint file.
-        what: what it should be, for the messages (e.g. ``"ct_ppo agent checkpoint"``).
+        what: what it should be, for the messages (e.g. ``"my_agent agent checkpoint"``).
         keys: the keys the dict must have.
 
     Raises:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffusion_gym import distributed
+from diffusion_gym import distributed, kernel
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 
 Policy = Callable[[dict[str, Tensor]], Tensor]
@@ -47,6 +47,8 @@ class Rollouts:
         kl: the path KL to the pretrained sampler (sum of the per-step KLs).
         x: the final samples ``Y_N``.
         cond: each episode's condition, on conditional tasks.
+        martingale: each episode's ``sum_k (b_k / sqrt(v_k)) delta_k . xi_k`` (mean zero: a control
+            variate of the objective), where the rollout was asked for it.
     """
 
     objective: Tensor
@@ -55,6 +57,7 @@ class Rollouts:
     kl: Tensor
     x: Tensor
     cond: Tensor | None = None
+    martingale: Tensor | None = None
 
     def summary(self) -> dict[str, Estimate]:
         """Mean and standard error of every per-sample quantity."""
@@ -72,6 +75,7 @@ def rollout(
     n_samples: int | None = None,
     seed: int | None = None,
     cond: Tensor | None = None,
+    martingale: bool = False,
 ) -> Rollouts:
     """Run whole episodes until ``n_samples`` finals are collected (default: one batch).
 
@@ -86,6 +90,7 @@ def rollout(
         seed: seeds the first reset.
         cond: on conditional tasks, the condition of each of the ``n_samples`` episodes (default:
             drawn by the env).
+        martingale: also record each episode's martingale term (:attr:`Rollouts.martingale`).
     """
     n = env.num_envs if n_samples is None else int(n_samples)
     if cond is not None:
@@ -94,11 +99,11 @@ def rollout(
             raise ValueError(f"cond must hold one condition per sample ({n}), got {len(cond)}")
     world = distributed.world_size()
     if world == 1:
-        return _rollout(env, policy, n, seed, cond)
+        return _rollout(env, policy, n, seed, cond, martingale)
     share = -(-n // world)
     if cond is not None:
         cond = torch.cat([cond, cond[-1:].expand(share * world - n)]).tensor_split(world)[distributed.rank()]
-    r = _rollout(env, policy, share, distributed.rank_seed(seed), cond)
+    r = _rollout(env, policy, share, distributed.rank_seed(seed), cond, martingale)
 
     def gathered(x: Tensor | None) -> Tensor | None:
         return None if x is None else distributed.gather(x)[:n]
@@ -110,35 +115,58 @@ def rollout(
         gathered(r.kl),
         gathered(r.x),
         gathered(r.cond),
+        gathered(r.martingale),
     )
 
 
 def _rollout(
-    env: DiffusionSDEVectorEnv, policy: Policy | None, n: int, seed: int | None, cond: Tensor | None
+    env: DiffusionSDEVectorEnv,
+    policy: Policy | None,
+    n: int,
+    seed: int | None,
+    cond: Tensor | None,
+    martingale: bool = False,
 ) -> Rollouts:
     """:func:`rollout` in one process (``cond``: one condition per sample, or None)."""
-    keys = ("objective", "terminal_reward", "gold_reward", "kl_total", "x", "cond")
+    keys = ("objective", "terminal_reward", "gold_reward", "kl_total", "x", "cond", "martingale")
     parts: dict[str, list[Tensor]] = {key: [] for key in keys}
     if cond is not None:
         cond = torch.cat([cond, cond[-1:].expand(-n % env.num_envs)])  # whole batches
     zero = torch.zeros((env.num_envs, *env.event_shape), device=env.device, dtype=env.dtype)
     collected = 0
+    recording = env.record_transitions
+    env.record_transitions = recording or martingale
+    disc = env.discretization
     while collected < n:
         options = None if cond is None else {"cond": cond[collected : collected + env.num_envs]}
         obs, _ = env.reset(seed=seed if collected == 0 else None, options=options)
         if "cond" in obs:
             parts["cond"].append(obs["cond"].cpu())
-        for _ in range(env.n_steps):
+        total = torch.zeros(env.num_envs, device=env.device, dtype=env.dtype) if martingale else None
+        for k in range(env.n_steps):
             obs, _, _, _, info = env.step(zero if policy is None else policy(obs))
+            if total is not None:
+                y_next = info.get("final_obs", obs)["x"]
+                mean = kernel.step_shift(disc, k, info["pretrained_mean"], info["delta"])
+                total += kernel.step_martingale(disc, k, y_next, mean, info["delta"])
         final = info.get("final_obs", obs)  # SAME_STEP autoreset already started the next episode
+        if total is not None:
+            parts["martingale"].append(total.cpu())
         parts["x"].append(final["x"].cpu())
         for key in ("objective", "terminal_reward", "gold_reward", "kl_total"):
             if key in info:
                 parts[key].append(info[key].cpu())
         collected += env.num_envs
+    env.record_transitions = recording
     cat = {k: torch.cat(v)[:n] if v else None for k, v in parts.items()}
     return Rollouts(
-        cat["objective"], cat["terminal_reward"], cat["gold_reward"], cat["kl_total"], cat["x"], cat["cond"]
+        cat["objective"],
+        cat["terminal_reward"],
+        cat["gold_reward"],
+        cat["kl_total"],
+        cat["x"],
+        cat["cond"],
+        cat["martingale"],
     )
 
 

@@ -9,6 +9,7 @@ action scale on its grid) step k is
     Y_{k+1}  = m_k + b_k delta_k + sqrt(v_k) xi_k,  xi_k ~ N(0, I)
     KL_k     = w_k ||delta_k||^2,  w_k = b_k^2 / (2 v_k)       (controlled vs pretrained transition)
     log p_k  = log N(Y_{k+1}; m_k + b_k delta_k, v_k I)
+    M_k      = (b_k / sqrt(v_k)) delta_k . xi_k                 (the noise's martingale term)
 
 These are pure functions: the env steps with the single-step ones (Python-float constants, no
 tensor reads, nothing that syncs; ``torch.mul(x, c)`` rather than ``c * x``, whose reflected
@@ -57,6 +58,14 @@ def step_kl(disc: Discretization, k: int, delta: Tensor) -> Tensor:
     squares = (delta * delta).flatten(1)
     # Row sums as a matrix-vector product: several times faster on CPU than a sum over a short last dim.
     return torch.mv(squares, _ones(squares.shape[1], squares.device, squares.dtype)).mul_(disc.constants[k].kl_weight)
+
+
+def step_martingale(disc: Discretization, k: int, y_next: Tensor, mean: Tensor, delta: Tensor) -> Tensor:
+    """``(b_k / v_k) delta . (y_next - mean)`` = ``(b_k / sqrt(v_k)) delta_k . xi_k``: step k's term of the
+    discrete stochastic integral ``int g delta . dB``, shape (B,). ``delta_k`` is a function of ``Y_k``
+    and ``xi_k`` is independent of it, so the sum has mean zero exactly: a control variate."""
+    c = disc.constants[k]
+    return (delta * (y_next - mean)).flatten(1).sum(1).mul_(c.score_scale / c.noise_std**2)
 
 
 def step_log_prob(disc: Discretization, k: int, y_next: Tensor, mean: Tensor) -> Tensor:

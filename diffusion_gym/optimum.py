@@ -1,4 +1,5 @@
-"""The references a policy is scored against, and the normalized optimality gaps (docs/design.md, section 1).
+"""J* and J(pre), the optimum over all path measures and the pretrained objective, and the normalized
+gap (docs/design.md, section 1).
 
 By Donsker-Varadhan, over all path measures Q,
 ``sup_Q E_Q[r(Y_T)] - kl_coef KL(Q || P_pre) = kl_coef log E_pre[exp(r(Y_T) / kl_coef)] =: J*``,
@@ -8,10 +9,11 @@ quadrature of the noised data density (the continuous-time limit). It is an uppe
 env's policies: they shift the mean of Gaussian transitions and cannot move ``Y_0``, so they reach
 J* only in the continuous-time limit and up to the (here negligible, ``alpha_T ~ 0.0065``)
 dependence of ``Y_T`` on ``Y_0``. Two references that a policy of the env can reach complete it
-(:class:`References`): J_best(N), the best policy of the env's own action class on its grid (a
-dynamic programme, 2-D tasks: :mod:`diffusion_gym.dynamic_programming`), and J_oracle(N), the
-continuous-time optimal control applied on the grid (Gaussian-mixture tasks:
-:mod:`diffusion_gym.optimal_control`). ``J_oracle <= J_best <= J*``.
+(:class:`~diffusion_gym.references.References`, the owner of a grid's references): J_best(N), the
+best policy of the env's own action class on its grid (a dynamic programme, 2-D tasks:
+:mod:`diffusion_gym.dynamic_programming`), and J_oracle(N), the continuous-time optimal control
+applied on the grid (Gaussian-mixture tasks: :mod:`diffusion_gym.optimal_control`).
+``J_oracle <= J_best <= J*``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 
 from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
-from diffusion_gym.evaluation import Estimate, Rollouts, rollout
+from diffusion_gym.evaluation import Estimate, rollout
 from diffusion_gym.rewards.protocol import RewardModel
 
 
@@ -173,81 +175,3 @@ def normalized_gap(j: Estimate, j_star: Estimate, j_pretrained: Estimate, cov_st
         + 2 * d_star * d_pre * cov_star_pretrained
     )
     return Estimate(num / d, math.sqrt(max(var, 0.0)), min(j.n, j_star.n, j_pretrained.n))
-
-
-@dataclass(frozen=True)
-class References:
-    """Everything a policy's objective on one grid is compared with (docs/design.md, section 1).
-
-    Attributes:
-        optimum: J* and J(pre) by Monte Carlo over the pretrained sampler on the grid.
-        j_best: J_best(N) from the dynamic programme, its ``se`` the numerical error estimate and
-            its ``n`` the spatial grid's cell count (2-D tasks; None elsewhere).
-        j_oracle: J_oracle(N), the continuous-time optimal control's objective on the grid, by Monte
-            Carlo (Gaussian-mixture tasks; None elsewhere).
-        oracle: the optimal control's rollouts behind ``j_oracle`` (rewards, KL), or None.
-    """
-
-    optimum: Optimum
-    j_best: Estimate | None = None
-    j_oracle: Estimate | None = None
-    oracle: Rollouts | None = None
-
-    @property
-    def reachable(self) -> Estimate | None:
-        """The reachable reference: J_best where it is computable, else J_oracle, else None."""
-        return self.j_best if self.j_best is not None else self.j_oracle
-
-    def gap(self, j: Estimate) -> Estimate:
-        """``(J* - J) / (J* - J(pre))``: how far ``j`` is from the optimum over all path measures."""
-        return self.optimum.normalized_gap(j)
-
-    def reachable_gap(self, j: Estimate) -> Estimate | None:
-        """``(J_ref - J) / (J_ref - J(pre))`` with the reachable reference (independent of J(pre)'s
-        samples), or None where the task has none or where it does not beat the pretrained model
-        (the optimal control on a coarse grid can do worse than no control: no yardstick there)."""
-        ref = self.reachable
-        if ref is None or ref.mean <= self.optimum.j_pretrained.mean:
-            return None
-        return normalized_gap(j, ref, self.optimum.j_pretrained)
-
-
-def references(
-    env: DiffusionSDEVectorEnv,
-    n_samples: int = 65_536,
-    seed: int = 0,
-    oracle_n: int | None = None,
-    oracle_seed: int | None = None,
-    best: bool = True,
-    shipped: Mapping[str, Any] | None = None,
-) -> References:
-    """J*, J(pre), and where the task allows them J_best (2-D) and J_oracle (Gaussian mixture), on ``env``'s grid.
-
-    Args:
-        env: the batched env (its grid, integrator, kl_coef and action box define the problem).
-        n_samples: pretrained samples for J* and J(pre).
-        seed: seeds those samples.
-        oracle_n: episodes of the optimal control (default: ``n_samples``).
-        oracle_seed: seeds them (default: ``seed + 1``; independent of the pretrained samples).
-        best: compute J_best where the task is 2-D (a few seconds at N = 200 on a CPU).
-        shipped: J* and J(pre) the task ships for this configuration
-            (:meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_optimum`), used instead of estimating
-            them from ``n_samples`` (tasks whose weights' ESS is ~1% of the samples ship them).
-    """
-    from diffusion_gym.dynamic_programming import best_policy, solvable
-    from diffusion_gym.optimal_control import MixtureOptimalControl
-
-    env = getattr(env, "unwrapped", env)
-    optimum = optimal_objective(env, n_samples, seed) if shipped is None else Optimum.from_row(shipped)
-    j_best = None
-    if best and solvable(env):
-        solution = best_policy(env)
-        j_best = Estimate(solution.j_best, solution.error, solution.n_grid**2)
-    j_oracle, oracle = None, None
-    if MixtureOptimalControl.applies(env):
-        control = MixtureOptimalControl.for_env(env)
-        oracle = rollout(
-            env, control.policy(env), oracle_n or n_samples, seed + 1 if oracle_seed is None else oracle_seed
-        )
-        j_oracle = Estimate.of(oracle.objective)
-    return References(optimum, j_best, j_oracle, oracle)

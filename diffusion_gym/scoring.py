@@ -4,18 +4,21 @@ evaluation batch size per device."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from diffusion_gym import distributed
 from diffusion_gym.evaluation import Estimate, Rollouts, rollout
-from diffusion_gym.optimum import References
 
-SEED_PURPOSES = {"optimum": 1, "curve": 2, "final": 3, "oracle": 4, "shipped": 5}
+if TYPE_CHECKING:
+    from diffusion_gym.references import References
+
+SEED_PURPOSES = {"optimum": 1, "curve": 2, "final": 3, "oracle": 4, "shipped": 5, "shipped_oracle": 6}
 """What a derived seed is for: the references' pretrained samples, a learning-curve point, a final
-score, the optimal control's episodes, the pretrained samples of references shipped with a task."""
+score, the optimal control's episodes, and the pretrained samples and optimal-control episodes of
+references shipped with a task."""
 
 
 def derive_seed(purpose: str, *keys: int) -> int:
@@ -42,41 +45,15 @@ def estimates(summary: dict[str, Estimate]) -> dict[str, float]:
     return out
 
 
-def gaps(j: Estimate, refs: References) -> dict[str, float]:
-    """The normalized gap of an objective ``j`` against J* and, where the task has one, against the
-    reachable reference, each with its standard error and the policy's own share of it (the
-    references' share is common to every policy scored on the grid)."""
-    pre = refs.optimum.j_pretrained.mean
-    gap = refs.gap(j)
-    out = {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": j.se / (refs.optimum.j_star.mean - pre)}
-    reachable = refs.reachable_gap(j)
-    if reachable is not None and refs.reachable is not None:
-        out |= {"reachable_gap": reachable.mean, "reachable_gap_se": reachable.se}
-        out["reachable_gap_se_policy"] = j.se / (refs.reachable.mean - pre)
-    return out
-
-
-def reference_row(refs: References) -> dict[str, float]:
-    """The references as flat floats: J*, J(pre), and J_best (``j_best_error``: its numerical error)
-    and J_oracle where the task has them."""
-    opt = refs.optimum
-    row = {"j_star": opt.j_star.mean, "j_star_se": opt.j_star.se}
-    row |= {"j_pretrained": opt.j_pretrained.mean, "j_pretrained_se": opt.j_pretrained.se}
-    if refs.j_best is not None:
-        row |= {"j_best": refs.j_best.mean, "j_best_error": refs.j_best.se}
-    if refs.j_oracle is not None:
-        row |= {"j_oracle": refs.j_oracle.mean, "j_oracle_se": refs.j_oracle.se}
-    return row
-
-
 @torch.no_grad()
 def score_policy(env: Any, policy: Any, refs: References, n: int, seed: int) -> tuple[dict[str, float], Rollouts]:
     """``n`` episodes of a deterministic policy (an agent, anything with ``act(obs)``, an action map,
     or None for the pretrained sampler) on ``env`` from ``seed``: every estimate with its standard
-    error and both gaps (:func:`gaps`); and the rollouts. ``env``'s random stream is restored."""
+    error and both gaps (:meth:`References.gaps <diffusion_gym.references.References.gaps>`); and the
+    rollouts. ``env``'s random stream is restored."""
     env = getattr(env, "unwrapped", env)
     state = env.rng_state()
     r = rollout(env, getattr(policy, "act", policy), n, seed=seed)
     env.set_rng_state(state)
     summary = r.summary()
-    return estimates(summary) | gaps(summary["objective"], refs), r
+    return estimates(summary) | refs.gaps(summary["objective"]), r

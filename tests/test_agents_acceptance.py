@@ -16,7 +16,7 @@ import time
 import pytest
 
 from agents import AGENTS
-from diffusion_gym.optimum import references
+from diffusion_gym.references import compute_references
 from diffusion_gym.tasks.mixture2d.env import make_vector_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")]
@@ -50,13 +50,13 @@ def train(name: str, n_steps: int = 20):
 
 
 def scored(agent, n_steps: int):
-    refs = references(env(n_steps, 4096), n_samples=EVAL_N, seed=1, oracle_n=4096)
+    refs = compute_references(env(n_steps, 4096), n_samples=EVAL_N, oracle_n=4096)
     result = agent.evaluate(env(n_steps, 4096), n=EVAL_N, seed=3)
     return result["objective"], refs
 
 
 def report(label: str, n_steps: int, objective, refs, seconds: float | None = None) -> None:
-    """The figures the README quotes (visible with ``pytest -s``)."""
+    """The figures benchmarks/RESULTS.md quotes (visible with ``pytest -s``)."""
     gap, reachable = refs.gap(objective), refs.reachable_gap(objective)
     print(
         f"\n{label} at N = {n_steps}: J {objective.mean:.4f} ± {objective.se:.4f}, gap {gap.mean:.3f} ± {gap.se:.3f}, "

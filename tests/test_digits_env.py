@@ -90,7 +90,7 @@ def test_the_default_sampler_draws_the_conditioned_digits():
     """The task's default sampler (N = 10, exponential integrator, guidance 2), zero action: the
     classifier labels >= 90% of 500 samples (50 per class) as their class (measured on 1,000 of two
     seeds' 2,000: 98.1% and 97.4%). Its Frechet distance is not held to the N = 50 threshold: ten
-    steps cost fidelity (16.06 and 16.04 on 2,000 samples against 4.7 at N = 50; README)."""
+    steps cost fidelity (16.06 and 16.04 on 2,000 samples against 4.7 at N = 50; docs/tasks.md)."""
     from diffusion_gym.evaluation import rollout
 
     env = make_vector_env(500)
@@ -108,7 +108,7 @@ def test_frechet_threshold_rejects_an_undertrained_model(heldout_features):
         assert frechet_distance(load_classifier().features(images), heldout_features) > FRECHET_THRESHOLD
 
 
-def test_the_default_configuration_has_headroom_and_a_trustworthy_shipped_optimum():
+def test_the_default_configuration_has_headroom_and_a_trustworthy_shipped_references():
     """The task's defaults are what its shipped references describe: at every shipped grid J* - J(pre)
     is at least one standard deviation of the pretrained per-sample objective and the effective
     sample size behind J* is >= 200; other configurations find no shipped entry."""
@@ -116,33 +116,35 @@ def test_the_default_configuration_has_headroom_and_a_trustworthy_shipped_optimu
 
     task = get_task("digits")
     for n_steps in (10, 20):
-        entry = task.shipped_optimum({"n_steps": n_steps})
+        entry = task.shipped_references({"n_steps": n_steps})
         assert entry is not None, n_steps
         sd = entry["j_pretrained_se"] * np.sqrt(entry["n"])
         assert entry["j_star"] - entry["j_pretrained"] >= sd
-        assert entry["ess"] >= 200 and entry["command"].startswith("python -m diffusion_gym.tasks.digits.references")
-    assert task.shipped_optimum({}) == task.shipped_optimum({"n_steps": 10, "dtype": "float32", "utility": "thickness"})
-    assert task.shipped_optimum({"kl_coef": 1.0}) is None
-    assert task.shipped_optimum({"n_steps": 10, "integrator": "ddpm"}) is None
-    assert task.shipped_optimum({"n_steps": 10, "reward": "gold"}) is None
+        assert entry["ess"] >= 200
+        assert entry["command"].startswith("python -m diffusion_gym.")
+    spelled_out = {"n_steps": 10, "dtype": "float32", "utility": "thickness"}
+    assert task.shipped_references({}) == task.shipped_references(spelled_out)
+    assert task.shipped_references({"kl_coef": 1.0}) is None
+    assert task.shipped_references({"n_steps": 10, "integrator": "ddpm"}) is None
+    assert task.shipped_references({"n_steps": 10, "reward": "gold"}) is None
 
 
 @pytest.mark.slow
-def test_a_shipped_optimum_is_reproduced_by_fresh_samples():
+def test_a_shipped_references_is_reproduced_by_fresh_samples():
     """Recompute the N = 10 entry from 4,096 fresh pretrained samples (another seed): J* and J(pre)
     within 4 standard errors of the shipped ones (both errors combined)."""
     from diffusion_gym.evaluation import rollout
     from diffusion_gym.optimum import optimum_from_rewards
     from diffusion_gym.tasks import get_task
 
-    shipped = get_task("digits").shipped_optimum({"n_steps": 10})
+    shipped = get_task("digits").shipped_references({"n_steps": 10})
     env = make_vector_env(1024, n_steps=10)
     fresh = optimum_from_rewards(rollout(env, None, 4096, seed=2024).terminal_reward, env.kl_coef)
     for est, key in ((fresh.j_star, "j_star"), (fresh.j_pretrained, "j_pretrained")):
         assert abs(est.mean - shipped[key]) <= 4 * np.hypot(est.se, shipped[f"{key}_se"]), key
 
 
-def test_agents_train_scores_against_the_shipped_optimum_where_the_task_ships_one():
+def test_agents_train_scores_against_the_shipped_references_where_the_task_ships_one():
     """`agents.train` takes J* and J(pre) from the shipped table at a shipped configuration (exactly,
     with their sample count and ESS, as the benchmarks do) and estimates them from its own samples
     elsewhere; the round trip through a results row is exact."""
@@ -153,12 +155,12 @@ def test_agents_train_scores_against_the_shipped_optimum_where_the_task_ships_on
 
     task = get_task("digits")
     agent = build_agent("ddpo", make_vector_env(8, n_steps=10), {"policy_net": "conv"})
-    shipped = task.shipped_optimum({"n_steps": 10})
+    shipped = task.shipped_references({"n_steps": 10})
     (row,) = score_at_grids(agent, "DiffusionSDE-Digits-v0", {"n_steps": 10}, [10], n=8, seed=0)
     keys = ("j_star", "j_star_se", "j_pretrained", "j_pretrained_se")
     assert {k: row[k] for k in keys} == {k: shipped[k] for k in keys}
     assert Optimum.from_row(shipped).row() == {k: shipped[k] for k in ("covariance", "n", "ess", *keys)}
 
     (other,) = score_at_grids(agent, "DiffusionSDE-Digits-v0", {"n_steps": 10, "kl_coef": 0.5}, [10], n=8, seed=0)
-    assert task.shipped_optimum({"n_steps": 10, "kl_coef": 0.5}) is None
+    assert task.shipped_references({"n_steps": 10, "kl_coef": 0.5}) is None
     assert other["j_star"] != shipped["j_star"] and math.isfinite(other["j_star"])

@@ -159,15 +159,19 @@ def test_effective_sample_size_of_the_tilting_weights():
 def test_a_reachable_reference_below_the_pretrained_model_is_no_yardstick():
     """The optimal control applied on a coarse grid can score below J(pre) (8-D mixture at N = 10):
     then there is no reachable gap on that grid, and a suite task is scored against J* alone."""
-    from benchmarks.run import _reachable_key
-    from diffusion_gym.optimum import Optimum, References
+    from diffusion_gym.optimum import Optimum
+    from diffusion_gym.references import References, task_reachable
 
     opt = Optimum(Estimate(3.0, 0.01, 1000), Estimate(1.3, 0.01, 1000))
     policy = Estimate(2.0, 0.02, 1000)
     assert References(opt, j_oracle=Estimate(0.9, 0.05, 512)).reachable_gap(policy) is None
     above = References(opt, j_oracle=Estimate(2.3, 0.05, 512)).reachable_gap(policy)
     assert above is not None and above.mean == pytest.approx(0.3 / 1.0)
-    entries = {"10": {"j_oracle": 0.9, "j_pretrained": 1.3}, "20": {"j_oracle": 2.0, "j_pretrained": 1.3}}
-    assert _reachable_key(entries) is None
-    entries["10"]["j_oracle"] = 1.5
-    assert _reachable_key(entries) == "j_oracle"
+    grids = [References(opt, j_oracle=Estimate(j, 0.05, 512)) for j in (0.9, 2.0)]
+    assert [g.reachable_name for g in grids] == [None, "j_oracle"] and task_reachable(grids) is None
+    grids[0] = References(opt, j_oracle=Estimate(1.5, 0.05, 512))
+    assert task_reachable(grids) == "j_oracle"
+    # J_best comes first wherever it is computable; a task whose grids differ has no common reference.
+    both = References(opt, j_best=Estimate(2.5, 1e-6, 256), j_oracle=Estimate(2.3, 0.05, 512))
+    assert both.reachable_name == "j_best"
+    assert task_reachable([grids[1], References(opt, j_best=Estimate(2.5, 1e-6, 256))]) is None

@@ -9,7 +9,7 @@ import pytest
 from torch import Tensor, nn
 
 import diffusion_gym  # noqa: F401  (registers the built-in tasks)
-from agents.tune import budget, searches
+from agents.tuning import budget, searches
 from benchmarks.env_throughput import measure
 from benchmarks.suite import load_suite
 from diffusion_gym.sde import LinearVPSchedule
@@ -50,8 +50,6 @@ TOY = TaskSpec(
     env_id="ToyNormal-v0",
     models=f"{__name__}:toy_models",
     defaults={"n_steps": 6, "integrator": "exponential", "kl_coef": 1.0},
-    tuning={"ddpo": {"lr": [1e-3], "clip": [0.1]}, "ct_ppo": {"lr": [1e-3], "clip": [1.0]}},
-    tuning_budget={"num_envs": 32, "reward_queries": 64, "eval_n": 64, "optimum_n": 256, "curve_points": 1},
     throughput=((64, 6),),
 )
 
@@ -118,9 +116,8 @@ def test_a_registered_task_runs_a_tiny_suite_and_the_runners(toy_task, tmp_path)
         assert all(row["gap_se"] > 0 and abs(row["gap"]) < 10 for row in run["final"].values())
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["runs"][0]["env"] == "ToyNormal-v0" and (tmp_path / "out" / "report.md").exists()
-    # The tuning grids and budget and the throughput sizes come from the spec.
-    assert set(searches("ToyNormal-v0")) == {"ddpo", "ct_ppo", "ct_ppo_reward", "ct_ppo_reward_pretrained"}
-    assert budget("ToyNormal-v0")["num_envs"] == 32
+    # The throughput sizes come from the spec; a task knows no agents: no tuning file, no searches.
+    assert searches("ToyNormal-v0") == {} and budget("ToyNormal-v0") == {}
     m = measure("toy_normal", batch=64, steps=6, repeats=1)
     assert m["env_id"] == "ToyNormal-v0" and m["max_diff"] < 1e-5
 
@@ -169,3 +166,46 @@ def test_no_library_module_imports_a_task_or_a_runner():
         assert not {m for m in imported if m.split(".")[0] in ("agents", "benchmarks")}, rel
         if not rel.startswith("tasks/") and rel != "__init__.py":
             assert not {m for m in imported if m.startswith("diffusion_gym.tasks")}, rel
+
+
+def models_with_a_new_keyword(centre: float = 1.0, temperature: float = 1.0) -> tuple[StandardNormalScore, ...]:
+    """A model family with a keyword no task had before: it changes the law until declared neutral."""
+    return toy_models(centre)
+
+
+def test_law_keys_are_derived_and_every_keyword_is_a_law_key_or_declared_neutral():
+    """A task's configuration (what shipped references are keyed by) is every keyword of its models
+    function and of the env except those declared neutral, so a new keyword counts until declared."""
+    import inspect
+
+    from diffusion_gym.envs.vector import CONTROL_KEYWORDS, LAW_NEUTRAL, DiffusionSDEVectorEnv
+    from diffusion_gym.tasks import resolve
+
+    env_keywords = {
+        k for k, p in inspect.signature(DiffusionSDEVectorEnv).parameters.items() if p.kind is p.KEYWORD_ONLY
+    }
+    assert LAW_NEUTRAL | CONTROL_KEYWORDS <= env_keywords  # a renamed keyword must not hide as "neutral"
+    for spec in TASKS.values():
+        params = set(inspect.signature(resolve(spec.models)).parameters)
+        assert set(spec.law_neutral) <= params, spec.name
+        keys = set(spec.law_keys())
+        assert keys | set(spec.law_neutral) | LAW_NEUTRAL | CONTROL_KEYWORDS == params | env_keywords, spec.name
+        assert {"n_steps", "integrator", "kl_coef", "dtype"} <= keys and not keys & (LAW_NEUTRAL | CONTROL_KEYWORDS)
+    spec = replace(TOY, models=f"{__name__}:models_with_a_new_keyword")
+    assert "temperature" in spec.law_keys() and spec.configuration({})["temperature"] == 1.0
+    assert spec.configuration({"temperature": 2.0}) != spec.configuration({})
+    assert spec.configuration({"device": "cpu", "record_transitions": True}) == spec.configuration({})
+    assert spec.control_configuration({"action_scale": 2.0}) == {"action_scale": 2.0}
+
+
+def test_shipped_references_match_the_configuration_and_the_action_box():
+    """The mixture task ships J*, J(pre) and J_oracle: another law finds none, another action box keeps
+    J* and J(pre) (the pretrained law is the same) but not J_oracle (another action class)."""
+    task = get_task("mixture")
+    entry = task.shipped_references({"dim": 8, "n_steps": 20})
+    assert entry is not None and entry["j_oracle_n"] >= 4096 and entry["oracle"]["objective"] == entry["j_oracle"]
+    assert task.shipped_references({"dim": 8, "n_steps": 20, "kl_coef": 0.5}) is None
+    assert task.shipped_references({"dim": 8, "n_steps": 20, "integrator": "ddpm"}) is None
+    boxed = task.shipped_references({"dim": 8, "n_steps": 20, "action_scale": 2.0})
+    assert boxed is not None and "j_oracle" not in boxed and "oracle" not in boxed
+    assert boxed["j_star"] == entry["j_star"]

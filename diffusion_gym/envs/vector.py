@@ -31,6 +31,16 @@ from diffusion_gym.base_models.protocol import ScoreModel
 from diffusion_gym.rewards.protocol import RewardModel
 from diffusion_gym.sde import ActionScale, Discretization, Integrator, discretize, time_grid
 
+LAW_NEUTRAL = frozenset(
+    {"obs_bound", "device", "autoreset_mode", "sync_checks", "record_transitions", "compile", "render_mode"}
+)
+"""Env keywords that change neither the pretrained sampler's law nor the action class: shipped
+references hold whatever they are (every other keyword is a law key: ``TaskSpec.law_keys``). The
+device and ``compile`` change the last digits of a float, not the law."""
+CONTROL_KEYWORDS = frozenset({"action_scale"})
+"""Env keywords that leave the pretrained law (J*, J(pre)) alone but change the action class, and so
+the reachable references J_best and J_oracle."""
+
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

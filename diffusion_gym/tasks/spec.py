@@ -2,8 +2,9 @@
 
 A task lives in one folder, ``diffusion_gym/tasks/<name>/``: its base model, rewards, trainers and
 weights, and in its ``__init__.py`` one :class:`TaskSpec` passed to :func:`register_task`. The
-gym registration, the benchmarks (image metrics), the hyperparameter search (grids and budgets)
-and the throughput benchmark all read the spec; none of them lists tasks. References to code are
+gym registration, the references (shipped tables), the benchmarks (image metrics) and the
+throughput benchmark read the spec; none of them lists tasks. A task knows no agents: how agents
+are searched on it lives with the agents (``agents/tuning/``). References to code are
 ``"module:attribute"`` strings, resolved on first use, so that registering a task imports nothing
 heavy (diffusers, a UNet's weights).
 
@@ -49,15 +50,14 @@ class TaskSpec:
         defaults: env keyword defaults of this task (e.g. its N and integrator).
         image_features: for image tasks, ``"module:function"`` returning ``(feature map, held-out
             reference features)``: the Frechet distance and per-class diversity of the benchmarks.
-        tuning: the hyperparameter search's grid per search label (``agents.tune`` maps labels to
-            agents and their variants).
-        tuning_budget: that search's sizes (``num_envs``, ``reward_queries``, ``eval_n``, ``optimum_n``:
-            pretrained samples for J* and J(pre), ``curve_points``, ``curve_n``, ``policy_net``,
-            ``critic_pretrain_queries``).
         throughput: ``benchmarks.env_throughput``'s sizes for this task, ``(batch, steps)`` pairs.
-        references: ``"package:file.json"``, J* and J(pre) computed once per configuration and
-            shipped with the task (:meth:`shipped_optimum`), for tasks whose J* needs more pretrained
-            samples than a benchmark run can afford; None: every run estimates them.
+        references: ``"package:file.json"``, the references computed once per configuration and
+            shipped with the task (:meth:`shipped_references`; ``python -m diffusion_gym.references``),
+            for tasks whose J* or J_oracle needs more samples than a benchmark run can afford; None:
+            every run estimates them.
+        law_neutral: keywords of ``models`` that do not change the pretrained sampler's law or the
+            terminal reward (a gold utility reported beside it): every other keyword is part of the
+            configuration shipped references are keyed by (:meth:`configuration`).
     """
 
     name: str
@@ -65,10 +65,16 @@ class TaskSpec:
     models: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
     image_features: str | None = None
-    tuning: Mapping[str, Mapping[str, list[Any]]] = field(default_factory=dict)
-    tuning_budget: Mapping[str, Any] = field(default_factory=dict)
     throughput: tuple[tuple[int, int], ...] = ((4096, 100),)
     references: str | None = None
+    law_neutral: tuple[str, ...] = ()
+
+    @property
+    def package(self) -> str:
+        """The task's package (its folder): where its weights and shipped tables live."""
+        if self.references is not None:
+            return self.references.partition(":")[0]
+        return self.models.partition(":")[0].rpartition(".")[0]
 
     def build(self, kwargs: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(models, env kwargs)``: ``models`` called with the keywords it takes, and the rest over
@@ -105,15 +111,33 @@ class TaskSpec:
         models, env_kwargs = self.build(kwargs)
         return DiffusionSDEEnv(*models, **env_kwargs)
 
+    def law_keys(self) -> tuple[str, ...]:
+        """The keywords the pretrained sampler's law, its terminal reward and so J* and J(pre) depend
+        on: every keyword of ``models`` and of the env except those declared neutral (the env's
+        :data:`~diffusion_gym.envs.vector.LAW_NEUTRAL` and :data:`~diffusion_gym.envs.vector.CONTROL_KEYWORDS`,
+        the task's :attr:`law_neutral`). Derived, not listed: a new keyword counts until declared neutral."""
+        from diffusion_gym.envs.vector import CONTROL_KEYWORDS, LAW_NEUTRAL
+
+        params = [k for k in inspect.signature(resolve(self.models)).parameters if k not in self.law_neutral]
+        env = [k for k in _env_keywords() if k not in LAW_NEUTRAL | CONTROL_KEYWORDS]
+        return (*params, *env)
+
     def configuration(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """What defines the pretrained sampler's law and J* on one grid: the task's own keywords and
-        the env's ``n_steps, grid, integrator, kl_coef, eps, dtype, autocast, conditions``, each from
+        """What defines the pretrained sampler's law and J* on one grid: the :meth:`law_keys`, each from
         ``kwargs``, else the task's defaults, else the functions' own defaults (JSON-comparable)."""
+        return self._values(self.law_keys(), kwargs)
+
+    def control_configuration(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """What else the reachable references (J_best, J_oracle) depend on: the action box."""
+        from diffusion_gym.envs.vector import CONTROL_KEYWORDS
+
+        return self._values(sorted(CONTROL_KEYWORDS), kwargs)
+
+    def _values(self, keys: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 
         params = inspect.signature(resolve(self.models)).parameters
         env_params = inspect.signature(DiffusionSDEVectorEnv).parameters
-        keys = [*params, *LAW_KEYS]
         defaults = {k: p.default for k, p in (*env_params.items(), *params.items()) if k in keys}
         merged = defaults | dict(self.defaults) | dict(kwargs)
         for k in ("dtype", "autocast"):  # "float32" and torch.float32 name one dtype
@@ -121,32 +145,48 @@ class TaskSpec:
                 merged[k] = f"torch.{merged[k]}"
         return {k: _comparable(merged.get(k)) for k in keys}
 
-    def shipped_optimum(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The shipped J*, J(pre) (with their errors, covariance, sample count, effective sample size
-        and the command that computed them) of the configuration ``kwargs`` names, or None when the
-        task ships none for it, or when the task's ``weights/`` folder is no longer the one they were
-        computed with (``weights_sha256``: a retrained model or proxy makes them stale)."""
+    def shipped_references(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The shipped references of the configuration ``kwargs`` names (J*, J(pre) with their errors,
+        covariance, sample count, effective sample size and the command that computed them; J_oracle
+        and the optimal control's row only where the action box matches too), or None when the task
+        ships none for it, or when the task's ``weights/`` folder is no longer the one they were
+        computed with (``weights_sha256``: a retrained model or proxy makes them stale).
+
+        Raises:
+            ValueError: the table is not valid JSON (naming the file).
+        """
         if self.references is None:
             return None
         package, _, name = self.references.partition(":")
         path = importlib.resources.files(package) / name
         if not path.is_file():
             return None
-        table = json.loads(path.read_text())
-        config = self.configuration(kwargs)
-        for entry in table["entries"]:
-            if entry["config"] == config:
-                stale = "weights_sha256" in entry and entry["weights_sha256"] != weights_fingerprint(package)
-                return None if stale else entry
-        return None
+        try:
+            table = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: the shipped references are not valid JSON ({err})") from None
+        config, control = self.configuration(kwargs), self.control_configuration(kwargs)
+        matches = [e for e in table["entries"] if e["config"] == config]
+        if not matches:
+            return None
+        entry = next((e for e in matches if e.get("control") == control), matches[0])
+        if "weights_sha256" in entry and entry["weights_sha256"] != weights_fingerprint(package):
+            return None
+        if entry.get("control") != control:
+            entry = {k: v for k, v in entry.items() if not k.startswith("j_oracle") and k not in ("oracle", "control")}
+        return entry
 
     def features(self) -> tuple[Callable[[Any], Any], Any] | None:
         """``(feature map, reference features)`` of an image task, else None."""
         return None if self.image_features is None else resolve(self.image_features)()
 
 
-LAW_KEYS = ("n_steps", "grid", "integrator", "kl_coef", "eps", "dtype", "autocast", "conditions")
-"""The env keywords the pretrained sampler's law and J* depend on (not the batch, device or action box)."""
+def _env_keywords() -> list[str]:
+    """The env's keyword-only parameters (its configuration; the batch and models are positional)."""
+    from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+
+    params = inspect.signature(DiffusionSDEVectorEnv).parameters
+    return [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
 def weights_fingerprint(package: str) -> str:

@@ -10,5 +10,6 @@ TASK = register_task(
         models="diffusion_gym.tasks.stable_diffusion.env:task_models",
         defaults={"n_steps": 50, "integrator": "ddpm"},
         throughput=((16, 20),),
+        law_neutral=("gold", "gold_kwargs"),
     )
 )

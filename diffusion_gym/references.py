@@ -1,0 +1,328 @@
+"""The references a policy is scored against on its grid, owned in one place (docs/design.md, section 1).
+
+One grid's references are J* and J(pre) (:class:`~diffusion_gym.optimum.Optimum`: Monte Carlo over
+the pretrained sampler), J_best (the dynamic programme, 2-D tasks) and J_oracle (the continuous-time
+optimal control applied on the grid, Gaussian-mixture tasks). This module decides which of them a
+grid has and computes them (:func:`compute_references`), serialises them (:meth:`References.to_row`
+/ :meth:`References.from_row`: train, tune, the benchmarks and the report read the same row),
+decides which reference the reachable gap uses (:attr:`References.reachable_name`, and per task
+:func:`task_reachable`), and computes every gap with its error. Where a task ships them
+(:meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_references`), the shipped ones are read instead;
+``python -m diffusion_gym.references`` computes them for a task's table:
+
+    python -m diffusion_gym.references --task mixture --set dim=8 --steps 20 50 100 --n 262144 --oracle-n 8192
+    python -m diffusion_gym.references --task digits --steps 10 20 --n 32768
+
+**J_oracle with a control variate.** Under the optimal control ``delta* = grad log h`` Ito's formula
+gives, path by path, ``r(Y_T) - kl_coef KL_path = kl_coef log h(0, Y_0) + kl_coef int g delta* . dB``:
+the objective's noise is the stochastic integral. Its discrete version
+``M = sum_k (b_k / sqrt(v_k)) delta_k . xi_k`` (:func:`~diffusion_gym.kernel.step_martingale`) has mean
+zero exactly on any grid (``delta_k`` is a function of ``Y_k``, ``xi_k`` independent of it), so
+``objective - kl_coef M`` estimates J_oracle without bias and with the variance that is left from
+the grid and the quadrature alone (on the 8-D mixture 2-3x smaller standard errors at N = 20-50,
+4x at N = 100 in 2-D). Its standard error is the larger of the episodes' and that of 32 batch means,
+so that a heavy tail shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from importlib.resources import files
+from typing import Any, ClassVar
+
+import torch
+
+from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.evaluation import Estimate, Rollouts, rollout
+from diffusion_gym.optimum import Optimum, normalized_gap, optimum_from_rewards
+from diffusion_gym.scoring import derive_seed, estimates, eval_batch
+
+BATCH_MEANS = 32
+"""Batches of J_oracle's batch-means standard error."""
+
+_LEGACY_NAMES = {"j_best_error": "j_best_se", "j_best_cells": "j_best_n"}
+"""Row keys of results written before the references had one owner, and their names now."""
+
+
+def oracle_estimate(oracle: Rollouts, kl_coef: float) -> tuple[Estimate, dict[str, float]]:
+    """J_oracle from the optimal control's episodes: the mean of ``objective - kl_coef * martingale``
+    (the plain objective where no martingale was recorded), its standard error the larger of the
+    episodes' and the batch means' (:data:`BATCH_MEANS`); and both errors, by name."""
+    y = oracle.objective.double()
+    if oracle.martingale is not None:
+        y = y - kl_coef * oracle.martingale.double()
+    plain = Estimate.of(y)
+    batches = torch.stack([b.mean() for b in y.tensor_split(BATCH_MEANS)]) if y.numel() >= 2 * BATCH_MEANS else None
+    batch_se = batches.std().item() / math.sqrt(BATCH_MEANS) if batches is not None else math.nan
+    se = max(plain.se, batch_se) if math.isfinite(batch_se) else plain.se
+    return Estimate(plain.mean, se, plain.n), {"j_oracle_se_episodes": plain.se, "j_oracle_se_batches": batch_se}
+
+
+@dataclass(frozen=True)
+class References:
+    """Everything a policy's objective on one grid is compared with (docs/design.md, section 1).
+
+    Attributes:
+        optimum: J* and J(pre) (their covariance and the effective sample size behind J*).
+        j_best: J_best(N) from the dynamic programme, its ``se`` the numerical error estimate and its
+            ``n`` the spatial grid's cell count (2-D tasks; None elsewhere).
+        j_best_pretrained: J(pre) by the same recursion without the maximisation (a check).
+        j_oracle: J_oracle(N), the optimal control's objective on the grid (Gaussian-mixture tasks).
+        oracle: the optimal control's row as a policy's is scored (objective = J_oracle, proxy, gold,
+            KL, each with ``_se``), and J_oracle's two standard errors; None where there is no J_oracle.
+        command: the command that computed them, where they ship with the task (None: this run).
+    """
+
+    optimum: Optimum
+    j_best: Estimate | None = None
+    j_best_pretrained: float | None = None
+    j_oracle: Estimate | None = None
+    oracle: Mapping[str, float] | None = None
+    command: str | None = None
+
+    REACHABLE: ClassVar[tuple[str, ...]] = ("j_best", "j_oracle")
+    """The reachable references in order of preference (J_oracle <= J_best <= J*)."""
+
+    @property
+    def reachable_name(self) -> str | None:
+        """The one rule for the reachable reference of a grid: J_best where it is computable, else
+        J_oracle; None where there is neither, or where it does not beat J(pre) (the optimal control
+        on a coarse grid can do worse than no control: no yardstick there)."""
+        for name in self.REACHABLE:
+            ref = getattr(self, name)
+            if ref is not None:
+                return name if ref.mean > self.optimum.j_pretrained.mean else None
+        return None
+
+    @property
+    def reachable(self) -> Estimate | None:
+        """The reachable reference's estimate (see :attr:`reachable_name`), or None."""
+        return None if self.reachable_name is None else getattr(self, self.reachable_name)
+
+    def gap(self, j: Estimate) -> Estimate:
+        """``(J* - J) / (J* - J(pre))``: how far ``j`` is from the optimum over all path measures."""
+        return self.optimum.normalized_gap(j)
+
+    def reachable_gap(self, j: Estimate) -> Estimate | None:
+        """``(J_ref - J) / (J_ref - J(pre))`` with the reachable reference (independent of J(pre)'s
+        samples), or None where the grid has none."""
+        ref = self.reachable
+        return None if ref is None else normalized_gap(j, ref, self.optimum.j_pretrained)
+
+    def gaps(self, j: Estimate) -> dict[str, float]:
+        """Both gaps of an objective ``j`` with their standard errors and the policy's own share of
+        them (``_se_policy``: the references' share is common to every policy scored on the grid)."""
+        pre = self.optimum.j_pretrained.mean
+        gap = self.gap(j)
+        out = {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": j.se / (self.optimum.j_star.mean - pre)}
+        reachable = self.reachable_gap(j)
+        if reachable is not None and self.reachable is not None:
+            out |= {"reachable_gap": reachable.mean, "reachable_gap_se": reachable.se}
+            out["reachable_gap_se_policy"] = j.se / (self.reachable.mean - pre)
+        return out
+
+    def reference_se(self, gap: float, key: str = "gap") -> float:
+        """The references' share of the error of a gap ``gap`` (``key``: ``"gap"`` against J*, or
+        ``"reachable_gap"``): what every policy's gap on this grid shares."""
+        pre = self.optimum.j_pretrained
+        if key == "gap":
+            ref, cov = self.optimum.j_star, self.optimum.covariance
+        elif self.reachable is not None:
+            ref, cov = self.reachable, 0.0
+        else:
+            raise ValueError("this grid has no reachable reference")
+        j = Estimate(ref.mean - gap * (ref.mean - pre.mean), 0.0, ref.n)
+        return normalized_gap(j, ref, pre, cov).se
+
+    def to_row(self) -> dict[str, Any]:
+        """The references as flat JSON numbers: results files, tuning records, shipped tables."""
+        row: dict[str, Any] = dict(self.optimum.row())
+        for name in self.REACHABLE:
+            est = getattr(self, name)
+            if est is not None:
+                row |= {name: est.mean, f"{name}_se": est.se, f"{name}_n": est.n}
+        if self.j_best_pretrained is not None:
+            row["j_best_pretrained"] = self.j_best_pretrained
+        if self.oracle is not None:
+            row["oracle"] = dict(self.oracle)
+        if self.command is not None:
+            row["command"] = self.command
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> References:
+        """The references of :meth:`to_row` back (also the rows of older results, whose J_best error
+        and cell count were named ``j_best_error`` and ``j_best_cells``)."""
+        row = {_LEGACY_NAMES.get(k, k): v for k, v in row.items()}
+
+        def estimate(name: str) -> Estimate | None:
+            return Estimate(row[name], row[f"{name}_se"], row.get(f"{name}_n", row["n"])) if name in row else None
+
+        return cls(
+            Optimum.from_row(row),
+            estimate("j_best"),
+            row.get("j_best_pretrained"),
+            estimate("j_oracle"),
+            row.get("oracle"),
+            row.get("command"),
+        )
+
+
+def task_reachable(grids: Iterable[References]) -> str | None:
+    """The reachable reference a task's claims use: the one every grid's rule picks, or None (the task
+    is then scored against J* alone) when some grid has none or they differ."""
+    names = {refs.reachable_name for refs in grids}
+    return names.pop() if len(names) == 1 else None
+
+
+def oracle_row(env: DiffusionSDEVectorEnv, n: int, seed: int) -> tuple[Estimate, dict[str, float]]:
+    """J_oracle and the optimal control's row from ``n`` episodes on ``env`` (see :class:`References`)."""
+    from diffusion_gym.optimal_control import MixtureOptimalControl
+
+    control = MixtureOptimalControl.for_env(env)
+    r = rollout(env, control.policy(env), n, seed=seed, martingale=True)
+    j_oracle, errors = oracle_estimate(r, env.kl_coef)
+    row = estimates(r.summary()) | {"objective": j_oracle.mean, "objective_se": j_oracle.se}
+    return j_oracle, row | errors
+
+
+def compute_references(
+    env: DiffusionSDEVectorEnv,
+    *,
+    n_samples: int,
+    oracle_n: int,
+    best: bool = True,
+    best_grid: int = 256,
+    shipped: Mapping[str, Any] | None = None,
+    pretrained: Rollouts | None = None,
+    oracle_env: DiffusionSDEVectorEnv | None = None,
+    seeds: str = "",
+) -> References:
+    """Decide which references ``env``'s grid has and compute them (or read the shipped ones).
+
+    Args:
+        env: the task's batched env on the grid (its integrator, kl_coef and action box define the
+            problem; its batch sets the episodes drawn at once).
+        n_samples: pretrained samples for J* and J(pre).
+        oracle_n: episodes of the optimal control for J_oracle (Gaussian-mixture tasks).
+        best: compute J_best where the task is 2-D (a few seconds at N = 200 on a CPU).
+        best_grid: J_best's cells per axis.
+        shipped: the task's shipped entry for this configuration
+            (:meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_references`: J*, J(pre), and J_oracle
+            where the action box matches), read instead of estimated.
+        pretrained: pretrained rollouts on this grid to estimate J* and J(pre) from (default: drawn here).
+        oracle_env: the env (another batch) the optimal control's episodes run on (default: ``env``).
+        seeds: ``""`` for a run's references, ``"shipped"`` for a task's table: which seeds they draw.
+    """
+    from diffusion_gym.dynamic_programming import best_policy, solvable
+    from diffusion_gym.optimal_control import MixtureOptimalControl
+
+    env = getattr(env, "unwrapped", env)
+    n_steps = env.n_steps
+    shipped_refs = References.from_row(shipped) if shipped is not None else None
+    if shipped_refs is not None:
+        optimum = shipped_refs.optimum
+    else:
+        if pretrained is None:
+            pretrained = rollout(env, None, n_samples, seed=derive_seed(seeds or "optimum", n_steps))
+        optimum = optimum_from_rewards(pretrained.terminal_reward, env.kl_coef)
+    refs = References(optimum, command=None if shipped_refs is None else shipped_refs.command)
+    if best and solvable(env):
+        solution = best_policy(env, n_grid=best_grid)
+        j_best = Estimate(solution.j_best, solution.error, solution.n_grid**2)
+        refs = replace(refs, j_best=j_best, j_best_pretrained=solution.j_pretrained)
+    if shipped_refs is not None and shipped_refs.j_oracle is not None:
+        refs = replace(refs, j_oracle=shipped_refs.j_oracle, oracle=shipped_refs.oracle)
+    elif MixtureOptimalControl.applies(env):
+        seed = derive_seed(f"{seeds}_oracle" if seeds else "oracle", n_steps)
+        j_oracle, row = oracle_row(env if oracle_env is None else oracle_env, oracle_n, seed)
+        refs = replace(refs, j_oracle=j_oracle, oracle=row)
+    return refs
+
+
+# --------------------------------------------------------------------------------------------------
+# The tables a task ships.
+
+
+def shipped_entry(
+    task: Any, n_steps: int, n_samples: int, oracle_n: int, device: str = "cpu", **kwargs: Any
+) -> dict[str, Any]:
+    """One entry of a task's shipped table: the references of configuration ``kwargs`` at ``n_steps``
+    (J*, J(pre) from ``n_samples`` pretrained episodes; J_oracle from ``oracle_n`` episodes of the
+    optimal control where the task has one), keyed by the configuration and stamped with the sha256
+    of the task's weights."""
+    from diffusion_gym.tasks.spec import weights_fingerprint
+
+    kwargs = kwargs | {"n_steps": n_steps}
+    env, oracle_env = (
+        task.make_vector_env(eval_batch(n, device), **(kwargs | {"device": device})) for n in (n_samples, oracle_n)
+    )
+    refs = compute_references(
+        env, n_samples=n_samples, oracle_n=oracle_n, best=False, oracle_env=oracle_env, seeds="shipped"
+    )
+    entry = {"config": task.configuration(kwargs)}
+    if refs.j_oracle is not None:
+        entry["control"] = task.control_configuration(kwargs)
+    return entry | refs.to_row() | {"weights_sha256": weights_fingerprint(task.package)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Compute and write a task's shipped references (see the module docstring)."""
+    from diffusion_gym.tasks import get_task
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, help="a registered task's name or env id")
+    parser.add_argument("--steps", type=int, nargs="+", required=True, help="grids (N)")
+    parser.add_argument("--n", type=int, default=262_144, help="pretrained episodes per grid (J*, J(pre))")
+    parser.add_argument("--oracle-n", type=int, default=4096, help="optimal-control episodes per grid (J_oracle)")
+    parser.add_argument("--set", nargs="*", default=[], help="key=value task and env keywords (JSON values)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    task = get_task(args.task)
+    if task.references is None:
+        parser.error(f"task {task.name} ships no references (TaskSpec.references is None)")
+    if args.n < 2 or args.oracle_n < 2:
+        parser.error("--n and --oracle-n must be >= 2")
+    kwargs: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects key=value, got {item!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    package, _, name = task.references.partition(":")
+    path = files(package) / name
+    table = json.loads(path.read_text()) if path.is_file() else {"entries": []}
+    words = sys.argv[1:] if argv is None else argv
+    command = "python -m diffusion_gym.references " + shlex.join(words)
+    for n_steps in args.steps:
+        start = time.perf_counter()
+        entry = shipped_entry(task, n_steps, args.n, args.oracle_n, args.device, **kwargs)
+        entry |= {"seconds": time.perf_counter() - start, "command": command, "torch": torch.__version__}
+        key = (json.dumps(entry["config"], sort_keys=True), json.dumps(entry.get("control"), sort_keys=True))
+        table["entries"] = [
+            e
+            for e in table["entries"]
+            if (json.dumps(e["config"], sort_keys=True), json.dumps(e.get("control"), sort_keys=True)) != key
+        ] + [entry]
+        refs = References.from_row(entry)
+        line = f"{task.name} {kwargs} N = {n_steps}: J* = {refs.optimum.j_star}, J(pre) = {refs.optimum.j_pretrained}"
+        line += f", ESS {refs.optimum.ess:.0f} of {refs.optimum.j_star.n}"
+        if refs.j_oracle is not None:
+            line += f", J_oracle = {refs.j_oracle} (episodes' s.e. {entry['oracle']['j_oracle_se_episodes']:.4f})"
+        print(line + f", {entry['seconds']:.0f} s", flush=True)
+        path.write_text(json.dumps(table, indent=1) + "\n")  # type: ignore[attr-defined]
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ one API (:class:`agents.common.agent.Agent`): ``Agent(env, config)``, ``learn``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agents.common.agent import Agent, AgentConfig
@@ -29,9 +29,26 @@ AGENTS: dict[str, tuple[type[Agent], type[AgentConfig]]] = {
 }
 
 
-def register_agent(name: str, agent_cls: type[Agent], config_cls: type[AgentConfig]) -> None:
-    """Add an external agent to the zoo (the benchmarks and the CLI then know it by ``name``)."""
+def register_agent(
+    name: str,
+    agent_cls: type[Agent],
+    config_cls: type[AgentConfig],
+    search: Mapping[str, list[Any]] | None = None,
+) -> None:
+    """Add an external agent to the zoo (the benchmarks and the CLI then know it by ``name``).
+
+    Args:
+        name: its name in suites, ``agents.train --agent`` and ``agents.tune --agents``.
+        agent_cls: the agent (an :class:`~agents.common.agent.Agent`).
+        config_cls: its config dataclass.
+        search: its hyperparameter grid (setting -> values), searched by ``agents.tune`` on every task
+            whose tuning file does not name it (:mod:`agents.tuning`).
+    """
     AGENTS[name] = (agent_cls, config_cls)
+    if search is not None:
+        from agents.tuning import Search, register_search
+
+        register_search(name, Search(name, {k: list(v) for k, v in search.items()}))
 
 
 def all_agents() -> dict[str, tuple[Callable[..., Any], type[AgentConfig]]]:

@@ -1,7 +1,7 @@
 """Any Stable-Baselines3 agent (PPO, SAC, ...) on a diffusion env: the "plug in your own agent" path.
 
 Two routes, both standard SB3: the plain Gymnasium API (``gym.make``, SB3's own ``DummyVecEnv``),
-and the batched torch env through :class:`~diffusion_gym.envs.sb3.SB3VecEnv` (every row of the
+and the batched torch env through :class:`~diffusion_gym.envs.stable_baselines.SB3VecEnv` (every row of the
 batch is one of SB3's envs). :class:`SB3Agent` wraps either in the zoo's API so that SB3 agents
 appear in the benchmarks beside ours; their policies are SB3's (Gaussian over actions, a
 ``MultiInputPolicy`` over ``{"x", "t"}``), evaluated deterministically.
@@ -23,7 +23,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import Tensor
 
 from agents.common.agent import Agent, AgentConfig, Callback
-from diffusion_gym.envs.sb3 import SB3VecEnv
+from diffusion_gym.envs.stable_baselines import SB3VecEnv
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 

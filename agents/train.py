@@ -33,8 +33,8 @@ from typing import Any
 from agents.common.agent import Agent
 from agents.common.build import build_agent, make_env
 from diffusion_gym import distributed
-from diffusion_gym.optimum import references
-from diffusion_gym.scoring import derive_seed, eval_batch, reference_row, score_policy
+from diffusion_gym.references import compute_references
+from diffusion_gym.scoring import derive_seed, eval_batch, score_policy
 from diffusion_gym.tasks import get_task
 
 
@@ -64,16 +64,10 @@ def score_at_grids(
     task = get_task(env_id)
     for n_steps in steps:
         env = make_env(env_id, eval_batch(n, agent.env.device), **(env_kwargs | {"n_steps": n_steps}))
-        refs = references(
-            env,
-            n,
-            seed=derive_seed("optimum", n_steps),
-            oracle_n=n,
-            oracle_seed=derive_seed("oracle", n_steps),
-            shipped=task.shipped_optimum(env_kwargs | {"n_steps": n_steps}),
-        )
+        shipped = task.shipped_references(env_kwargs | {"n_steps": n_steps})
+        refs = compute_references(env, n_samples=n, oracle_n=n, shipped=shipped)
         row, _ = score_policy(env, agent, refs, n, derive_seed("final", seed, n_train, n_steps))
-        rows.append({"n_steps": n_steps} | reference_row(refs) | row)
+        rows.append({"n_steps": n_steps} | {k: v for k, v in refs.to_row().items() if k != "oracle"} | row)
     return rows
 
 

@@ -3,10 +3,9 @@
     python -m agents.tune --env DiffusionSDE-v0
     python -m agents.tune --env DiffusionSDE-Digits-v0 --agents ct_ppo,ct_ppo_reward,ct_ppo_reward_pretrained
 
-Every agent tries the settings of its grid (a 2x2 grid over its learning rate and its one
-algorithm-specific knob: the clip range of the PPO-type agents, the temperature of q-learning; SB3's
-PPO a 2x2x2 grid over the three knobs that set its exploration and credit assignment) with the same
-reward-query budget, seed and grid (N = 20, the exponential integrator). Each run is scored by the
+Every agent tries the settings of its grid with the same reward-query budget, seed and grid (N = 20,
+the exponential integrator); the grids and budgets are the task's tuning file,
+``agents/tuning/<env id>.toml`` (:mod:`agents.tuning`). Each run is scored by the
 normalized gap against J* and, where the task has one, against the reachable reference (J_best,
 else J_oracle; docs/design.md, section 1), and by the reward queries its learning curve needs to
 reach a reachable gap of 0.5. The JSON and the markdown table keep every run.
@@ -24,105 +23,23 @@ import argparse
 import itertools
 import json
 import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from agents.common.agent import Agent
-from agents.common.build import build_agent, make_env
+from agents.common.build import build_agent, config_fields, make_env
+from agents.common.curve import LearningCurve
+from agents.tuning import budget, searches
 from diffusion_gym import distributed
 from diffusion_gym.evaluation import crossing
-from diffusion_gym.optimum import References, references
-from diffusion_gym.scoring import derive_seed, eval_batch, reference_row, score_policy
+from diffusion_gym.references import References, compute_references
+from diffusion_gym.scoring import derive_seed, eval_batch, score_policy
 from diffusion_gym.tasks import get_task
-
-
-@dataclass(frozen=True)
-class Search:
-    """One agent's search: the zoo agent, its grid (every combination is a run), settings fixed for all
-    runs, and the family of variants whose picks compete for one default (default: the search alone)."""
-
-    agent: str
-    grid: dict[str, list[Any]]
-    fixed: dict[str, Any] = field(default_factory=dict)
-    family: str | None = None
-
-
-COLD_CRITIC = {"critic": "mlp", "advantage_norm": "global", "adv_clip": 0.0}
-"""CT-PPO with a cold MLP critic and one advantage scale (the zoo's first CT-PPO)."""
-AUTHORS_CRITIC = {"critic": "reward", "advantage_norm": "per_step", "adv_clip": 5.0}
-"""CT-PPO as its authors ship it: reward-initialised critic, advantages standardised per step, clipped at 5."""
-
-
-def ct_ppo_variants(grid: dict[str, list[Any]], pretrain_queries: int) -> dict[str, Search]:
-    """CT-PPO's variants over one grid, competing for its default: the cold critic, the authors'
-    critic, and the authors' critic fitted to ``pretrain_queries`` pretrained episodes first."""
-    return {
-        "ct_ppo": Search("ct_ppo", grid, COLD_CRITIC, "ct_ppo"),
-        "ct_ppo_reward": Search("ct_ppo", grid, AUTHORS_CRITIC, "ct_ppo"),
-        "ct_ppo_reward_pretrained": Search(
-            "ct_ppo", grid, AUTHORS_CRITIC | {"critic_pretrain_queries": pretrain_queries}, "ct_ppo"
-        ),
-    }
-
-
-SB3_PPO = {"algorithm": "ppo", "algo_kwargs": {"n_epochs": 4, "batch_size": 1024}}
-SB3_SAC = {"algorithm": "sac", "algo_kwargs": {"learning_starts": 2048, "batch_size": 256, "buffer_size": 200_000}}
-SB3_SEARCHES = {"sb3_ppo": SB3_PPO, "sb3_sac": SB3_SAC}
-"""Search labels of SB3 (gamma = 1) and the settings every run of theirs shares."""
-
-
-def searches(env_id: str) -> dict[str, Search]:
-    """The task's searches by label, from its spec's tuning grids
-    (:attr:`~diffusion_gym.tasks.TaskSpec.tuning`): CT-PPO's grid is searched for each of its critic
-    variants, SB3's labels run ``agent="sb3"``."""
-    task = get_task(env_id)
-    out: dict[str, Search] = {}
-    for label, grid in task.tuning.items():
-        grid = dict(grid)
-        if label == "ct_ppo":
-            out |= ct_ppo_variants(grid, task.tuning_budget.get("critic_pretrain_queries", 0))
-        elif label in SB3_SEARCHES:
-            out[label] = Search("sb3", grid, SB3_SEARCHES[label])
-        else:
-            out[label] = Search(label, grid)
-    return out
-
-
-def budget(env_id: str) -> dict[str, Any]:
-    """The task's search sizes (:attr:`~diffusion_gym.tasks.TaskSpec.tuning_budget`): envs per batch,
-    reward queries per run, evaluation episodes, the pretrained samples that estimate J* and J(pre),
-    the learning curve's evaluations and their episodes, and the policy network."""
-    return {k: v for k, v in get_task(env_id).tuning_budget.items() if k != "critic_pretrain_queries"}
-
 
 GAP = 0.5
 """The reachable gap whose first crossing on the learning curve is recorded."""
-
-
-class Curve:
-    """The zoo callback that scores the deterministic policy at ``budget * (i / points)^2`` queries."""
-
-    def __init__(self, env: Any, refs: References, budget: int, points: int, n: int, seed: int) -> None:
-        self.env, self.refs, self.n, self.seed, self.n_train = env, refs, n, seed, env.n_steps
-        self.budgets = [budget * (i / points) ** 2 for i in range(1, points + 1)]
-        self.points: list[dict[str, float]] = []
-
-    def evaluate(self, agent: Agent) -> None:
-        seed = derive_seed("curve", self.seed, self.n_train, len(self.points))
-        row, _ = score_policy(self.env, agent, self.refs, self.n, seed)
-        point = {"reward_queries": agent.reward_queries, "gap": row["gap"]}
-        self.points.append(point | ({"reachable_gap": row["reachable_gap"]} if "reachable_gap" in row else {}))
-
-    def __call__(self, agent: Agent, stats: dict[str, float]) -> bool:
-        if self.budgets and agent.reward_queries >= self.budgets[0]:
-            self.evaluate(agent)
-            while self.budgets and self.budgets[0] <= agent.reward_queries:
-                self.budgets.pop(0)
-        return True
 
 
 def score_run(agent: Agent, refs: References, n: int, seed: int) -> dict[str, Any]:
@@ -165,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         parser.error("agents.tune runs its searches in one process; train one setting with torchrun -m agents.train")
     task_searches = searches(args.env)
     if not task_searches:
-        parser.error(f"task {args.env} has no tuning grids (TaskSpec.tuning)")
+        parser.error(f"task {args.env} has no searches (agents/tuning/{args.env}.toml)")
     for key, value in budget(args.env).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -179,17 +96,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         parser.error(f"no search for {sorted(unknown)} on {args.env}; known: {sorted(task_searches)}")
 
     env_kwargs = {"n_steps": args.n_steps, "integrator": args.integrator, "device": args.device}
-    refs = references(
+    refs = compute_references(
         make_env(args.env, eval_batch(args.optimum_n, args.device), **env_kwargs),
         n_samples=args.optimum_n,
-        seed=derive_seed("optimum", args.n_steps),
         oracle_n=args.eval_n,
-        oracle_seed=derive_seed("oracle", args.n_steps),
-        shipped=get_task(args.env).shipped_optimum(env_kwargs),
+        shipped=get_task(args.env).shipped_references(env_kwargs),
     )
     meta = {"env": args.env, "env_kwargs": env_kwargs, "num_envs": args.num_envs, "seed": args.seed}
     meta |= {k: getattr(args, k) for k in ("reward_queries", "eval_n", "optimum_n", "curve_points", "curve_n")}
-    meta |= {"policy_net": args.policy_net} | reference_row(refs)
+    meta |= {"policy_net": args.policy_net} | refs.to_row()
     kept: list[dict[str, Any]] = []
     if args.agents and path.exists():
         old = json.loads(path.read_text())
@@ -203,21 +118,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             setting = dict(zip(search.grid, values, strict=True))
             torch.manual_seed(args.seed)
             overrides = search.fixed | setting | {"seed": args.seed, "progress": False}
-            if search.agent != "sb3":
+            if "policy_net" in config_fields(search.agent):  # SB3 builds its own networks
                 overrides["policy_net"] = args.policy_net
             env = make_env(args.env, args.num_envs, **env_kwargs)
             agent = build_agent(search.agent, env, overrides)
             curve_env = make_env(args.env, eval_batch(args.curve_n, args.device), **env_kwargs)
-            curve = Curve(curve_env, refs, args.reward_queries, args.curve_points, args.curve_n, args.seed)
-            curve.evaluate(agent)
-            start = time.perf_counter()
+            curve = LearningCurve(curve_env, refs, args.reward_queries, args.curve_points, args.curve_n, args.seed)
+            curve.begin(agent)
             agent.learn(args.reward_queries, callback=curve)
-            seconds = time.perf_counter() - start  # curve evaluations included
+            seconds = curve.train_seconds()
+            curve.finish(agent)
             run = {"label": label, "agent": search.agent, "fixed": search.fixed, "setting": setting}
             run |= {"seconds": seconds, "reward_queries": agent.reward_queries}
             run |= score_run(agent, refs, args.eval_n, args.seed)
             gap_key = "reachable_gap" if refs.reachable is not None else "gap"
-            run |= {"curve": curve.points, "queries_to_gap": crossing(curve.points, GAP, "reward_queries", gap_key)}
+            points = [{k: p[k] for k in ("reward_queries", "gap", "reachable_gap") if k in p} for p in curve.curve]
+            run |= {"curve": points, "queries_to_gap": crossing(points, GAP, "reward_queries", gap_key)}
             runs.append(run)
             print(
                 f"{label:26s} {setting}  gap {run['gap']:.3f}"
@@ -254,7 +170,7 @@ def write_record(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
     reachable = meta.get("j_best") is not None or meta.get("j_oracle") is not None
     crossed = "reachable gap" if reachable else "gap"
     if meta.get("j_best") is not None:
-        error = meta.get("j_best_error", meta.get("j_best_se"))  # records before 2026-12 name it j_best_se
+        error = meta.get("j_best_se", meta.get("j_best_error"))  # one record names it j_best_error
         refs += f", J_best = {meta['j_best']:.4f} (numerical error {error:.1e})"
     if meta.get("j_oracle") is not None:
         refs += f", J_oracle = {est('j_oracle')}"
@@ -266,7 +182,8 @@ def write_record(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
         f"queries per run, seed {meta['seed']}, policy network {meta.get('policy_net', 'mlp')} (SB3: its own); "
         f"final scores from {meta['eval_n']} episodes, learning curves from {meta['curve_n']} episodes at "
         f"{meta['curve_points']} budgets; {refs}. Written by `python -m agents.tune --env {env}`. "
-        "Seconds include the learning curve's evaluations (and other jobs on the machine).",
+        "Seconds are training's (records written before 2026-12-03 include the learning curve's evaluations), "
+        "with other jobs on the machine.",
         "",
         "Each search's pick (**bold**): the lowest final "
         + ("reachable gap" if reachable else "gap")

@@ -6,6 +6,7 @@
     python -m benchmarks run --suite my_suite.toml --seeds 5 --out runs/mine
     python -m benchmarks run --suite full --device cuda --nproc 8   # data-parallel runs under torchrun
     python -m benchmarks report runs/mine                       # report.md and plots from results.json
+    python -m benchmarks rescore runs/mine                      # against the references the tasks ship now
 
 ``run`` writes ``results.json`` (rewritten after every run), ``report.md``, ``plots/*.png``,
 ``tensorboard/<run>/`` and ``samples/`` under ``--out``. With ``--nproc P`` the command starts itself
@@ -41,7 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--nproc", type=int, default=1, help="processes on this node (data-parallel, torchrun)")
     report = sub.add_parser("report", help="regenerate report.md and the plots from results.json")
     report.add_argument("dir", type=Path)
+    rescore = sub.add_parser("rescore", help="rescore results.json against the tasks' shipped references")
+    rescore.add_argument("dir", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "rescore":
+        from benchmarks.rescore import main as rescore_main
+
+        grids = rescore_main(args.dir)
+        print(f"rescored {len(grids)} grids ({', '.join(grids) or 'none shipped'}); wrote {args.dir / 'report.md'}")
+        return 0
 
     import torch
 

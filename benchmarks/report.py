@@ -1,6 +1,7 @@
 """``report.md`` from ``results.json`` alone: the references of every task and grid, agents x metrics per
 task (mean ± s.e. over seeds) with the optimal control as a row, the discretization-robustness table,
-and the paper's two claims answered from the numbers.
+and the claims the suite names (its ``[claims]``: an agent against its baselines) answered from the
+numbers. The report knows no agent by name.
 
 Gaps: ``gap`` is against J*, the optimum over all path measures; ``reachable_gap`` against the best a
 policy of the env can do on the grid (J_best, else J_oracle; docs/design.md, section 1). Where a task
@@ -22,10 +23,8 @@ from typing import Any
 from scipy import stats
 
 from diffusion_gym.evaluation import Estimate
-from diffusion_gym.optimum import normalized_gap
+from diffusion_gym.references import References
 
-CLAIM_AGENTS = ("ct_ppo", "ddpo")
-"""The comparison the paper makes: continuous-time PPO against DDPO."""
 LEVEL = 0.05
 """Two-sided level of the tests behind "significant"."""
 
@@ -121,15 +120,7 @@ def _gap_with_references(task: dict[str, Any], n: int, gap: Stat, key: str = "ga
     once, in quadrature."""
     if not math.isfinite(gap.mean):
         return gap
-    o = task["optimum"][str(n)]
-    j_pre = Estimate(o["j_pretrained"], o["j_pretrained_se"], o["n"])
-    if key == "gap":
-        ref, cov = Estimate(o["j_star"], o["j_star_se"], o["n"]), o["covariance"]
-    else:
-        name = task["reachable"]
-        ref, cov = Estimate(o[name], o[f"{name}_error" if name == "j_best" else f"{name}_se"], o["n"]), 0.0
-    j = Estimate(ref.mean - gap.mean * (ref.mean - j_pre.mean), 0.0, o["n"])
-    ref_se = normalized_gap(j, ref, j_pre, cov).se
+    ref_se = References.from_row(task["optimum"][str(n)]).reference_se(gap.mean, key)
     return Stat(gap.mean, math.hypot(gap.se, ref_se), gap.k, gap.df)
 
 
@@ -200,49 +191,66 @@ def _robust_stat(
     return over_seeds([r[key] for r in rows], [r[f"{key}_se"] for r in rows])
 
 
+def suite_claims(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The suite's ``[claims]`` as results.json records them (None: the suite names none)."""
+    return results.get("claims")
+
+
 def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
-    """The paper's two claims on one task, stated from the measured numbers whatever they say (with the
-    reachable gap where the task has a reachable reference)."""
+    """The suite's claims on one task (its ``[claims]``: ours against each baseline), stated from the
+    measured numbers whatever they say (with the reachable gap where the task has a reachable
+    reference)."""
+    spec = suite_claims(results)
+    if spec is None:
+        return ["The suite names no claims ([claims] in its file); none is tested."]
+    lines: list[str] = []
+    for baseline in spec["baselines"]:
+        lines += _claims_against(results, task, n_train, spec["ours"], baseline, spec["threshold"])
+    return lines
+
+
+def _claims_against(
+    results: dict[str, Any], task: str, n_train: int, ours: str, theirs: str, threshold: float
+) -> list[str]:
+    """Sample efficiency and robustness across N of agent ``ours`` against agent ``theirs``."""
     runs = runs_by_agent(results, task, n_train)
     gap_key = claim_gap(results["tasks"][task])
     gap_name = "reachable gap" if gap_key == "reachable_gap" else "normalized gap"
-    ours, theirs = CLAIM_AGENTS
     if ours not in runs or theirs not in runs:
         return [f"The suite did not run both {ours} and {theirs} on this task; no claim is tested."]
     a, b = runs[ours], runs[theirs]
     budget = max(r["reward_queries"] for r in a + b)
-    threshold = results["gap_thresholds"][0]
     lines = []
 
     qa = over_seeds(_crossings(r, gap_key)[str(threshold)]["reward_queries"] for r in a)
     qb = over_seeds(_crossings(r, gap_key)[str(threshold)]["reward_queries"] for r in b)
     head = (
-        f"**Sample efficiency** (reward queries to a {gap_name} of {threshold}, i.e. "
+        f"**Sample efficiency, {ours} against {theirs}** (reward queries to a {gap_name} of {threshold}, i.e. "
         f"{1 - threshold:.0%} of the gap closed): "
     )
     if qa.k == len(a) and qb.k == len(b):
         diff, se, verdict = compare(qa, qb)
         if verdict.startswith("significant"):
-            head += f"CT-PPO is {'more' if diff > 0 else 'less'} sample-efficient than DDPO on this task"
+            head += f"{ours} is {'more' if diff > 0 else 'less'} sample-efficient than {theirs} on this task"
         elif verdict == "no error bar":
-            head += f"CT-PPO needed {'fewer' if diff > 0 else 'more'} queries than DDPO, untested (no error bar)"
+            head += f"{ours} needed {'fewer' if diff > 0 else 'more'} queries than {theirs}, untested (no error bar)"
         else:
-            head += "no significant difference between CT-PPO and DDPO on this task"
+            head += f"no significant difference between {ours} and {theirs} on this task"
         head += (
-            f": {fmt(qa, digits=0)} queries for CT-PPO against {fmt(qb, digits=0)} for DDPO "
-            f"(ratio DDPO / CT-PPO {qb.mean / qa.mean:.2f}; DDPO - CT-PPO {diff:,.0f} ± {se:,.0f}, {verdict}; "
-            f"{len(a)} and {len(b)} seeds)."
+            f": {fmt(qa, digits=0)} queries for {ours} against {fmt(qb, digits=0)} for {theirs} "
+            f"(ratio {theirs} / {ours} {qb.mean / qa.mean:.2f}; {theirs} - {ours} {diff:,.0f} ± {se:,.0f}, "
+            f"{verdict}; {len(a)} and {len(b)} seeds)."
         )
     elif qa.k or qb.k:
         fa, fb = qa.k / len(a), qb.k / len(b)
         counts = (
-            f"CT-PPO reached it in {qa.k}/{len(a)} seeds (after {fmt(qa, digits=0)}), "
-            f"DDPO in {qb.k}/{len(b)} (after {fmt(qb, digits=0)}) within {budget:,} queries"
+            f"{ours} reached it in {qa.k}/{len(a)} seeds (after {fmt(qa, digits=0)}), "
+            f"{theirs} in {qb.k}/{len(b)} (after {fmt(qb, digits=0)}) within {budget:,} queries"
         )
         if fa == fb:
             head += f"inconclusive: {counts}."
         else:
-            first = "CT-PPO" if fa > fb else "DDPO"
+            first = ours if fa > fb else theirs
             decisive = {fa, fb} == {0.0, 1.0}
             head += f"{first} reached it in more seeds: {counts}" + (
                 f"; {first} is the more sample-efficient here." if decisive else "; too few seeds to conclude."
@@ -252,28 +260,32 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
         diff, se, verdict = compare(ga, gb)
         head += (
             f"neither reached it within {budget:,} queries, so this budget does not answer it; at the end "
-            f"the gaps are {fmt(ga)} (CT-PPO) and {fmt(gb)} (DDPO), DDPO - CT-PPO {diff:.3f} ± {se:.3f} ({verdict})."
+            f"the gaps are {fmt(ga)} ({ours}) and {fmt(gb)} ({theirs}), {theirs} - {ours} {diff:.3f} ± {se:.3f} "
+            f"({verdict})."
         )
     lines.append(head)
 
     grids = sorted({int(n) for r in a + b for n in r["final"]} - {n_train})
     if not grids:
-        lines.append("**Robustness across N**: the suite scored no grid other than the training grid.")
+        lines.append(
+            f"**Robustness across N, {ours} against {theirs}**: the suite scored no grid other than the training grid."
+        )
         return lines
     wa, wb = (_robust_stat(x, n_train, "worst_rise", gap_key) for x in (a, b))
     ma, mb = (_robust_stat(x, n_train, "off_mean", gap_key) for x in (a, b))
     w_diff, w_se, w_verdict = compare(wa, wb)
     m_diff, m_se, m_verdict = compare(ma, mb)
     if w_verdict.startswith("significant"):
-        text = f"CT-PPO is {'more' if w_diff > 0 else 'less'} robust across N than DDPO on this task"
+        text = f"{ours} is {'more' if w_diff > 0 else 'less'} robust across N than {theirs} on this task"
     else:
-        text = f"CT-PPO is not measurably more robust across N than DDPO on this task ({w_verdict.split(' at ')[0]})"
+        verdict = w_verdict.split(" at ")[0]
+        text = f"{ours} is not measurably more robust across N than {theirs} on this task ({verdict})"
     lines.append(
-        f"**Robustness across N** (trained at N = {n_train}, scored at N = {', '.join(map(str, grids))}, each "
-        f"against the references on that grid, by the {gap_name}): {text}. The worst rise of the gap off the "
-        f"training grid over the gap at N = {n_train} is {fmt(wa)} for CT-PPO and {fmt(wb)} for DDPO (DDPO - CT-PPO "
-        f"{w_diff:.3f} ± {w_se:.3f}, {w_verdict}). The mean gap off the training grid is {fmt(ma)} against "
-        f"{fmt(mb)} (DDPO - CT-PPO {m_diff:.3f} ± {m_se:.3f}, {m_verdict})."
+        f"**Robustness across N, {ours} against {theirs}** (trained at N = {n_train}, scored at N = "
+        f"{', '.join(map(str, grids))}, each against the references on that grid, by the {gap_name}): {text}. The "
+        f"worst rise of the gap off the training grid over the gap at N = {n_train} is {fmt(wa)} for {ours} and "
+        f"{fmt(wb)} for {theirs} ({theirs} - {ours} {w_diff:.3f} ± {w_se:.3f}, {w_verdict}). The mean gap off the "
+        f"training grid is {fmt(ma)} against {fmt(mb)} ({theirs} - {ours} {m_diff:.3f} ± {m_se:.3f}, {m_verdict})."
     )
     return lines
 
@@ -281,18 +293,44 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
 def _references_line(task: dict[str, Any], n: int) -> str:
     """J*, J_best, J_oracle and J(pre) on grid n, as the report's sentence."""
     o = task["optimum"][str(n)]
+    refs = References.from_row(o)
     ess = f" (effective sample size {o['ess']:,.0f} of {o['n']:,})" if o.get("ess") is not None else ""
     parts = [f"J* = {fmt(o['j_star'], o['j_star_se'])}{ess}"]
-    if "j_best" in o:
+    if refs.j_best is not None:
         parts.append(
-            f"J_best = {o['j_best']:.4f} (dynamic programme, numerical error {o['j_best_error']:.1e}; the same "
-            f"recursion gives J(pre) = {o['j_best_pretrained']:.4f})"
+            f"J_best = {refs.j_best.mean:.4f} (dynamic programme, numerical error {refs.j_best.se:.1e}; the same "
+            f"recursion gives J(pre) = {refs.j_best_pretrained:.4f})"
         )
-    if "j_oracle" in o:
-        parts.append(f"J_oracle = {fmt(o['j_oracle'], o['j_oracle_se'])} (the optimal control)")
+    if refs.j_oracle is not None:
+        errors = refs.oracle or {}
+        split = (
+            f"; s.e. {errors['j_oracle_se_episodes']:.3f} from the episodes, {errors['j_oracle_se_batches']:.3f} "
+            "from batch means"
+            if "j_oracle_se_batches" in errors
+            else ""
+        )
+        parts.append(
+            f"J_oracle = {fmt(refs.j_oracle.mean, refs.j_oracle.se)} (the optimal control, {refs.j_oracle.n:,} "
+            f"episodes{split})"
+        )
     parts.append(f"J(pre) = {fmt(o['j_pretrained'], o['j_pretrained_se'])}")
     parts.append(f"headroom (J* - J(pre)) / sd = {headroom(o):.2f}")
     return ", ".join(parts)
+
+
+def _references_source(task: dict[str, Any]) -> str:
+    """Where a task's references come from: shipped with it (and the commands), or this run."""
+    first = next(iter(task["optimum"].values()))
+    oracle = "J_oracle" if task.get("oracle") else ""
+    if "command" in first:
+        shipped = "J* and J(pre)" + (" and J_oracle" if oracle and "oracle" in first else "")
+        commands = sorted({o["command"] for o in task["optimum"].values() if "command" in o})
+        text = f"{shipped} shipped with the task, from {first['n']:,} pretrained samples per grid ("
+        text += "; ".join(f"`{c}`" for c in commands) + ")"
+        own_oracle = oracle and "oracle" not in first
+        return text + (", J_oracle from this run's episodes of the optimal control" if own_oracle else "")
+    text = f"J* and J(pre) from {task['optimum_n']:,} pretrained samples per grid"
+    return text + (", J_oracle from this run's episodes of the optimal control" if oracle else "")
 
 
 def headroom(optimum: dict[str, Any]) -> float:
@@ -342,7 +380,8 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
     """Whether the task can tell the agents apart: its headroom and the weights behind J*, whether
     the best agent's gap is still falling at a quarter of the budget (the task does not saturate
     early), the smallest difference in queries-to-gap and in final gap the seeds can detect, and
-    whether q-learning ever fell measurably below the pretrained model on its learning curve."""
+    whether the agents the claims name as stable ever fell measurably below the pretrained model on
+    their learning curves."""
     task = results["tasks"][key]
     runs = runs_by_agent(results, key, n_train)
     gap_key = claim_gap(task)
@@ -369,7 +408,7 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
             f"Early saturation: the best agent here ({best}) has a {gap_key.replace('_', ' ')} of {fmt(quarter)} at a "
             f"quarter of its budget and {fmt(final)} at the end, ratio {ratio:.2f}: {verdict}."
         )
-    threshold = results["gap_thresholds"][0]
+    threshold = (suite_claims(results) or {}).get("threshold", results["gap_thresholds"][0])
     samples = []
     for rs in runs.values():
         qs = [_crossings(r, gap_key)[str(threshold)]["reward_queries"] for r in rs]
@@ -400,15 +439,18 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
             f"{per_agent[-1]:.3f} over their spreads)."
         )
     pre = Estimate(o["j_pretrained"], o["j_pretrained_se"], o["n"])
-    for agent, rs in runs.items():
-        if not agent.startswith("ct_q_learning"):
+    spec = suite_claims(results) or {}
+    bound = spec.get("stability_se", 3.0)
+    for agent in spec.get("stable", []):
+        rs = runs.get(agent, [])
+        if not rs:
             continue
         worst = min((p["objective"] - pre.mean) / math.hypot(p["objective_se"], pre.se) for r in rs for p in r["curve"])
-        holds = "holds" if worst >= -3 else "DOES NOT HOLD"
+        holds = "holds" if worst >= -bound else "DOES NOT HOLD"
         lines.append(
             f"{agent} stability: its lowest learning-curve point over all seeds is {worst:.1f} standard errors "
-            f"from J(pre) (the bound J >= J(pre) - 3 s.e. at every point {holds}; the minimum over all points "
-            "and seeds, so a chance dip of 3 s.e. is possible among many points)."
+            f"from J(pre) (the bound J >= J(pre) - {bound:g} s.e. at every point {holds}; the minimum over all "
+            f"points and seeds, so a chance dip of {bound:g} s.e. is possible among many points)."
         )
     return lines
 
@@ -434,7 +476,12 @@ def render(results: dict[str, Any]) -> str:
         f"Generated from `results.json` by `python -m benchmarks report`. Command: `{results['command']}`; "
         f"device {results['device']}{_processes(results)}, torch {results['torch']}, {results['date']}; "
         f"{len(results['runs'])} runs, seeds {', '.join(map(str, seeds))}, "
-        f"{results.get('seconds', math.nan):.0f} s in all.",
+        f"{results.get('seconds', math.nan):.0f} s in all."
+        + "".join(
+            f" Rescored on {r['date']} by `{r['command']}` against the references the tasks ship"
+            f" ({', '.join(r['grids']) or 'no grid shipped'}): every gap and crossing follows from them."
+            for r in results.get("rescores", [])
+        ),
         "",
         "Every figure is a mean over seeds ± its standard error: the larger of the spread over seeds "
         "(std / sqrt(seeds)) and the runs' own Monte Carlo errors (sqrt(sum se^2) / seeds); a gap's error "
@@ -460,18 +507,8 @@ def render(results: dict[str, Any]) -> str:
             f"{task['num_envs']} envs, {task['reward_queries']:,} reward queries per run (unless the table says "
             f"otherwise); learning curves "
             f"from {task['curve_n']:,} samples per point; final scores from {task['eval_n']:,} samples per "
-            f"grid; J* and J(pre) "
-            + (
-                f"shipped with the task, from {first['n']:,} pretrained samples per grid (`{first['command']}`)"
-                if "command" in (first := next(iter(task["optimum"].values())))
-                else f"from {task['optimum_n']:,} pretrained samples per grid"
-            )
-            + (
-                f", J_oracle from {next(iter(task['optimum'].values()))['j_oracle_n']:,} episodes of the optimal "
-                "control"
-                if task.get("oracle")
-                else ""
-            )
+            "grid; "
+            + _references_source(task)
             + "."
         )
         for n_train in task["n_train"]:
@@ -593,13 +630,14 @@ def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_trai
                 for n in grids
             ]
             lines.append("| optimal control | " + " | ".join(cells) + " | | | | |")
-        references = [("J*", "j_star", "j_star_se"), ("J_best", "j_best", "j_best_error")]
-        references += [("J_oracle", "j_oracle", "j_oracle_se"), ("J(pre)", "j_pretrained", "j_pretrained_se")]
-        for name, field, err in references:
-            if all(field in task["optimum"][str(n)] for n in grids):
-                cells = [fmt(task["optimum"][str(n)][field], task["optimum"][str(n)][err]) for n in grids]
+        by_grid = [References.from_row(task["optimum"][str(n)]) for n in grids]
+        references = [("J*", lambda r: r.optimum.j_star), ("J_best", lambda r: r.j_best)]
+        references += [("J_oracle", lambda r: r.j_oracle), ("J(pre)", lambda r: r.optimum.j_pretrained)]
+        for name, get in references:
+            if all(get(r) is not None for r in by_grid):
+                cells = [fmt(get(r).mean, get(r).se) for r in by_grid]
                 lines.append(f"| {name} | " + " | ".join(cells) + " | | | | |")
-    lines += ["", "**The paper's claims on this task.**", ""] + [f"- {c}" for c in claims(results, key, n_train)]
+    lines += ["", "**The suite's claims on this task.**", ""] + [f"- {c}" for c in claims(results, key, n_train)]
     lines += [""] + [f"- {c}" if i else c for i, c in enumerate(discrimination(results, key, n_train))]
     return lines
 

@@ -11,7 +11,6 @@ rewritten after every run; ``report.md`` and the plots are generated from it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shlex
@@ -27,21 +26,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from agents.common.agent import Agent
 from agents.common.build import build_agent, make_env
+from agents.common.curve import LearningCurve
 from benchmarks.env_throughput import device_name, measure
-from benchmarks.suite import RunSpec, Suite, SuiteTask
+from benchmarks.suite import GAP_THRESHOLDS, RunSpec, Suite, SuiteTask
 from diffusion_gym import distributed
-from diffusion_gym.dynamic_programming import best_policy, solvable
-from diffusion_gym.evaluation import Estimate, Rollouts, crossing, rollout
-from diffusion_gym.optimal_control import MixtureOptimalControl
-from diffusion_gym.optimum import Optimum, References, optimum_from_rewards
-from diffusion_gym.scoring import derive_seed, estimates, eval_batch, gaps, score_policy
+from diffusion_gym.evaluation import Rollouts, crossing, rollout
+from diffusion_gym.references import References, compute_references, task_reachable
+from diffusion_gym.scoring import derive_seed, estimates, eval_batch, score_policy
 from diffusion_gym.tasks import get_task
 
-SCHEMA_VERSION = 2
-GAP_THRESHOLDS = (0.5, 0.1)
-"""Normalized gaps whose first crossing is recorded: 50% and 90% of the gap closed."""
+SCHEMA_VERSION = 3
 SAMPLES_PER_CLASS = 8
 POINTS_SAVED = 4096
 
@@ -83,23 +78,22 @@ def _saved_samples(r: Rollouts) -> dict[str, torch.Tensor]:
 
 
 def task_baseline(task: SuiteTask, device: torch.device, out: Path, cache: dict[str, Any]) -> dict[str, Any]:
-    """The references at every grid the task trains or is scored at (docs/design.md, section 1): J*
-    and J(pre) from pretrained samples, J_best by dynamic programming on 2-D tasks (with its error
-    estimate and the same recursion's J(pre) as a check), and the continuous-time optimal control
-    scored like an agent on Gaussian-mixture tasks (J_oracle, the report's "optimal control" row);
-    and the pretrained sampler's gold reward and image metrics. The pretrained samples of each
-    training grid are saved for the plots."""
+    """The references at every grid the task trains or is scored at (:mod:`diffusion_gym.references`
+    decides and computes them, or reads the ones the task ships), the optimal control's row where the
+    task has one, and the pretrained sampler's row: its rewards and image metrics. The pretrained
+    samples of each training grid are saved for the plots."""
     grids = sorted(set(task.eval_steps) | set(task.n_train))
     optimum: dict[str, Any] = {}
     pretrained: dict[str, Any] = {}
     oracle: dict[str, Any] = {}
+    refs_by_grid: list[References] = []
     spec = get_task(task.env)
     for n_steps in grids:
-        shipped = spec.shipped_optimum(task.env_kwargs | {"n_steps": n_steps})
+        shipped = spec.shipped_references(task.env_kwargs | {"n_steps": n_steps})
         if shipped is None and spec.references is not None:
             warnings.warn(
-                f"{task.key}: {spec.name} ships J* for some configurations, not for {task.env_kwargs} at "
-                f"N = {n_steps}; estimating it from {task.optimum_n} pretrained samples (see the report's "
+                f"{task.key}: {spec.name} ships references for some configurations, not for {task.env_kwargs} at "
+                f"N = {n_steps}; estimating them from {task.optimum_n} pretrained samples (see the report's "
                 "effective sample size)",
                 stacklevel=2,
             )
@@ -107,23 +101,18 @@ def task_baseline(task: SuiteTask, device: torch.device, out: Path, cache: dict[
         n_pre = task.optimum_n if shipped is None else task.eval_n
         env = _eval_env(task, n_steps, n_pre, device)
         pre = rollout(env, None, n_pre, seed=derive_seed("optimum", n_steps))
-        if shipped is None:
-            optimum[str(n_steps)] = optimum_from_rewards(pre.terminal_reward, env.kl_coef).row()
-        else:
-            keys = ("j_star", "j_star_se", "j_pretrained", "j_pretrained_se", "covariance", "n", "ess", "command")
-            optimum[str(n_steps)] = {k: shipped[k] for k in keys}
-        optimum[str(n_steps)]["kl_coef"] = env.kl_coef
-        if solvable(env):
-            solution = best_policy(env, n_grid=task.best_grid)
-            optimum[str(n_steps)] |= {"j_best": solution.j_best, "j_best_error": solution.error}
-            optimum[str(n_steps)] |= {"j_best_pretrained": solution.j_pretrained, "j_best_cells": solution.n_grid**2}
-        if MixtureOptimalControl.applies(env):
-            env_o = _eval_env(task, n_steps, task.oracle_episodes, device)
-            control = MixtureOptimalControl.for_env(env_o)
-            r = rollout(env_o, control.policy(env_o), task.oracle_episodes, seed=derive_seed("oracle", n_steps))
-            j_oracle = Estimate.of(r.objective)
-            optimum[str(n_steps)] |= {"j_oracle": j_oracle.mean, "j_oracle_se": j_oracle.se, "j_oracle_n": j_oracle.n}
-            oracle[str(n_steps)] = estimates(r.summary()) | gaps(j_oracle, _references(optimum[str(n_steps)]))
+        refs = compute_references(
+            env if shipped is not None else _eval_env(task, n_steps, task.oracle_episodes, device),
+            n_samples=n_pre,
+            oracle_n=task.oracle_episodes,
+            best_grid=task.best_grid,
+            shipped=shipped,
+            pretrained=pre if shipped is None else None,
+        )
+        refs_by_grid.append(refs)
+        optimum[str(n_steps)] = refs.to_row() | {"kl_coef": env.kl_coef}
+        if refs.oracle is not None and refs.j_oracle is not None:
+            oracle[str(n_steps)] = dict(refs.oracle) | refs.gaps(refs.j_oracle)
         if n_steps in task.n_train:
             row = estimates(pre.summary())
             path = out / "samples" / f"{task.key}__pretrained__N{n_steps}.pt"
@@ -147,97 +136,15 @@ def task_baseline(task: SuiteTask, device: torch.device, out: Path, cache: dict[
         "curve_n": task.curve_n,
         "optimum_n": task.optimum_n,
         "optimum": optimum,
-        "reachable": _reachable_key(optimum),
+        "reachable": task_reachable(refs_by_grid),
         "oracle": oracle,
         "pretrained": pretrained,
     }
 
 
-def _reachable_key(optimum: dict[str, Any]) -> str | None:
-    """Which reference the reachable gap uses on this task: "j_best", "j_oracle" or None (also when
-    on some grid it does not beat the pretrained model: then the task is scored against J* alone)."""
-    entries = list(optimum.values())
-    for key in ("j_best", "j_oracle"):
-        if entries and all(key in e for e in entries):
-            return key if all(e[key] > e["j_pretrained"] for e in entries) else None
-    return None
-
-
-def _references(entry: dict[str, Any]) -> References:
-    """The references of one grid from its ``optimum`` entry of results.json."""
-    optimum = Optimum.from_row(entry)
-    j_best = Estimate(entry["j_best"], entry["j_best_error"], entry["j_best_cells"]) if "j_best" in entry else None
-    j_oracle = Estimate(entry["j_oracle"], entry["j_oracle_se"], entry["j_oracle_n"]) if "j_oracle" in entry else None
-    return References(optimum, j_best, j_oracle)
-
-
-class LearningCurve:
-    """The zoo callback that evaluates the deterministic policy at fixed reward-query budgets,
-    ``budget * (i / curve_points)^2`` (the first iteration at or past each).
-
-    Evaluation time is measured and excluded from the run's wall time; the points also go to the
-    run's TensorBoard directory as ``eval/*`` scalars (rank 0's job under ``torchrun``, where every
-    rank evaluates its share of the episodes).
-    """
-
-    def __init__(self, spec: RunSpec, refs: References, device: torch.device, logdir: Path) -> None:
-        """Call :meth:`begin` before training."""
-        task = spec.task
-        # Quadratic spacing: most of the gap closes early, where a fixed-gap crossing needs resolution.
-        self.points = [round(spec.reward_queries * (i / task.curve_points) ** 2) for i in range(task.curve_points + 1)]
-        self.next = 1  # the first point (0 queries) is evaluated before training
-        self.env = _eval_env(task, spec.n_train, task.curve_n, device)
-        self.n, self.run_seed, self.n_train = task.curve_n, spec.seed, spec.n_train
-        self.refs = refs
-        self.device = device
-        self.train_peak = 0
-        self.curve: list[dict[str, float]] = []
-        self.start, self.eval_seconds = math.nan, 0.0
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(logdir), filename_suffix=".eval") if distributed.is_main() else None
-
-    def begin(self, agent: Agent) -> None:
-        """Evaluate the untrained policy (the pretrained model, 0 queries) and start the clock."""
-        self.start = time.perf_counter()
-        self.evaluate(agent)
-        self.start, self.eval_seconds = time.perf_counter(), 0.0
-
-    def train_seconds(self) -> float:
-        return time.perf_counter() - self.start - self.eval_seconds
-
-    def evaluate(self, agent: Agent) -> None:
-        t0 = time.perf_counter()
-        seconds = t0 - self.start - self.eval_seconds
-        if self.device.type == "cuda":  # the peak of training alone: evaluation batches are larger
-            self.train_peak = max(self.train_peak, torch.cuda.max_memory_allocated(self.device))
-        seed = derive_seed("curve", self.run_seed, self.n_train, len(self.curve))
-        row, _ = score_policy(self.env, agent, self.refs, self.n, seed)
-        point = {"reward_queries": agent.reward_queries, "seconds": seconds} | row
-        self.curve.append(point)
-        for key in ("objective", "proxy", "gold", "kl", "gap", "reachable_gap"):
-            if key in point and self.writer is not None:
-                self.writer.add_scalar(f"eval/{key}", point[key], agent.reward_queries)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.eval_seconds += time.perf_counter() - t0
-
-    def peak_mib(self) -> float | None:
-        """Peak GPU memory of training, evaluations excluded (None off-GPU)."""
-        if self.device.type != "cuda":
-            return None
-        return max(self.train_peak, torch.cuda.max_memory_allocated(self.device)) / 2**20
-
-    def __call__(self, agent: Agent, stats: dict[str, float]) -> bool:
-        if self.next < len(self.points) and agent.reward_queries >= self.points[self.next]:
-            self.evaluate(agent)
-            while self.next < len(self.points) and self.points[self.next] <= agent.reward_queries:
-                self.next += 1  # points an iteration jumped over are not evaluated twice
-        return True
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+def grid_references(baseline: dict[str, Any], n_steps: int) -> References:
+    """The references of one grid from a task's record in results.json."""
+    return References.from_row(baseline["optimum"][str(n_steps)])
 
 
 def run_one(
@@ -258,16 +165,16 @@ def run_one(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
 
-    curve = LearningCurve(spec, _references(baseline["optimum"][str(spec.n_train)]), device, logdir)
+    curve_env = _eval_env(task, spec.n_train, task.curve_n, device)
+    refs = grid_references(baseline, spec.n_train)
+    curve = LearningCurve(curve_env, refs, spec.reward_queries, task.curve_points, task.curve_n, spec.seed, logdir)
     curve.begin(agent)
     agent.learn(spec.reward_queries, callback=curve)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_seconds = curve.train_seconds()
     peak = curve.peak_mib()
-    if curve.curve[-1]["reward_queries"] < agent.reward_queries:
-        curve.evaluate(agent)
-    curve.close()
+    curve.finish(agent)
 
     t0 = time.perf_counter()
     final: dict[str, Any] = {}
@@ -276,8 +183,7 @@ def run_one(
     for n_steps in task.eval_steps:
         env_n = _eval_env(task, n_steps, task.eval_n, device)
         seed = derive_seed("final", spec.seed, spec.n_train, n_steps)
-        refs = _references(baseline["optimum"][str(n_steps)])
-        final[str(n_steps)], r = score_policy(env_n, agent, refs, task.eval_n, seed)
+        final[str(n_steps)], r = score_policy(env_n, agent, grid_references(baseline, n_steps), task.eval_n, seed)
         if n_steps == spec.n_train:
             path = out / "samples" / f"{spec.run_id.replace('/', '__')}.pt"
             samples = str(path.relative_to(out))
@@ -335,7 +241,7 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
@@ -381,6 +287,7 @@ def run_suite(
         "seeds": suite.seeds,
         "agents": {label: {"agent": agent, "settings": s} for label, (agent, s) in suite.agents.items()},
         "gap_thresholds": list(GAP_THRESHOLDS),
+        "claims": None if suite.claims is None else asdict(suite.claims),
         "tasks": {},
         "runs": [],
         "throughput": [],
@@ -426,7 +333,7 @@ def run_suite(
         results["runs"].append(run_one(spec, results["tasks"][spec.task.key], device, out, cache))
         results["seconds"] = time.perf_counter() - start
         if distributed.is_main():
-            _write_json(path, results)
+            write_json(path, results)
         bar.update()
     for job in throughput:
         bar.set_postfix_str(f"throughput {job['task']} batch {job['batch']}")
@@ -468,9 +375,9 @@ def write_outputs(out: Path, results: dict[str, Any]) -> None:
     from benchmarks.plots import write_plots
     from benchmarks.report import write_report
 
-    _write_json(out / "results.json", results)  # the plots read it
+    write_json(out / "results.json", results)  # the plots read it
     results["plots"] = write_plots(out)
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     write_report(out)
 
 

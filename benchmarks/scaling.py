@@ -119,7 +119,7 @@ def _run_args(args: argparse.Namespace, share: int = 1) -> list[str]:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]] | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--agent", default="ct_ppo")
+    parser.add_argument("--agent", required=True, help="a zoo agent's name (agents.train --agent)")
     parser.add_argument("--env", default="DiffusionSDE-v0")
     parser.add_argument("--n-steps", type=int, default=20)
     parser.add_argument("--env-kwargs", nargs="*", default=["integrator=exponential"])

@@ -4,8 +4,14 @@ A run is one agent x task x seed x N_train. The file (see ``benchmarks/suites/qu
 
 - ``seeds``, ``agents`` (the names to run, in order), optionally ``imports`` (modules to import
   first: an external agent registers itself there with :func:`agents.register_agent`);
-- ``[agent_settings.NAME]``: the zoo agent NAME is (``agent = "sb3"``; default: NAME itself) and
-  config overrides for every task (``num_envs`` and ``reward_queries`` there set the run's budget);
+- ``[claims]``: what the report tests (:class:`Claims`): ``ours``, the agent whose claims are
+  tested, ``baselines``, the agents it is compared with, ``stable``, the agents whose learning curve
+  must stay above J(pre) (``stability_se`` standard errors, default 3), and ``threshold``, the gap
+  whose reward queries measure sample efficiency (default 0.5); every name one of ``agents``;
+- ``[agent_settings.NAME]``: the registered agent NAME is (``agent = "..."``; default: NAME itself)
+  and config overrides for every task (``num_envs`` and ``reward_queries`` there set the run's budget);
+  ``tuned = "<env id>"`` starts from the pick of NAME's recorded search on that task
+  (``agents/tuning/<env id>.json``), the table's other keys over it;
 - ``[tasks.KEY]``: the env id and its kwargs, the training grids ``n_train``, the budget
   (``num_envs``, ``reward_queries``), the learning-curve and final evaluations (``curve_points``,
   ``curve_n``, ``eval_steps``, ``eval_n``, ``optimum_n``), the references' sizes (``oracle_n``:
@@ -102,6 +108,50 @@ class RunSpec:
         return f"{self.task.key}/{self.label}/N{self.n_train}/seed{self.seed}"
 
 
+GAP_THRESHOLDS = (0.5, 0.1)
+"""Normalized gaps whose first crossing every run records: 50% and 90% of the gap closed."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What the report tests on every task (see the module docstring)."""
+
+    ours: str
+    baselines: list[str]
+    stable: list[str] = field(default_factory=list)
+    threshold: float = GAP_THRESHOLDS[0]
+    stability_se: float = 3.0
+
+
+CLAIMS_FIELDS = {"ours": str, "baselines": list, "stable": list, "threshold": float, "stability_se": float}
+
+
+def _claims(path: Path, table: dict[str, Any] | None, agents: dict[str, Any]) -> Claims | None:
+    if table is None:
+        return None
+    if unknown := set(table) - set(CLAIMS_FIELDS):
+        raise ValueError(f"{path}: [claims] has unknown keys {sorted(unknown)}; known: {sorted(CLAIMS_FIELDS)}")
+    for key in ("ours", "baselines"):
+        if key not in table:
+            raise ValueError(f"{path}: [claims] needs {key!r}")
+    for key, kind in CLAIMS_FIELDS.items():
+        value = table.get(key)
+        if value is not None and not (isinstance(value, kind) or (kind is float and type(value) is int)):
+            raise ValueError(f"{path}: [claims] {key} must be a {kind.__name__}, got {value!r}")
+    names = [table["ours"], *table["baselines"], *table.get("stable", [])]
+    if unknown := [n for n in names if n not in agents]:
+        raise ValueError(f"{path}: [claims] names agents the suite does not run: {unknown}; it runs {list(agents)}")
+    if not table["baselines"] or table["ours"] in table["baselines"]:
+        raise ValueError(f"{path}: [claims] baselines must name at least one agent other than ours")
+    threshold = float(table.get("threshold", GAP_THRESHOLDS[0]))
+    if threshold not in GAP_THRESHOLDS:
+        raise ValueError(f"{path}: [claims] threshold must be one of the recorded gaps {list(GAP_THRESHOLDS)}")
+    stability = float(table.get("stability_se", 3.0))
+    if not stability > 0:
+        raise ValueError(f"{path}: [claims] stability_se must be > 0, got {stability}")
+    return Claims(table["ours"], list(table["baselines"]), list(table.get("stable", [])), threshold, stability)
+
+
 @dataclass(frozen=True)
 class Suite:
     """A parsed suite for one device type."""
@@ -113,9 +163,12 @@ class Suite:
     agents: dict[str, tuple[str, dict[str, Any]]]
     tasks: dict[str, SuiteTask]
     throughput: dict[str, Any] | None = None
+    claims: Claims | None = None
 
     def runs(self) -> list[RunSpec]:
         """Every agent x task x seed x N_train, tasks outermost (a task's optimum is computed once)."""
+        from agents.common.build import config_fields
+
         out = []
         for task in self.tasks.values():
             for n_train in task.n_train:
@@ -124,7 +177,7 @@ class Suite:
                         continue
                     for seed in self.seeds:
                         merged = dict(overrides)
-                        if task.policy_net is not None and agent != "sb3":
+                        if task.policy_net is not None and "policy_net" in config_fields(agent):
                             merged.setdefault("policy_net", task.policy_net)
                         merged |= task.agent_settings.get(label, {})
                         budget = {key: merged.pop(key, getattr(task, key)) for key in RUN_BUDGET}
@@ -165,7 +218,8 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
 
     path = suite_path(name_or_path)
     raw = _on_device(tomllib.loads(path.read_text()), device_type)
-    unknown = set(raw) - {"description", "seeds", "agents", "agent_settings", "tasks", "imports", "throughput"}
+    top = {"description", "seeds", "agents", "agent_settings", "tasks", "imports", "throughput", "claims"}
+    unknown = set(raw) - top
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
     for module in raw.get("imports", []):
@@ -178,6 +232,14 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
     agents: dict[str, tuple[str, dict[str, Any]]] = {}
     for label in raw.get("agents", []):
         table = _on_device(settings.get(label, {}), device_type)
+        if "tuned" in table:  # the pick of the agent's recorded search on that task, under the table's own keys
+            from agents.tuning import picked
+
+            try:
+                agent, base = picked(table.pop("tuned"), label)
+            except ValueError as err:
+                raise ValueError(f"{path}: [agent_settings.{label}] tuned: {err}") from None
+            table = base | {"agent": agent} | table
         agent = table.pop("agent", label)
         if agent not in registry:
             raise ValueError(f"{path}: agent {label!r} is {agent!r}, unknown; known: {sorted(registry)}")
@@ -225,6 +287,7 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
         agents=agents,
         tasks=tasks,
         throughput=raw.get("throughput"),
+        claims=_claims(path, raw.get("claims"), agents),
     )
 
 

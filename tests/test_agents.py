@@ -280,7 +280,7 @@ def test_tune_records_every_run_of_the_grid(tmp_path):
     import json
 
     from agents.tune import main as tune_main
-    from agents.tune import searches
+    from agents.tuning import searches
 
     args = ["--env", "DiffusionSDE-v0", "--agents", "ddpo,ct_ppo_reward", "--num-envs", "64", "--n-steps", "4"]
     args += ["--reward-queries", "256", "--eval-n", "256", "--optimum-n", "512", "--curve-points", "2"]

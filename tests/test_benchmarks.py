@@ -30,6 +30,7 @@ from benchmarks.report import (
 from benchmarks.suite import load_suite
 from diffusion_gym.evaluation import crossing
 from diffusion_gym.metrics import per_class_diversity
+from diffusion_gym.references import References
 
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
 
@@ -54,6 +55,11 @@ class ZeroAgent(Agent):
 TINY = """
 seeds = 1
 agents = ["ct_ppo", "ddpo", "zero", "sb3_ppo"]
+
+[claims]
+ours = "zero"
+baselines = ["ddpo"]
+stable = ["zero"]
 
 [agent_settings.sb3_ppo]
 agent = "sb3"
@@ -95,7 +101,7 @@ clip = 0.1
 def tiny_run(tmp_path_factory):
     """The tiny suite above, run once through the command line, with the external agent registered
     by one call."""
-    register_agent("zero", ZeroAgent, ZeroConfig)
+    register_agent("zero", ZeroAgent, ZeroConfig, search={"lr": [1e-3]})
     out = tmp_path_factory.mktemp("bench")
     (out / "tiny.toml").write_text(TINY)
     try:
@@ -148,7 +154,7 @@ def test_shipped_suites_parse_on_both_devices():
     ],
 )
 def test_bad_suites_raise(tmp_path, edit, message):
-    register_agent("zero", ZeroAgent, ZeroConfig)
+    register_agent("zero", ZeroAgent, ZeroConfig, search={"lr": [1e-3]})
     try:
         path = tmp_path / "bad.toml"
         path.write_text(edit(TINY))
@@ -162,7 +168,7 @@ def test_bad_suites_raise(tmp_path, edit, message):
 
 def test_tiny_suite_writes_results_report_plots_and_logs(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
-    assert results["schema_version"] == 2
+    assert results["schema_version"] == 3
     assert [r["id"] for r in results["runs"]] == [
         f"{task}/{agent}/N{n}/seed0"
         for task, n in (("mixture2d", 10), ("digits", 4))
@@ -201,7 +207,7 @@ def test_tiny_suite_writes_results_report_plots_and_logs(tiny_run):
             assert 0 <= row["reachable_gap"] < row["gap"] < 1
     report = (tiny_run / "report.md").read_text()
     assert "| optimal control |" in report and "J_best = " in report and "| J_oracle |" in report
-    assert "queries to reachable gap 0.5" in report and "reachable gap" in report.split("**The paper's claims")[1]
+    assert "queries to reachable gap 0.5" in report and "reachable gap" in report.split("**The suite's claims")[1]
     for rel in results["plots"]:
         assert (tiny_run / rel).stat().st_size > 10_000
     assert {"plots/curves.png", "plots/reward_kl.png", "plots/proxy_vs_gold.png"} <= set(results["plots"])
@@ -277,25 +283,26 @@ def _synthetic(q_ct, q_dd, off_ct, off_dd, gap_se=None, reachable=False):
             run |= {"to_gap": never, "to_reachable_gap": to_gap} if reachable else {"to_gap": to_gap}
             runs.append(run | {"reward_queries": 10_000})
     task = {"reachable": "j_best" if reachable else None}
-    return {"runs": runs, "gap_thresholds": [0.5, 0.1], "tasks": {"t": task}}
+    claims = {"ours": "ct_ppo", "baselines": ["ddpo"], "stable": [], "threshold": 0.5, "stability_se": 3.0}
+    return {"runs": runs, "gap_thresholds": [0.5, 0.1], "tasks": {"t": task}, "claims": claims}
 
 
 def test_claims_state_the_answer_whichever_it_is():
     faster = claims(_synthetic([1000, 1010, 990], [2000, 2020, 1980], [0.3, 0.31, 0.29], [0.6, 0.62, 0.58]), "t", 20)
-    assert "CT-PPO is more sample-efficient" in faster[0] and "CT-PPO is more robust" in faster[1]
+    assert "ct_ppo is more sample-efficient" in faster[0] and "ct_ppo is more robust" in faster[1]
     slower = claims(_synthetic([2000, 2020, 1980], [1000, 1010, 990], [0.6, 0.62, 0.58], [0.3, 0.31, 0.29]), "t", 20)
-    assert "CT-PPO is less sample-efficient" in slower[0] and "CT-PPO is less robust" in slower[1]
+    assert "ct_ppo is less sample-efficient" in slower[0] and "ct_ppo is less robust" in slower[1]
     same = claims(_synthetic([1000, 2000, 1500], [1400, 1600, 1500], [0.3, 0.5, 0.4], [0.35, 0.45, 0.4]), "t", 20)
     assert "no significant difference" in same[0] and "not measurably more robust" in same[1]
     partial = claims(_synthetic([1000, 1000, None], [None, None, None], [0.3] * 3, [0.3] * 3), "t", 20)
-    assert "CT-PPO reached it in more seeds" in partial[0] and "too few seeds" in partial[0]
+    assert "ct_ppo reached it in more seeds" in partial[0] and "too few seeds" in partial[0]
     decisive = claims(_synthetic([1000, 1000], [None, None], [0.3] * 2, [0.3] * 2), "t", 20)
-    assert "CT-PPO is the more sample-efficient here" in decisive[0]
+    assert "ct_ppo is the more sample-efficient here" in decisive[0]
     tie = claims(_synthetic([1000, None], [None, 900], [0.3] * 2, [0.3] * 2), "t", 20)
     assert "inconclusive" in tie[0]
     one_seed = claims(_synthetic([1000], [2000], [0.3], [0.6]), "t", 20)
-    assert "CT-PPO needed fewer queries than DDPO, untested (no error bar)" in one_seed[0]
-    assert "not measurably more robust across N than DDPO on this task (no error bar)" in one_seed[1]
+    assert "ct_ppo needed fewer queries than ddpo, untested (no error bar)" in one_seed[0]
+    assert "not measurably more robust across N than ddpo on this task (no error bar)" in one_seed[1]
 
 
 def test_claims_use_the_reachable_gap_where_the_task_has_one():
@@ -303,8 +310,8 @@ def test_claims_use_the_reachable_gap_where_the_task_has_one():
     across grids differ from the gap against J* here), and say so."""
     results = _synthetic([1000, 1010, 990], [2000, 2020, 1980], [0.3, 0.31, 0.29], [0.6, 0.62, 0.58], reachable=True)
     faster = claims(results, "t", 20)
-    assert "CT-PPO is more sample-efficient" in faster[0] and "reachable gap of 0.5" in faster[0]
-    assert "CT-PPO is more robust" in faster[1] and "by the reachable gap" in faster[1]
+    assert "ct_ppo is more sample-efficient" in faster[0] and "reachable gap of 0.5" in faster[0]
+    assert "ct_ppo is more robust" in faster[1] and "by the reachable gap" in faster[1]
 
 
 def test_two_seeds_need_a_t_test_and_monte_carlo_errors_bound_the_spread():
@@ -354,7 +361,7 @@ def test_resume_keeps_finished_runs_and_refuses_a_changed_task(tiny_run, tmp_pat
         (tmp_path / sub).symlink_to(tiny_run / sub)
     (tmp_path / "results.json").write_text((tiny_run / "results.json").read_text())
     before = json.loads((tiny_run / "results.json").read_text())
-    register_agent("zero", ZeroAgent, ZeroConfig)
+    register_agent("zero", ZeroAgent, ZeroConfig, search={"lr": [1e-3]})
     try:
         after = run_suite(load_suite(tmp_path / "tiny.toml"), "cpu", tmp_path, resume=True)
         assert after["runs"] == before["runs"]  # nothing left to run: every run kept as it was
@@ -389,13 +396,15 @@ def test_no_committed_objective_exceeds_the_best_policy_of_its_grid(name):
     for run in results["runs"]:
         for n, row in run["final"].items():
             ref = results["tasks"][run["task"]]["optimum"][n]
-            bound, err = (ref["j_best"], ref["j_best_error"]) if "j_best" in ref else (ref["j_star"], ref["j_star_se"])
+            refs = References.from_row(ref)
+            bound, err = (refs.j_best.mean, refs.j_best.se) if refs.j_best else (ref["j_star"], ref["j_star_se"])
             assert row["objective"] <= bound + 3 * math.hypot(row["objective_se"], err), (run["id"], n)
             checked += 1
     for task in results["tasks"].values():
         for n, row in task["oracle"].items():
             ref = task["optimum"][n]
-            bound, err = (ref["j_best"], ref["j_best_error"]) if "j_best" in ref else (ref["j_star"], ref["j_star_se"])
+            refs = References.from_row(ref)
+            bound, err = (refs.j_best.mean, refs.j_best.se) if refs.j_best else (ref["j_star"], ref["j_star_se"])
             assert row["objective"] <= bound + 3 * math.hypot(row["objective_se"], err)
             checked += 1
     assert checked == sum(len(run["final"]) for run in results["runs"]) + sum(
@@ -477,3 +486,94 @@ def test_the_report_states_the_detectable_difference_in_final_gap_on_every_task(
             x for x in discrimination(results, key, n_train) if x.startswith("Detectable difference at the end")
         )
         assert math.isfinite(expected) and f"differ by about {expected:.3f}" in line, (key, line)
+
+
+def test_an_agent_registered_from_outside_is_searched_and_named_in_the_claims(tiny_run):
+    """The zero agent, defined in this file and registered with one call that brings its search grid,
+    is the suite's "ours" against ddpo: the report states the claims with its name (nothing under
+    diffusion_gym/ or benchmarks/ knows it), and agents.tune would search it on every task."""
+    from agents.tuning import searches
+
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert results["claims"] == {
+        "ours": "zero", "baselines": ["ddpo"], "stable": ["zero"], "threshold": 0.5, "stability_se": 3.0
+    }
+    report = (tiny_run / "report.md").read_text()
+    assert "**Sample efficiency, zero against ddpo**" in report
+    assert "**Robustness across N, zero against ddpo**" in report
+    assert "zero stability: its lowest learning-curve point" in report
+    assert "ct_ppo against" not in report  # the report names what the suite names, nothing else
+    assert searches("DiffusionSDE-v0")["zero"].grid == {"lr": [1e-3]}
+    assert searches("DiffusionSDE-Digits-v0")["zero"].agent == "zero"
+
+
+def test_claims_must_name_agents_of_the_suite(tmp_path):
+    base = TINY.split("[tasks.mixture2d]")[1]
+    head = 'seeds = 1\nagents = ["ct_ppo", "ddpo"]\n'
+    for table, message in (
+        ('[claims]\nours = "ct_ppo"\nbaselines = ["dpok"]\n', "does not run"),
+        ('[claims]\nours = "ct_ppo"\n', "needs 'baselines'"),
+        ('[claims]\nours = "ct_ppo"\nbaselines = ["ct_ppo"]\n', "other than ours"),
+        ('[claims]\nours = "ct_ppo"\nbaselines = ["ddpo"]\nthreshold = 0.3\n', "one of the recorded gaps"),
+        ('[claims]\nours = "ct_ppo"\nbaselines = ["ddpo"]\nagainst = "x"\n', "unknown keys"),
+    ):
+        (tmp_path / "s.toml").write_text(head + table + "[tasks.mixture2d]" + base.split("[tasks.digits]")[0])
+        with pytest.raises(ValueError, match=message):
+            load_suite(tmp_path / "s.toml")
+
+
+AGENT_NAMES = ("ct_ppo", "ddpo", "dpok", "sb3", "ct_q_learning")
+
+
+def test_no_module_outside_agents_names_an_agent():
+    """The library and the benchmark programs know no agent by name (suites and docs aside): adding an
+    agent touches agents/ alone."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    files = [*sorted((root / "diffusion_gym").rglob("*.py")), *sorted((root / "benchmarks").glob("*.py"))]
+    assert len(files) > 40
+    found = [
+        f"{path.relative_to(root)}:{i}: {name}"
+        for path in files
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        for name in AGENT_NAMES
+        if name in line
+    ]
+    assert found == []
+
+
+def _reference_rows() -> list[tuple[str, dict]]:
+    """Every grid's references in the committed results and in the tasks' shipped tables."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    from diffusion_gym.tasks import TASKS
+
+    rows = []
+    for name in ("quick-cpu", "full-cpu"):
+        path = Path(__file__).parents[1] / "benchmarks" / "results" / name / "results.json"
+        for key, task in json.loads(path.read_text())["tasks"].items():
+            rows += [(f"{name}/{key}/N{n}", row) for n, row in task["optimum"].items()]
+    for spec in TASKS.values():
+        if spec.references is not None:
+            package, _, table = spec.references.partition(":")
+            entries = json.loads((files(package) / table).read_text())["entries"]
+            rows += [(f"{spec.name}/{e['config']}", e) for e in entries]
+    return rows
+
+
+def test_the_references_agree_on_every_committed_and_shipped_grid():
+    """J_oracle <= J_best + 3 s.e. and J_best <= J* + 3 s.e. (J_oracle <= J* + 3 s.e. where there is no
+    J_best) on every grid of the committed results and of the shipped tables: the optimal control is
+    a policy of the env's action class, J_best the best of them, J* the optimum over all path measures."""
+    rows = _reference_rows()
+    assert len(rows) > 20
+    for where, row in rows:
+        refs = References.from_row(row)
+        star = refs.optimum.j_star
+        if refs.j_best is not None:
+            assert refs.j_best.mean <= star.mean + 3 * math.hypot(refs.j_best.se, star.se), where
+        upper = refs.j_best or star
+        if refs.j_oracle is not None:
+            assert refs.j_oracle.mean <= upper.mean + 3 * math.hypot(refs.j_oracle.se, upper.se), where

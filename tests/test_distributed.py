@@ -327,7 +327,8 @@ def test_the_scaling_benchmark_takes_one_and_two_processes_apart():
     all-reduce latency, each measured by its own torchrun job."""
     from benchmarks.scaling import main as scaling_main
 
-    rows = scaling_main(["--repeats", "1", "--num-envs", "32", "--reward-queries", "64", "--n-steps", "5"])
+    sizes = ["--repeats", "1", "--num-envs", "32", "--reward-queries", "64", "--n-steps", "5"]
+    rows = scaling_main(["--agent", "ct_ppo", *sizes])
     assert [row["nproc"] for row in rows] == [1, 2] and rows[0]["speedup"] == 1.0
     assert all(row["queries_per_s"] > 0 for row in rows)
     assert rows[1]["alone"] > 0 and rows[1]["side_by_side"] > 0 and rows[1]["all_reduce_latency_s"] > 0

@@ -19,6 +19,14 @@ def make_env(env_id: str, num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs).unwrapped
 
 
+def config_fields(name: str) -> set[str]:
+    """The config fields of agent ``name`` (what a suite's or a search's settings may set)."""
+    registry = all_agents()
+    if name not in registry:
+        raise ValueError(f"unknown agent {name!r}; known: {sorted(registry)}")
+    return {f.name for f in dataclasses.fields(registry[name][1])}
+
+
 def build_agent(name: str, env: DiffusionSDEVectorEnv, overrides: dict[str, Any]) -> Agent:
     """An agent of the zoo (or SB3) with its default config updated by ``overrides`` (lists become
     tuples where the field's default is one, as TOML and JSON give them)."""

@@ -1,0 +1,114 @@
+"""Rescore a finished suite against the references its tasks ship now, without training again.
+
+    python -m benchmarks rescore benchmarks/results/quick-cpu
+
+A results.json holds every policy's objective with its standard error (final scores at every grid,
+learning-curve points), so every gap follows from the references alone. For each task and grid
+whose configuration ships references (:meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_references`)
+this replaces J*, J(pre) and, where shipped, J_oracle and the optimal control's row with the shipped
+ones (J_best, computed by the run's dynamic programme, is kept), then recomputes every gap, every
+queries-to-gap crossing and the task's reachable reference, records the suite's ``[claims]`` if
+the results predate them, and says so in ``results["rescores"]`` (the report's header repeats it).
+Objectives, rewards, KL, timings and samples are untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suite import load_suite
+from diffusion_gym.evaluation import Estimate, crossing
+from diffusion_gym.references import References, task_reachable
+from diffusion_gym.tasks import get_task
+
+GAP_FIELDS = ("gap", "gap_se", "gap_se_policy", "reachable_gap", "reachable_gap_se", "reachable_gap_se_policy")
+
+
+def rescored_references(old: References, shipped: References) -> References:
+    """``old`` with what ``shipped`` holds: J*, J(pre), their command and, where shipped, J_oracle."""
+    refs = replace(old, optimum=shipped.optimum, command=shipped.command)
+    if shipped.j_oracle is not None:
+        refs = replace(refs, j_oracle=shipped.j_oracle, oracle=shipped.oracle)
+    return refs
+
+
+def _regap(row: dict[str, Any], refs: References, n: int) -> None:
+    """Replace a scored row's gaps by those against ``refs`` (from its objective and standard error)."""
+    for key in GAP_FIELDS:
+        row.pop(key, None)
+    row |= refs.gaps(Estimate(row["objective"], row["objective_se"], n))
+
+
+def rescore(results: dict[str, Any], command: str) -> list[str]:
+    """Rescore ``results`` in place (see the module docstring); returns the grids rescored, as ``task/N``."""
+    from benchmarks.run import GAP_THRESHOLDS, SCHEMA_VERSION
+
+    changed: list[str] = []
+    refs_of: dict[str, dict[str, References]] = {}
+    for key, task in results["tasks"].items():
+        spec = get_task(task["env"])
+        refs_of[key] = {}
+        for n, row in task["optimum"].items():
+            refs = References.from_row(row)
+            shipped = spec.shipped_references(task["env_kwargs"] | {"n_steps": int(n)})
+            if shipped is not None:
+                refs = rescored_references(refs, References.from_row(shipped))
+                changed.append(f"{key}/N{n}")
+            task["optimum"][n] = refs.to_row() | {"kl_coef": row["kl_coef"]}
+            refs_of[key][n] = refs
+            if refs.j_oracle is not None and refs.oracle is not None:
+                task.setdefault("oracle", {})[n] = dict(refs.oracle) | refs.gaps(refs.j_oracle)
+        task["reachable"] = task_reachable(refs_of[key].values())
+    for run in results["runs"]:
+        task = results["tasks"][run["task"]]
+        for n, row in run["final"].items():
+            _regap(row, refs_of[run["task"]][n], task["eval_n"])
+        for point in run["curve"]:
+            _regap(point, refs_of[run["task"]][str(run["n_train"])], task["curve_n"])
+        points = run["curve"]
+        run["to_gap"] = {
+            str(g): {k: crossing(points, g, k) for k in ("reward_queries", "seconds")} for g in GAP_THRESHOLDS
+        }
+        run["to_reachable_gap"] = (
+            {
+                str(g): {k: crossing(points, g, k, "reachable_gap") for k in ("reward_queries", "seconds")}
+                for g in GAP_THRESHOLDS
+            }
+            if task["reachable"]
+            else None
+        )
+    if results.get("claims") is None:
+        suite = load_suite(results["suite"])
+        results["claims"] = None if suite.claims is None else asdict(suite.claims)
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    results.setdefault("rescores", []).append({"date": date, "command": command, "grids": changed})
+    results["schema_version"] = SCHEMA_VERSION
+    return changed
+
+
+def main(out: Path) -> list[str]:
+    """Rescore ``out/results.json`` and rewrite it, the learning-curve plot (the one plot that draws the
+    references: the others need the run's samples, which a committed suite does not hold, and do not
+    change) and the report."""
+    from benchmarks.plots import plot_curves
+    from benchmarks.report import write_report
+    from benchmarks.run import write_json
+
+    path = out / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no results.json in {out}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    changed = rescore(results, f"python -m benchmarks rescore {out}")
+    write_json(path, results)
+    if results["runs"]:
+        (out / "plots").mkdir(exist_ok=True)
+        plot_curves(results, out / "plots" / "curves.png")
+    write_report(out)
+    return changed

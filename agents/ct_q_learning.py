@@ -41,14 +41,14 @@ The trust region bounds how fast the mean moves, not where: with the cold MLP cr
 the mean follows that critic's spatial gradient, and on digits it still went below the pretrained
 model with a small KL (J 6.47 against 6.58 in the quick suite, 4,096 queries). With
 ``critic="reward"`` (the reward at the denoised state plus a learned residual, CT-PPO's default)
-the same runs end above it (6.64 and 6.71 in two seeds): the suites use it there.
+the same runs end above it (6.64 and 6.71 in two seeds).
 
 The temperature is also the signal: the orthogonality condition correlates the TD residual with the
 exploration ``delta - mu_psi``. On digits at its defaults (128 envs, 5,120 queries, reward critic)
 temperature 1/32 left too little of it and the mean drifted below the pretrained model in one seed
 (curve points 3.9 s.e. below J(pre), KL 0.01-0.03); 1/8 ends at J 6.665 in both seeds (lowest curve
 point -1.7 s.e.), 1/2 at 6.76-6.79 with KL 1.76, and 1 runs away (J 5.74 after 2,944 queries, KL
-3.6): the suites use 1/8 there.
+3.6). The suites' digits settings: ``benchmarks/suites/shared/digits_agents.toml``.
 """
 
 from __future__ import annotations

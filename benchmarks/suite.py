@@ -3,7 +3,9 @@
 A run is one agent x task x seed x N_train. The file (see ``benchmarks/suites/quick.toml``) holds
 
 - ``seeds``, ``agents`` (the names to run, in order), optionally ``imports`` (modules to import
-  first: an external agent registers itself there with :func:`agents.register_agent`);
+  first: an external agent registers itself there with :func:`agents.register_agent`) and
+  ``include`` (TOML files, relative to this one, whose tables this file's are merged over: settings
+  two suites share, written once; ``suites/shared/``);
 - ``[claims]``: what the report tests (:class:`Claims`): ``ours``, the agent whose claims are
   tested, ``baselines``, the agents it is compared with, ``stable``, the agents whose learning curve
   must stay above J(pre) (``stability_se`` standard errors, default 3), and ``threshold``, the gap
@@ -191,6 +193,33 @@ def _on_device(table: dict[str, Any], device_type: str) -> dict[str, Any]:
     return base | table.get(device_type, {})
 
 
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A suite file's tables, with the files its ``include`` lists (paths relative to it) merged
+    under them, table by table: what two suites share is written once."""
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: included from itself ({' -> '.join(map(str, seen))})")
+    try:
+        table = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{seen[-1] if seen else path}: no suite file {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    includes = table.pop("include", [])
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ValueError(f"{path}: include must be a list of file names, got {includes!r}")
+    for name in includes:
+        table = _merged(_read(path.parent / name, (*seen, path.resolve())), table)
+    return table
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over``'s keys over ``base``'s, sub-tables merged the same way."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def suite_path(name_or_path: str | Path) -> Path:
     """A suite's file: a path, or the name of a file in ``benchmarks/suites/``."""
     path = Path(name_or_path)
@@ -217,7 +246,7 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
     from agents import all_agents
 
     path = suite_path(name_or_path)
-    raw = _on_device(tomllib.loads(path.read_text()), device_type)
+    raw = _on_device(_read(path), device_type)
     top = {"description", "seeds", "agents", "agent_settings", "tasks", "imports", "throughput", "claims"}
     unknown = set(raw) - top
     if unknown:

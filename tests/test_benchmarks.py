@@ -577,3 +577,21 @@ def test_the_references_agree_on_every_committed_and_shipped_grid():
         upper = refs.j_best or star
         if refs.j_oracle is not None:
             assert refs.j_oracle.mean <= upper.mean + 3 * math.hypot(refs.j_oracle.se, upper.se), where
+
+
+def test_a_suite_includes_shared_settings_under_its_own(tmp_path):
+    """``include`` merges a shared file's tables under the suite's (the suite's keys win), so settings
+    two suites share are written once; the shipped suites share their digits settings this way."""
+    (tmp_path / "shared.toml").write_text('[tasks.mixture2d.agent_settings.ddpo]\nlr = 1e-4\nclip = 0.2\n')
+    body = TINY.split("[tasks.digits]")[0]
+    body = body.replace('agents = ["ct_ppo", "ddpo", "zero", "sb3_ppo"]', 'agents = ["ddpo"]')
+    body = body.split("[claims]")[0] + "[tasks.mixture2d]" + body.split("[tasks.mixture2d]")[1]
+    suite = 'include = ["shared.toml"]\n' + body + "[tasks.mixture2d.agent_settings.ddpo]\nclip = 0.05\n"
+    (tmp_path / "s.toml").write_text(suite)
+    assert load_suite(tmp_path / "s.toml").tasks["mixture2d"].agent_settings["ddpo"] == {"lr": 1e-4, "clip": 0.05}
+    (tmp_path / "s.toml").write_text(suite.replace("shared.toml", "missing.toml"))
+    with pytest.raises(FileNotFoundError, match="missing.toml"):
+        load_suite(tmp_path / "s.toml")
+    quick, full = load_suite("quick"), load_suite("full")
+    for label in ("ct_ppo", "ddpo", "dpok", "ct_q_learning"):
+        assert quick.tasks["digits"].agent_settings[label] == full.tasks["digits"].agent_settings[label]

@@ -7,11 +7,8 @@ grid has and computes them (:func:`compute_references`), serialises them (:meth:
 / :meth:`References.from_row`: train, tune, the benchmarks and the report read the same row),
 decides which reference the reachable gap uses (:attr:`References.reachable_name`, and per task
 :func:`task_reachable`), and computes every gap with its error. Where a task ships them
-(:meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_references`), the shipped ones are read instead;
-``python -m diffusion_gym.references`` computes them for a task's table:
-
-    python -m diffusion_gym.references --task mixture --set dim=8 --steps 20 50 100 --n 262144 --oracle-n 8192
-    python -m diffusion_gym.references --task digits --steps 10 20 --n 32768
+(:meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_references`), the shipped ones are read instead
+(``python -m diffusion_gym.tasks.references`` computes a task's table).
 
 **J_oracle with a control variate.** Under the optimal control ``delta* = grad log h`` Ito's formula
 gives, path by path, ``r(Y_T) - kl_coef KL_path = kl_coef log h(0, Y_0) + kl_coef int g delta* . dB``:
@@ -26,15 +23,9 @@ so that a heavy tail shows.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import shlex
-import sys
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from importlib.resources import files
 from typing import Any, ClassVar
 
 import torch
@@ -42,7 +33,7 @@ import torch
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.evaluation import Estimate, Rollouts, rollout
 from diffusion_gym.optimum import Optimum, normalized_gap, optimum_from_rewards
-from diffusion_gym.scoring import derive_seed, estimates, eval_batch
+from diffusion_gym.scoring import derive_seed, estimates
 
 BATCH_MEANS = 32
 """Batches of J_oracle's batch-means standard error."""
@@ -245,84 +236,3 @@ def compute_references(
         j_oracle, row = oracle_row(env if oracle_env is None else oracle_env, oracle_n, seed)
         refs = replace(refs, j_oracle=j_oracle, oracle=row)
     return refs
-
-
-# --------------------------------------------------------------------------------------------------
-# The tables a task ships.
-
-
-def shipped_entry(
-    task: Any, n_steps: int, n_samples: int, oracle_n: int, device: str = "cpu", **kwargs: Any
-) -> dict[str, Any]:
-    """One entry of a task's shipped table: the references of configuration ``kwargs`` at ``n_steps``
-    (J*, J(pre) from ``n_samples`` pretrained episodes; J_oracle from ``oracle_n`` episodes of the
-    optimal control where the task has one), keyed by the configuration and stamped with the sha256
-    of the task's weights."""
-    from diffusion_gym.tasks.spec import weights_fingerprint
-
-    kwargs = kwargs | {"n_steps": n_steps}
-    env, oracle_env = (
-        task.make_vector_env(eval_batch(n, device), **(kwargs | {"device": device})) for n in (n_samples, oracle_n)
-    )
-    refs = compute_references(
-        env, n_samples=n_samples, oracle_n=oracle_n, best=False, oracle_env=oracle_env, seeds="shipped"
-    )
-    entry = {"config": task.configuration(kwargs)}
-    if refs.j_oracle is not None:
-        entry["control"] = task.control_configuration(kwargs)
-    return entry | refs.to_row() | {"weights_sha256": weights_fingerprint(task.package)}
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Compute and write a task's shipped references (see the module docstring)."""
-    from diffusion_gym.tasks import get_task
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, help="a registered task's name or env id")
-    parser.add_argument("--steps", type=int, nargs="+", required=True, help="grids (N)")
-    parser.add_argument("--n", type=int, default=262_144, help="pretrained episodes per grid (J*, J(pre))")
-    parser.add_argument("--oracle-n", type=int, default=4096, help="optimal-control episodes per grid (J_oracle)")
-    parser.add_argument("--set", nargs="*", default=[], help="key=value task and env keywords (JSON values)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    task = get_task(args.task)
-    if task.references is None:
-        parser.error(f"task {task.name} ships no references (TaskSpec.references is None)")
-    if args.n < 2 or args.oracle_n < 2:
-        parser.error("--n and --oracle-n must be >= 2")
-    kwargs: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects key=value, got {item!r}")
-        try:
-            kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key] = value
-    package, _, name = task.references.partition(":")
-    path = files(package) / name
-    table = json.loads(path.read_text()) if path.is_file() else {"entries": []}
-    words = sys.argv[1:] if argv is None else argv
-    command = "python -m diffusion_gym.references " + shlex.join(words)
-    for n_steps in args.steps:
-        start = time.perf_counter()
-        entry = shipped_entry(task, n_steps, args.n, args.oracle_n, args.device, **kwargs)
-        entry |= {"seconds": time.perf_counter() - start, "command": command, "torch": torch.__version__}
-        key = (json.dumps(entry["config"], sort_keys=True), json.dumps(entry.get("control"), sort_keys=True))
-        table["entries"] = [
-            e
-            for e in table["entries"]
-            if (json.dumps(e["config"], sort_keys=True), json.dumps(e.get("control"), sort_keys=True)) != key
-        ] + [entry]
-        refs = References.from_row(entry)
-        line = f"{task.name} {kwargs} N = {n_steps}: J* = {refs.optimum.j_star}, J(pre) = {refs.optimum.j_pretrained}"
-        line += f", ESS {refs.optimum.ess:.0f} of {refs.optimum.j_star.n}"
-        if refs.j_oracle is not None:
-            line += f", J_oracle = {refs.j_oracle} (episodes' s.e. {entry['oracle']['j_oracle_se_episodes']:.4f})"
-        print(line + f", {entry['seconds']:.0f} s", flush=True)
-        path.write_text(json.dumps(table, indent=1) + "\n")  # type: ignore[attr-defined]
-    return table
-
-
-if __name__ == "__main__":
-    main()

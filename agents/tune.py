@@ -31,7 +31,7 @@ import torch
 from agents.common.agent import Agent
 from agents.common.build import build_agent, config_fields, make_env
 from agents.common.curve import LearningCurve
-from agents.tuning import budget, searches
+from agents.tuning import BUDGET_KEYS, budget, searches
 from diffusion_gym import distributed
 from diffusion_gym.evaluation import crossing
 from diffusion_gym.references import References, compute_references
@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for key, value in budget(args.env).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if missing := [k for k in BUDGET_KEYS if getattr(args, k) is None and k != "policy_net"]:
+        flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+        parser.error(f"{args.env} has no [budget] in agents/tuning/{args.env}.toml: give {flags}")
+    args.policy_net = args.policy_net or "auto"
     path = args.out / f"{args.env}.json"
     if args.render:
         record = json.loads(path.read_text())

@@ -1,7 +1,8 @@
 """Run a suite: every agent x task x seed x N_train, scored against the known optimum at every grid.
 
-For each task and grid, J* and J(pretrained) come from one set of pretrained samples on that grid
-(so the pretrained sampler's own discretization error counts neither for nor against an agent).
+For each task and grid the references are that grid's (:mod:`diffusion_gym.references`: the ones the
+task ships for the configuration, else computed here; so the pretrained sampler's own
+discretization error counts neither for nor against an agent).
 Each run trains with a learning curve (the deterministic policy evaluated at ``curve_points``
 budgets; evaluation time is excluded from the wall time), then scores the trained policy at every
 ``eval_steps`` grid. Everything lands in ``results.json`` (schema: ``benchmarks/README.md``),

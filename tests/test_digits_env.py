@@ -108,7 +108,7 @@ def test_frechet_threshold_rejects_an_undertrained_model(heldout_features):
         assert frechet_distance(load_classifier().features(images), heldout_features) > FRECHET_THRESHOLD
 
 
-def test_the_default_configuration_has_headroom_and_a_trustworthy_shipped_references():
+def test_the_default_configuration_has_headroom_and_trustworthy_shipped_references():
     """The task's defaults are what its shipped references describe: at every shipped grid J* - J(pre)
     is at least one standard deviation of the pretrained per-sample objective and the effective
     sample size behind J* is >= 200; other configurations find no shipped entry."""
@@ -130,7 +130,7 @@ def test_the_default_configuration_has_headroom_and_a_trustworthy_shipped_refere
 
 
 @pytest.mark.slow
-def test_a_shipped_references_is_reproduced_by_fresh_samples():
+def test_shipped_references_are_reproduced_by_fresh_samples():
     """Recompute the N = 10 entry from 4,096 fresh pretrained samples (another seed): J* and J(pre)
     within 4 standard errors of the shipped ones (both errors combined)."""
     from diffusion_gym.evaluation import rollout
@@ -144,7 +144,7 @@ def test_a_shipped_references_is_reproduced_by_fresh_samples():
         assert abs(est.mean - shipped[key]) <= 4 * np.hypot(est.se, shipped[f"{key}_se"]), key
 
 
-def test_agents_train_scores_against_the_shipped_references_where_the_task_ships_one():
+def test_agents_train_scores_against_the_shipped_references_where_the_task_ships_them():
     """`agents.train` takes J* and J(pre) from the shipped table at a shipped configuration (exactly,
     with their sample count and ESS, as the benchmarks do) and estimates them from its own samples
     elsewhere; the round trip through a results row is exact."""

@@ -70,7 +70,12 @@ def test_single_and_batched_give_identical_trajectories():
         obs_s, r_s, term_s, _, info_s = single.step(action)
         obs_b, r_b, term_b, _, info_b = batched.step(torch.from_numpy(action)[None])
         assert r_s == r_b.item() and term_s == term_b.item()
-        assert info_s == {k: v[0].item() for k, v in info_b.items()}
+        stats = ("episode", "_episode")  # seconds differ between two envs; the rest is the same row
+        assert {k: v for k, v in info_s.items() if k not in stats} == {
+            k: v[0].item() for k, v in info_b.items() if k not in stats
+        }
+        if "episode" in info_b:
+            assert info_s["episode"]["r"] == info_b["episode"]["r"].item() == info_s["objective"]
     assert term_s
     np.testing.assert_array_equal(obs_s["x"], obs_b["x"][0].numpy())
 
@@ -288,3 +293,52 @@ def test_custom_grid_and_time_dependent_action_scale():
     expected = env.discretization.constants[0].kl_weight * 2 * 1.0**2
     torch.testing.assert_close(info["kl"], torch.full((2,), expected, dtype=torch.float64))
     assert info["dt"][0].item() == pytest.approx(0.5)
+
+
+def test_vector_env_conventions_outside_libraries_expect():
+    """Gymnasium's ``call`` / ``get_attr`` / ``set_attr`` (one entry per environment; the rows share
+    every attribute), ``autoreset_mode`` in any spelling with the accepted ones listed when wrong, and
+    the per-episode statistics where ``RecordEpisodeStatistics`` puts them (batched, single and SB3
+    envs alike)."""
+    from gymnasium.vector import AutoresetMode
+
+    from diffusion_gym.envs import SB3VecEnv
+
+    venv = make_vector_env(4, n_steps=3)
+    assert venv.get_attr("kl_coef") == (1.0,) * 4 and venv.call("n_steps") == (3,) * 4
+    venv.set_attr("kl_coef", 0.5)
+    venv.set_attr("kl_coef", [0.5] * 4)
+    assert venv.kl_coef == 0.5
+    with pytest.raises(ValueError, match="share one value"):
+        venv.set_attr("kl_coef", [0.5, 0.5, 0.5, 1.0])
+    with pytest.raises(ValueError, match="expected one value or 4"):
+        venv.set_attr("kl_coef", [0.5, 0.5])
+    for bad in ("no_such_attribute", "_k"):
+        with pytest.raises(AttributeError, match=bad):
+            venv.get_attr(bad)
+    venv.reset(seed=0)
+    for _ in range(3):
+        _, reward, _, _, info = venv.step(torch.zeros(4, 2))
+    assert venv.call("render") == (None,) * 4  # no render mode: render() returns None, once
+    assert torch.equal(info["episode"]["r"], info["objective"]) and info["_episode"].all()
+    assert info["episode"]["l"].tolist() == [3] * 4 and (info["episode"]["t"] >= 0).all()
+
+    for spelling in ("SAME_STEP", "same_step", "Same-Step", "SameStep", AutoresetMode.SAME_STEP):
+        env = make_vector_env(2, autoreset_mode=spelling)
+        assert env.autoreset_mode is AutoresetMode.SAME_STEP
+    with pytest.raises(ValueError, match="NEXT_STEP .*SAME_STEP .*DISABLED"):
+        make_vector_env(2, autoreset_mode="sometimes")
+
+    single = gym.make("DiffusionSDE-v0", n_steps=2)
+    single.reset(seed=0)
+    single.step(single.action_space.sample() * 0)
+    *_, info = single.step(single.action_space.sample() * 0)
+    assert set(info["episode"]) == {"r", "l", "t"} and info["episode"]["r"] == pytest.approx(info["objective"])
+    assert info["episode"]["l"] == 2 and "_episode" not in info
+
+    sb3 = SB3VecEnv(make_vector_env(2, n_steps=2))
+    sb3.reset()
+    for _ in range(2):
+        *_, infos = sb3.step(np.zeros((2, 2), dtype=np.float32))
+    assert [row["episode"]["l"] for row in infos] == [2, 2]
+    assert [row["episode"]["r"] for row in infos] == pytest.approx([row["objective"] for row in infos])

@@ -91,7 +91,7 @@ class DiffusionSDEEnv(Env):
             float(reward[0]),
             bool(terminated[0]),
             bool(truncated[0]),
-            {k: v[0].item() for k, v in info.items()},
+            _row_info(info),
         )
 
     def render(self) -> np.ndarray | None:
@@ -106,3 +106,12 @@ class DiffusionSDEEnv(Env):
         if "cond" in out:
             out["cond"] = np.int64(out["cond"])  # a Discrete observation is a numpy integer
         return out
+
+
+def _row_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The batched env's info of its one row as Python numbers; the episode statistics as Gymnasium's
+    ``RecordEpisodeStatistics`` writes them for a single env (``{"r", "l", "t"}``, no mask)."""
+    out = {k: v[0].item() for k, v in info.items() if k not in ("episode", "_episode")}
+    if "episode" in info:
+        out["episode"] = {k: v[0].item() for k, v in info["episode"].items()}
+    return out

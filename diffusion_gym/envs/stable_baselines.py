@@ -58,6 +58,8 @@ class SB3VecEnv(VecEnv):
                 row["terminal_observation"] = {k: v[i] for k, v in obs_np.items()}
                 row["TimeLimit.truncated"] = False
                 row.update({k: float(v[i]) for k, v in episode.items()})
+                # SB3's Monitor convention: its logger reads the episode's return, length and seconds here.
+                row["episode"] = {key: float(info["episode"][key][i]) for key in ("r", "l", "t")}
             obs_np = _to_numpy(self.env.reset()[0])
         return obs_np, reward.cpu().numpy().astype(np.float32), done, infos
 

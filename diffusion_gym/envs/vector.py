@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,21 @@ CONTROL_KEYWORDS = frozenset({"action_scale"})
 the reachable references J_best and J_oracle."""
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
+    """Gymnasium's :class:`~gymnasium.vector.AutoresetMode` from itself, its name in any case and with
+    ``-``, ``_`` or a space between words (``"same_step"``, ``"SAME-STEP"``) or its value
+    (``"SameStep"``); a ValueError listing the accepted spellings otherwise."""
+    if isinstance(mode, AutoresetMode):
+        return mode
+    if isinstance(mode, str):
+        key = mode.strip().upper().replace("-", "_").replace(" ", "_")
+        for member in AutoresetMode:
+            if key in (member.name, member.value.upper()):
+                return member
+    names = ", ".join(f"{m.name} ({m.value!r})" for m in AutoresetMode)
+    raise ValueError(f"autoreset_mode must be one of {names}, in any case, or the AutoresetMode enum; got {mode!r}")
 
 
 def resolve_dtype(
@@ -181,7 +197,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
-        self.autoreset_mode = AutoresetMode(autoreset_mode)
+        self.autoreset_mode = resolve_autoreset_mode(autoreset_mode)
         self.metadata = {"autoreset_mode": self.autoreset_mode, "render_modes": ["rgb_array"]}
         self.sync_checks = self.device.type == "cpu" if sync_checks is None else bool(sync_checks)
 
@@ -204,6 +220,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self._cond: Tensor | None = None
         self._kl_total = torch.empty(0)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._episode_start = math.nan
 
     def _allowed_conditions(self, conditions: Any) -> Tensor | None:
         if self.num_conditions is None:
@@ -286,6 +303,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
             (self.num_envs, *self.event_shape), generator=self._generator, device=self.device, dtype=self.dtype
         )
         self._k = 0
+        self._episode_start = time.perf_counter()
         self._kl_total = torch.zeros(self.num_envs, device=self.device, dtype=self.dtype)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         return self._observation(torch.full((self.num_envs, 1), self._t0, device=self.device, dtype=self.dtype)), {}
@@ -310,8 +328,8 @@ class DiffusionSDEVectorEnv(VectorEnv):
 
         Returns ``(obs, reward, terminated, truncated, info)``; ``info`` holds ``t`` (the start of
         the interval), ``dt``, ``kl`` and ``clipped`` (action components clipped to [-1, 1]), and on
-        the last step ``terminal_reward``, ``gold_reward``, ``kl_total`` and ``objective`` (the
-        episode's return).
+        the last step ``terminal_reward``, ``gold_reward``, ``kl_total``, ``objective`` (the
+        episode's return) and ``episode`` / ``_episode`` (Gymnasium's per-episode statistics).
 
         Raises:
             ValueError: wrong shape, a non-numeric dtype, NaN or inf in ``actions``.
@@ -364,6 +382,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
                 info["gold_reward"] = self.gold_model(self._x, self._cond)
             info["kl_total"] = self._kl_total
             info["objective"] = terminal - self.kl_coef * self._kl_total
+            info["episode"], info["_episode"] = self._episode_statistics(info["objective"])
         obs = self._observation(t_next.unsqueeze(1))
         if last and self.autoreset_mode is AutoresetMode.SAME_STEP:
             # All rows finish together: final_obs / final_info hold the whole batch, the masks are all True.
@@ -371,6 +390,55 @@ class DiffusionSDEVectorEnv(VectorEnv):
             info["_final_info"] = terminated.clone()
             obs, _ = self.reset()
         return obs, reward, terminated, truncated, info
+
+    def _episode_statistics(self, objective: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Each row's return, length and seconds as Gymnasium's ``RecordEpisodeStatistics`` writes them
+        (``info["episode"]`` with ``r``, ``l``, ``t`` and the mask ``info["_episode"]``), so that outside
+        libraries log the objective; every row ends here."""
+        seconds = time.perf_counter() - self._episode_start  # the host's clock: no device sync
+        full = torch.full((self.num_envs,), 1, device=self.device)
+        episode = {
+            "r": objective.clone(),
+            "l": full.mul(self.n_steps),
+            "t": full.to(torch.float64).mul_(round(seconds, 6)),
+        }
+        return episode, full.bool()
+
+    # ----------------------------------------------------------------------------------------------
+    # Gymnasium's vector-env attribute access. The rows of the batch are one torch batch, not separate
+    # environments: they share every attribute, so a value "per environment" is the same for each.
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """The env's method ``name`` called once with ``args`` and ``kwargs`` (or its attribute ``name``),
+        as Gymnasium's vector envs return it: one entry per environment (here all the same object)."""
+        value = self._attribute(name)
+        result = value(*args, **kwargs) if callable(value) else value
+        return (result,) * self.num_envs
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """The attribute ``name``, one entry per environment (the rows share it)."""
+        return (self._attribute(name),) * self.num_envs
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set the attribute ``name``: one value, or one per environment, all equal (the rows share it).
+
+        Raises:
+            AttributeError: the env has no attribute ``name``.
+            ValueError: a list or tuple of the wrong length or of different values.
+        """
+        self._attribute(name)
+        if isinstance(values, (list, tuple)):
+            if len(values) != self.num_envs:
+                raise ValueError(f"set_attr({name!r}): expected one value or {self.num_envs}, got {len(values)}")
+            if any(v is not values[0] and v != values[0] for v in values[1:]):
+                raise ValueError(f"set_attr({name!r}): the rows of one batched env share one value; got different ones")
+            values = values[0]
+        setattr(self, name, values)
+
+    def _attribute(self, name: str) -> Any:
+        if name.startswith("_") or not hasattr(self, name):
+            raise AttributeError(f"{type(self).__name__} has no public attribute {name!r}")
+        return getattr(self, name)
 
     def render(self) -> np.ndarray | None:
         """With ``render_mode="rgb_array"``, the current batch as an (H, W, 3) uint8 image: 2-D states as a

@@ -4,10 +4,18 @@ A truncated download, an interrupted save or a file of another kind otherwise su
 zip-reader message, a pickle or safetensors header error, or a ``KeyError`` deep in the caller. Here
 each becomes a ``FileNotFoundError`` or ``ValueError`` naming the file and what was expected, raised
 ``from`` the original error so that its message and traceback are kept.
+
+**Shipped files are verified.** A task package records the sha256 of every file it ships (its
+weights, their metadata, its references) in ``SHA256SUMS.json`` beside its ``weights/`` folder, with
+the command that regenerates each; every read of a listed file checks it (:func:`verify_shipped`),
+so a flipped byte is an error naming the file and that command, not a silently different model.
+``python -m diffusion_gym.tasks.manifest --task NAME`` records them anew after a regeneration.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +27,61 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+MANIFEST = "SHA256SUMS.json"
+"""The file of a task package that records the sha256 (and the regenerating command) of what it ships."""
+
+
+def sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_of(path: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """``(manifest file, its entry for path)`` where a package's :data:`MANIFEST` in ``path``'s folder or
+    the one above lists ``path`` (by its path relative to the manifest's folder), else None."""
+    path = Path(path).resolve()
+    for folder in (path.parent, path.parent.parent):
+        manifest = folder / MANIFEST
+        if manifest.is_file():
+            try:
+                table = json.loads(manifest.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"{manifest} is not a readable manifest of shipped files: {err}") from err
+            entry = table.get("files", {}).get(path.relative_to(folder).as_posix())
+            if entry is not None:
+                return manifest, entry
+    return None
+
+
+def verify_shipped(path: str | Path) -> None:
+    """Check a shipped file against the sha256 its package records (files no manifest lists pass).
+
+    Raises:
+        ValueError: the bytes differ from the recorded ones: names the file and the command that
+            regenerates it.
+    """
+    found = manifest_of(path)
+    if found is None:
+        return
+    manifest, entry = found
+    stat = Path(path).stat()
+    if _digest(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size) != entry["sha256"]:
+        raise ValueError(
+            f"{path} does not match the sha256 recorded in {manifest} (a corrupted or changed file): restore it "
+            f"from the package, or regenerate it with `{entry.get('command', 'its task folder')}` and record it "
+            "with `python -m diffusion_gym.tasks.manifest`"
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    """A file's sha256, computed once per version of it (its modification time and size)."""
+    return sha256(path)
 
 
 def _require_keys(data: Any, keys: Iterable[str], source: Path, expected: str) -> None:
@@ -74,6 +137,7 @@ def read_metadata(weights: str | Path, what: str, keys: Iterable[str] = ()) -> d
     meta = Path(weights).with_suffix(".json")
     if not meta.is_file():
         raise FileNotFoundError(f"{meta} not found: the weights of {what} need their JSON metadata beside them")
+    verify_shipped(meta)
     try:
         data = json.loads(meta.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -91,11 +155,13 @@ def load_weights(path: str | Path, what: str) -> dict[str, Tensor]:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is truncated, corrupt or not a safetensors file.
+        ValueError: the file is truncated, corrupt or not a safetensors file, or a shipped file whose
+            bytes differ from the recorded ones (:func:`verify_shipped`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights of {what} at {path}")
+    verify_shipped(path)
     try:
         return load_file(path)
     except SafetensorError as err:

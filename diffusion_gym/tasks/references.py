@@ -27,6 +27,7 @@ import torch
 
 from diffusion_gym.references import References, compute_references
 from diffusion_gym.scoring import eval_batch
+from diffusion_gym.tasks.manifest import record
 from diffusion_gym.tasks.spec import TaskSpec, get_task, weights_fingerprint
 
 
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             line += f", J_oracle = {refs.j_oracle} (episodes' s.e. {entry['oracle']['j_oracle_se_episodes']:.4f})"
         print(line + f", {entry['seconds']:.0f} s", flush=True)
         path.write_text(json.dumps(table, indent=1) + "\n")  # type: ignore[attr-defined]
+        record(task)  # the package's manifest: the table's new sha256
     return table
 
 

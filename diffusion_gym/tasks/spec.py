@@ -20,9 +20,13 @@ import importlib
 import importlib.resources
 import inspect
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from diffusion_gym.checkpoints import verify_shipped
 
 if TYPE_CHECKING:
     from diffusion_gym.envs.single import DiffusionSDEEnv
@@ -152,15 +156,25 @@ class TaskSpec:
         ships none for it, or when the task's ``weights/`` folder is no longer the one they were
         computed with (``weights_sha256``: a retrained model or proxy makes them stale).
 
+        Warns when the task names a table that is missing (every runner reads it through here).
+
         Raises:
-            ValueError: the table is not valid JSON (naming the file).
+            ValueError: the table is not valid JSON, or its bytes differ from the sha256 the package
+                records (naming the file).
         """
         if self.references is None:
             return None
         package, _, name = self.references.partition(":")
         path = importlib.resources.files(package) / name
         if not path.is_file():
+            warnings.warn(
+                f"task {self.name} ships its references in {path}, which is missing: every reference is estimated "
+                f"by the run instead (restore the package, or: python -m diffusion_gym.tasks.references --task "
+                f"{self.name})",
+                stacklevel=2,
+            )
             return None
+        verify_shipped(Path(str(path)))
         try:
             table = json.loads(path.read_text())
         except json.JSONDecodeError as err:

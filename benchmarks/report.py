@@ -202,6 +202,8 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
     reference)."""
     spec = suite_claims(results)
     if spec is None:
+        if results.get("schema_version", 2) < 3:
+            return ["These results predate a suite's [claims]: `python -m benchmarks rescore DIR` records them."]
         return ["The suite names no claims ([claims] in its file); none is tested."]
     lines: list[str] = []
     for baseline in spec["baselines"]:
@@ -303,12 +305,11 @@ def _references_line(task: dict[str, Any], n: int) -> str:
         )
     if refs.j_oracle is not None:
         errors = refs.oracle or {}
-        split = (
-            f"; s.e. {errors['j_oracle_se_episodes']:.3f} from the episodes, {errors['j_oracle_se_batches']:.3f} "
-            "from batch means"
-            if "j_oracle_se_batches" in errors
-            else ""
-        )
+        split = ""
+        if "j_oracle_se_episodes" in errors:
+            split = f"; s.e. {errors['j_oracle_se_episodes']:.3f} from the episodes"
+        if errors.get("j_oracle_se_batches") is not None:
+            split += f", {errors['j_oracle_se_batches']:.3f} from batch means"
         parts.append(
             f"J_oracle = {fmt(refs.j_oracle.mean, refs.j_oracle.se)} (the optimal control, {refs.j_oracle.n:,} "
             f"episodes{split})"
@@ -319,18 +320,29 @@ def _references_line(task: dict[str, Any], n: int) -> str:
 
 
 def _references_source(task: dict[str, Any]) -> str:
-    """Where a task's references come from: shipped with it (and the commands), or this run."""
-    first = next(iter(task["optimum"].values()))
-    oracle = "J_oracle" if task.get("oracle") else ""
-    if "command" in first:
-        shipped = "J* and J(pre)" + (" and J_oracle" if oracle and "oracle" in first else "")
-        commands = sorted({o["command"] for o in task["optimum"].values() if "command" in o})
-        text = f"{shipped} shipped with the task, from {first['n']:,} pretrained samples per grid ("
-        text += "; ".join(f"`{c}`" for c in commands) + ")"
-        own_oracle = oracle and "oracle" not in first
-        return text + (", J_oracle from this run's episodes of the optimal control" if own_oracle else "")
-    text = f"J* and J(pre) from {task['optimum_n']:,} pretrained samples per grid"
-    return text + (", J_oracle from this run's episodes of the optimal control" if oracle else "")
+    """Where a task's references come from, grid by grid: shipped with it (and the commands) or
+    computed by this run."""
+    rows = {int(n): References.from_row(o) for n, o in task["optimum"].items()}
+
+    def grids(ns: list[int]) -> str:
+        return "N = " + ", ".join(map(str, sorted(ns)))
+
+    shipped = [n for n, r in rows.items() if r.command is not None]
+    own = [n for n in rows if n not in shipped]
+    parts = []
+    if shipped:
+        n_pre = rows[shipped[0]].optimum.j_star.n
+        parts.append(f"J* and J(pre) shipped with the task at {grids(shipped)} (from {n_pre:,} pretrained samples)")
+    if own:
+        parts.append(f"J* and J(pre) from {task['optimum_n']:,} pretrained samples per grid at {grids(own)}")
+    oracle = [n for n, r in rows.items() if r.j_oracle is not None]
+    oracle_shipped = [n for n in oracle if rows[n].oracle_command is not None]
+    if oracle_shipped:
+        parts.append(f"J_oracle shipped at {grids(oracle_shipped)}")
+    if own_oracle := [n for n in oracle if n not in oracle_shipped]:
+        parts.append(f"J_oracle from this run's episodes of the optimal control at {grids(own_oracle)}")
+    commands = sorted({c for r in rows.values() for c in (r.command, r.oracle_command) if c is not None})
+    return "; ".join(parts) + ("".join(f"; `{c}`" for c in commands))
 
 
 def headroom(optimum: dict[str, Any]) -> float:

@@ -15,6 +15,7 @@ Objectives, rewards, KL, timings and samples are untouched.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +33,7 @@ def rescored_references(old: References, shipped: References) -> References:
     """``old`` with what ``shipped`` holds: J*, J(pre), their command and, where shipped, J_oracle."""
     refs = replace(old, optimum=shipped.optimum, command=shipped.command)
     if shipped.j_oracle is not None:
-        refs = replace(refs, j_oracle=shipped.j_oracle, oracle=shipped.oracle)
+        refs = replace(refs, j_oracle=shipped.j_oracle, oracle=shipped.oracle, oracle_command=shipped.oracle_command)
     return refs
 
 
@@ -62,6 +63,8 @@ def rescore(results: dict[str, Any], command: str) -> list[str]:
             refs_of[key][n] = refs
             if refs.j_oracle is not None and refs.oracle is not None:
                 task.setdefault("oracle", {})[n] = dict(refs.oracle) | refs.gaps(refs.j_oracle)
+            elif n in task.get("oracle", {}):  # the run's own optimal-control row: its gaps against the new J*
+                _regap(task["oracle"][n], refs, task["oracle"][n].get("n", refs.optimum.j_star.n))
         task["reachable"] = task_reachable(refs_of[key].values())
     for run in results["runs"]:
         task = results["tasks"][run["task"]]
@@ -82,12 +85,29 @@ def rescore(results: dict[str, Any], command: str) -> list[str]:
             else None
         )
     if results.get("claims") is None:
-        suite = load_suite(results["suite"])
-        results["claims"] = None if suite.claims is None else asdict(suite.claims)
+        results["claims"] = _suite_claims(results)
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     results.setdefault("rescores", []).append({"date": date, "command": command, "grids": changed})
     results["schema_version"] = SCHEMA_VERSION
     return changed
+
+
+def _suite_claims(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``[claims]`` of the suite the results name, where its file is found and every agent it names
+    ran; else None, with a warning saying why."""
+    try:
+        suite = load_suite(results["suite"], results.get("device_type", "cpu"))
+    except (FileNotFoundError, ValueError) as err:
+        warnings.warn(f"suite {results['suite']!r} predates [claims]; its file is not usable: {err}", stacklevel=3)
+        return None
+    if suite.claims is None:
+        return None
+    claims = asdict(suite.claims)
+    ran = set(results.get("agents", {}))
+    if missing := [a for a in [claims["ours"], *claims["baselines"], *claims["stable"]] if a not in ran]:
+        warnings.warn(f"the suite's [claims] name agents these results did not run: {missing}", stacklevel=3)
+        return None
+    return claims
 
 
 def main(out: Path) -> list[str]:

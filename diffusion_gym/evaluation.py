@@ -133,16 +133,33 @@ def _rollout(
     if cond is not None:
         cond = torch.cat([cond, cond[-1:].expand(-n % env.num_envs)])  # whole batches
     zero = torch.zeros((env.num_envs, *env.event_shape), device=env.device, dtype=env.dtype)
-    collected = 0
     recording = env.record_transitions
     env.record_transitions = recording or martingale
+    try:
+        return _episodes(env, policy, n, seed, cond, martingale, parts, zero)
+    finally:
+        env.record_transitions = recording
+
+
+def _episodes(
+    env: DiffusionSDEVectorEnv,
+    policy: Policy | None,
+    n: int,
+    seed: int | None,
+    cond: Tensor | None,
+    martingale: bool,
+    parts: dict[str, list[Tensor]],
+    zero: Tensor,
+) -> Rollouts:
+    """The episode loop of :func:`_rollout` (the martingale term summed in float64)."""
+    collected = 0
     disc = env.discretization
     while collected < n:
         options = None if cond is None else {"cond": cond[collected : collected + env.num_envs]}
         obs, _ = env.reset(seed=seed if collected == 0 else None, options=options)
         if "cond" in obs:
             parts["cond"].append(obs["cond"].cpu())
-        total = torch.zeros(env.num_envs, device=env.device, dtype=env.dtype) if martingale else None
+        total = torch.zeros(env.num_envs, device=env.device, dtype=torch.float64) if martingale else None
         for k in range(env.n_steps):
             obs, _, _, _, info = env.step(zero if policy is None else policy(obs))
             if total is not None:
@@ -157,7 +174,6 @@ def _rollout(
             if key in info:
                 parts[key].append(info[key].cpu())
         collected += env.num_envs
-    env.record_transitions = recording
     cat = {k: torch.cat(v)[:n] if v else None for k, v in parts.items()}
     return Rollouts(
         cat["objective"],

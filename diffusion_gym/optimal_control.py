@@ -78,8 +78,9 @@ class MixtureOptimalControl:
             ``gauss_hermite ** D <= max_nodes``.
         max_nodes: above this many tensor-rule nodes, ``max_nodes`` antithetic posterior draws are used.
         seed: seeds the posterior draws of the Monte Carlo rule.
-        skip: components whose responsibility at a state is below ``exp(-skip)`` of the largest one's
-            are left out of the sums there (default 70: a factor 4e-31).
+        skip: in reward units: a component whose responsibility at a state is below
+            ``exp(-skip / kl_coef)`` of the largest one's is left out of the sums there, since it would
+            need a reward ``skip`` above the others' to matter (default 70; rewards here span a few units).
         chunk: rows per reward evaluation batch (``chunk * K * Q`` reward calls at once).
     """
 
@@ -102,7 +103,7 @@ class MixtureOptimalControl:
         if not kl_coef > 0:
             raise ValueError(f"the optimal control needs kl_coef > 0, got {kl_coef}")
         self.model, self.reward, self.kl_coef, self.chunk = model, reward, float(kl_coef), int(chunk)
-        self.skip = float(skip)
+        self.skip_logit = float(skip) / self.kl_coef
         tensors = [*reward.parameters(), *reward.buffers()] if isinstance(reward, nn.Module) else []
         self.reward_dtype = next((p.dtype for p in tensors if p.is_floating_point()), None)
         self.schedule = model.schedule
@@ -153,9 +154,9 @@ class MixtureOptimalControl:
         """The logits of h per (row, component, node), (B, K, Q), and what delta* is summed from:
         ``grad log pi`` (B, K, D), the nodes' offsets from their posterior means (A, Q, D) and
         ``rho / (1 - rho^2)`` (B,), for the A (row, component) pairs ``(rows, comps)`` that carry
-        weight. A component whose responsibility is below ``exp(-skip)`` of the row's largest is
-        left out (its logits are -inf): it would need a reward ``skip * kl_coef`` above the others'
-        to matter, and late in the chain most rows sit in one component."""
+        weight. A component whose responsibility is below ``exp(-skip / kl_coef)`` of the row's largest
+        is left out (its logits are -inf): it would need a reward ``skip`` above the others' to
+        matter, and late in the chain most rows sit in one component."""
         s = (self.T - t.double()).clamp_min(self.s_end + 1e-12)
         rho = torch.exp(self.schedule.log_alpha(s)) / self.alpha_end  # (B,)
         rho2 = rho**2
@@ -168,7 +169,7 @@ class MixtureOptimalControl:
         log_pi = torch.log_softmax(log_comp, dim=1)
         grad_log_comp = -torch.einsum("kde,bke->bkd", self.eigvecs, resid / var)  # (B, K, D)
         grad_log_pi = grad_log_comp - (log_pi.exp()[..., None] * grad_log_comp).sum(1, keepdim=True)
-        rows, comps = torch.nonzero(log_pi >= log_pi.amax(1, keepdim=True) - self.skip, as_tuple=True)
+        rows, comps = torch.nonzero(log_pi >= log_pi.amax(1, keepdim=True) - self.skip_logit, as_tuple=True)
         post_var = lam[comps] * noise[rows, None] / var[rows, comps]  # c_i, (A, D)
         # c rho / (1 - rho^2) U^T (y - rho a), in the eigenbasis
         gain = (lam[comps] * rho[rows, None] / var[rows, comps]) * resid[rows, comps]

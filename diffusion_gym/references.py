@@ -17,8 +17,9 @@ the objective's noise is the stochastic integral. Its discrete version
 zero exactly on any grid (``delta_k`` is a function of ``Y_k``, ``xi_k`` independent of it), so
 ``objective - kl_coef M`` estimates J_oracle without bias and with the variance that is left from
 the grid and the quadrature alone (on the 8-D mixture 2-3x smaller standard errors at N = 20-50,
-4x at N = 100 in 2-D). Its standard error is the larger of the episodes' and that of 32 batch means,
-so that a heavy tail shows.
+4x at N = 100 in 2-D; where the fixed coefficient would add variance the plain mean is used). Its
+standard error is the larger of the episodes' and that of 32 batch means (a second estimate of the
+same variance, reported beside it).
 """
 
 from __future__ import annotations
@@ -42,18 +43,26 @@ _LEGACY_NAMES = {"j_best_error": "j_best_se", "j_best_cells": "j_best_n"}
 """Row keys of results written before the references had one owner, and their names now."""
 
 
-def oracle_estimate(oracle: Rollouts, kl_coef: float) -> tuple[Estimate, dict[str, float]]:
+def oracle_estimate(oracle: Rollouts, kl_coef: float) -> tuple[Estimate, dict[str, Any]]:
     """J_oracle from the optimal control's episodes: the mean of ``objective - kl_coef * martingale``
-    (the plain objective where no martingale was recorded), its standard error the larger of the
-    episodes' and the batch means' (:data:`BATCH_MEANS`); and both errors, by name."""
-    y = oracle.objective.double()
+    (the control variate), or of the plain objective where no martingale was recorded or where its
+    standard error is the smaller one (on a grid where the discrete control is far from the
+    continuous one, e.g. DDPM at N = 20, the fixed coefficient can add variance); its standard error
+    the larger of the episodes' and that of :data:`BATCH_MEANS` batch means (with 64 episodes or
+    more); and the estimator and both errors, by name."""
+    plain = oracle.objective.double()
+    candidates = {"plain": plain}
     if oracle.martingale is not None:
-        y = y - kl_coef * oracle.martingale.double()
-    plain = Estimate.of(y)
-    batches = torch.stack([b.mean() for b in y.tensor_split(BATCH_MEANS)]) if y.numel() >= 2 * BATCH_MEANS else None
-    batch_se = batches.std().item() / math.sqrt(BATCH_MEANS) if batches is not None else math.nan
-    se = max(plain.se, batch_se) if math.isfinite(batch_se) else plain.se
-    return Estimate(plain.mean, se, plain.n), {"j_oracle_se_episodes": plain.se, "j_oracle_se_batches": batch_se}
+        candidates["control variate"] = plain - kl_coef * oracle.martingale.double()
+    name, y = min(candidates.items(), key=lambda item: float(item[1].std()))
+    est = Estimate.of(y)
+    out: dict[str, Any] = {"j_oracle_estimator": name, "j_oracle_se_episodes": est.se}
+    se = est.se
+    if y.numel() >= 2 * BATCH_MEANS:
+        batches = torch.stack([b.mean() for b in y.tensor_split(BATCH_MEANS)])
+        out["j_oracle_se_batches"] = batches.std().item() / math.sqrt(BATCH_MEANS)
+        se = max(se, out["j_oracle_se_batches"])
+    return Estimate(est.mean, se, est.n), out
 
 
 @dataclass(frozen=True)
@@ -68,15 +77,17 @@ class References:
         j_oracle: J_oracle(N), the optimal control's objective on the grid (Gaussian-mixture tasks).
         oracle: the optimal control's row as a policy's is scored (objective = J_oracle, proxy, gold,
             KL, each with ``_se``), and J_oracle's two standard errors; None where there is no J_oracle.
-        command: the command that computed them, where they ship with the task (None: this run).
+        command: the command that computed J* and J(pre), where they ship with the task (None: this run).
+        oracle_command: the command that computed J_oracle, where it ships (None: this run's episodes).
     """
 
     optimum: Optimum
     j_best: Estimate | None = None
     j_best_pretrained: float | None = None
     j_oracle: Estimate | None = None
-    oracle: Mapping[str, float] | None = None
+    oracle: Mapping[str, Any] | None = None
     command: str | None = None
+    oracle_command: str | None = None
 
     REACHABLE: ClassVar[tuple[str, ...]] = ("j_best", "j_oracle")
     """The reachable references in order of preference (J_oracle <= J_best <= J*)."""
@@ -145,13 +156,19 @@ class References:
             row["oracle"] = dict(self.oracle)
         if self.command is not None:
             row["command"] = self.command
+        if self.oracle_command is not None:
+            row["j_oracle_command"] = self.oracle_command
         return row
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> References:
         """The references of :meth:`to_row` back (also the rows of older results, whose J_best error
-        and cell count were named ``j_best_error`` and ``j_best_cells``)."""
+        and cell count were named ``j_best_error`` and ``j_best_cells``). A task's shipped entry
+        whose action box matched (it keeps ``control``) shipped J_oracle with its ``command``."""
         row = {_LEGACY_NAMES.get(k, k): v for k, v in row.items()}
+        oracle_command = row.get("j_oracle_command")
+        if oracle_command is None and "control" in row and "j_oracle" in row:
+            oracle_command = row.get("command")
 
         def estimate(name: str) -> Estimate | None:
             return Estimate(row[name], row[f"{name}_se"], row.get(f"{name}_n", row["n"])) if name in row else None
@@ -163,6 +180,7 @@ class References:
             estimate("j_oracle"),
             row.get("oracle"),
             row.get("command"),
+            oracle_command,
         )
 
 
@@ -230,9 +248,11 @@ def compute_references(
         j_best = Estimate(solution.j_best, solution.error, solution.n_grid**2)
         refs = replace(refs, j_best=j_best, j_best_pretrained=solution.j_pretrained)
     if shipped_refs is not None and shipped_refs.j_oracle is not None:
-        refs = replace(refs, j_oracle=shipped_refs.j_oracle, oracle=shipped_refs.oracle)
+        refs = replace(
+            refs, j_oracle=shipped_refs.j_oracle, oracle=shipped_refs.oracle, oracle_command=shipped_refs.oracle_command
+        )
     elif MixtureOptimalControl.applies(env):
         seed = derive_seed(f"{seeds}_oracle" if seeds else "oracle", n_steps)
-        j_oracle, row = oracle_row(env if oracle_env is None else oracle_env, oracle_n, seed)
+        j_oracle, row = oracle_row(getattr(oracle_env, "unwrapped", oracle_env) or env, oracle_n, seed)
         refs = replace(refs, j_oracle=j_oracle, oracle=row)
     return refs

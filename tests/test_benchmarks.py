@@ -28,7 +28,7 @@ from benchmarks.report import (
     saturation_verdict,
 )
 from benchmarks.suite import load_suite
-from diffusion_gym.evaluation import crossing
+from diffusion_gym.evaluation import Estimate, crossing
 from diffusion_gym.metrics import per_class_diversity
 from diffusion_gym.references import References
 
@@ -595,3 +595,41 @@ def test_a_suite_includes_shared_settings_under_its_own(tmp_path):
     quick, full = load_suite("quick"), load_suite("full")
     for label in ("ct_ppo", "ddpo", "dpok", "ct_q_learning"):
         assert quick.tasks["digits"].agent_settings[label] == full.tasks["digits"].agent_settings[label]
+
+
+def test_rescore_recomputes_every_gap_from_the_references_and_reads_older_results(tiny_run):
+    """``benchmarks rescore`` on results in the older layout (J_best's error and cells under their
+    former names, no claims) with a J* moved: every final and curve gap is the references' gap of the
+    recorded objective, the crossings follow the new curve, the rows are rewritten in the new names,
+    claims of a suite whose file is gone are left out with a warning, and each rescore is recorded."""
+    from benchmarks.rescore import rescore
+
+    results = json.loads((tiny_run / "results.json").read_text())
+    results |= {"schema_version": 2, "claims": None}
+    task = results["tasks"]["mixture2d"]
+    for row in task["optimum"].values():
+        row["j_best_error"], row["j_best_cells"] = row.pop("j_best_se"), row.pop("j_best_n")
+        row["j_star"] += 0.05
+    with pytest.warns(UserWarning, match="predates \\[claims\\]"):
+        changed = rescore(results, "rescore once")
+    assert changed == []  # neither tiny task ships references for these grids
+    assert results["schema_version"] == 3 and results["claims"] is None
+    for n, row in task["optimum"].items():
+        assert "j_best_se" in row and "j_best_error" not in row and "j_best_cells" not in row
+        refs = References.from_row(row)
+        assert refs.j_best is not None and refs.j_best.n == 96**2
+        if n in task["oracle"]:
+            oracle = task["oracle"][n]
+            assert oracle["gap"] == refs.gaps(Estimate(oracle["objective"], oracle["objective_se"], 1))["gap"]
+    for run in (r for r in results["runs"] if r["task"] == "mixture2d"):
+        refs = References.from_row(task["optimum"][str(run["n_train"])])
+        for point in run["curve"]:
+            expected = refs.gaps(Estimate(point["objective"], point["objective_se"], 1))
+            assert point["gap"] == expected["gap"] and point["reachable_gap"] == expected["reachable_gap"]
+        assert run["to_gap"]["0.5"]["reward_queries"] == crossing(run["curve"], 0.5, "reward_queries")
+        for n, row in run["final"].items():
+            grid = References.from_row(task["optimum"][n])
+            assert row["gap_se"] == grid.gaps(Estimate(row["objective"], row["objective_se"], 1))["gap_se"]
+    with pytest.warns(UserWarning):
+        rescore(results, "rescore twice")
+    assert [r["command"] for r in results["rescores"]] == ["rescore once", "rescore twice"]

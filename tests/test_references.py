@@ -305,3 +305,21 @@ def test_a_shipped_mixture_entry_is_recomputed_by_its_command():
     assert fresh["config"] == shipped["config"] and fresh["control"] == shipped["control"]
     for key in ("j_star", "j_star_se", "j_pretrained", "j_pretrained_se", "j_oracle", "j_oracle_se"):
         assert fresh[key] == pytest.approx(shipped[key], rel=1e-6), key
+
+
+@pytest.mark.parametrize("kl_coef", [1.0, 0.02])
+def test_skipping_components_without_weight_leaves_the_control_unchanged(kl_coef):
+    """The components the control skips (responsibility below exp(-70 / kl_coef) of the largest) carry
+    no weight at any kl_coef: the control equals the one that sums every component to 1e-9, on
+    states along and off the pretrained chain's paths, in 2-D and 8-D."""
+    from diffusion_gym.tasks.mixture.env import make_vector_env as mixture_env
+
+    for dim in (2, 8):
+        env = mixture_env(64, dim=dim, n_steps=10, kl_coef=kl_coef)
+        pruned = MixtureOptimalControl.for_env(env)
+        full = MixtureOptimalControl.for_env(env, skip=math.inf)
+        gen = torch.Generator().manual_seed(dim)
+        for t in (0.0, 0.5, 0.9, 0.99):
+            y = 3 * torch.randn(64, dim, generator=gen)
+            a, b = pruned(t, y), full(t, y)
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max())), (dim, t)

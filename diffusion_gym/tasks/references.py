@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from diffusion_gym.optimal_control import MixtureOptimalControl
 from diffusion_gym.references import References, compute_references
 from diffusion_gym.scoring import eval_batch
 from diffusion_gym.tasks.manifest import record
@@ -40,9 +41,10 @@ def shipped_entry(
     of the task's weights."""
     kwargs = kwargs | {"n_steps": n_steps}
     # One batch for each (the optimal control's is the expensive one: no episode past oracle_n is drawn).
-    env, oracle_env = (
-        task.make_vector_env(eval_batch(n, device), **(kwargs | {"device": device})) for n in (n_samples, oracle_n)
-    )
+    env = task.make_vector_env(eval_batch(n_samples, device), **(kwargs | {"device": device}))
+    oracle_env = None
+    if MixtureOptimalControl.applies(env):
+        oracle_env = task.make_vector_env(eval_batch(oracle_n, device), **(kwargs | {"device": device}))
     refs = compute_references(
         env, n_samples=n_samples, oracle_n=oracle_n, best=False, oracle_env=oracle_env, seeds="shipped"
     )

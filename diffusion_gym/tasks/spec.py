@@ -56,7 +56,7 @@ class TaskSpec:
             reference features)``: the Frechet distance and per-class diversity of the benchmarks.
         throughput: ``benchmarks.env_throughput``'s sizes for this task, ``(batch, steps)`` pairs.
         references: ``"package:file.json"``, the references computed once per configuration and
-            shipped with the task (:meth:`shipped_references`; ``python -m diffusion_gym.references``),
+            shipped with the task (:meth:`shipped_references`; ``python -m diffusion_gym.tasks.references``),
             for tasks whose J* or J_oracle needs more samples than a benchmark run can afford; None:
             every run estimates them.
         law_neutral: keywords of ``models`` that do not change the pretrained sampler's law or the

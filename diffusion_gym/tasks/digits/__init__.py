@@ -12,7 +12,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 # is 0.31 pretrained standard deviations (every utility but JPEG), less than the evaluation noise of
 # a few hundred samples; at 0.3 it is 1.15 (N = 10) and 1.13 (N = 20), with an effective sample size
 # of only ~1% of the pretrained samples behind J* (385 and 322 of 32,768): J* and J(pre) ship in
-# references.json (python -m diffusion_gym.references). N = 10 with the exponential integrator halves
+# references.json (python -m diffusion_gym.tasks.references). N = 10 with the exponential integrator halves
 # a query's cost against N = 20 (the UNet is 90% of it).
 TASK = register_task(
     TaskSpec(

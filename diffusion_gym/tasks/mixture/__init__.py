@@ -17,7 +17,7 @@ from diffusion_gym.tasks.spec import TaskSpec, register_task
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 # J*, J(pre) and J_oracle ship per configuration of the suites (references.json: python -m
-# diffusion_gym.references): the optimal control's objective is heavy-tailed, and a few thousand
+# diffusion_gym.tasks.references): the optimal control's objective is heavy-tailed, and a few thousand
 # episodes of it per run make a noisy yardstick.
 TASK = register_task(
     TaskSpec(

@@ -33,6 +33,7 @@ from typing import Any
 from agents.common.agent import Agent
 from agents.common.build import build_agent, make_env
 from diffusion_gym import distributed
+from diffusion_gym.output_paths import check_output_dir, check_output_file
 from diffusion_gym.references import compute_references
 from diffusion_gym.scoring import derive_seed, eval_batch, score_policy
 from diffusion_gym.tasks import get_task
@@ -90,10 +91,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-n", type=int, default=16_384)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     result = run(args, distributed.setup(args.device))
     if argv is None:  # the command, not a caller that may hold the process group
         distributed.shutdown()  # not after a failure: the failed rank exits and torchrun stops the others
     return result
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every count, grid and output path checked before any work (a run must not learn at its end
+    that it cannot score or write); ``args.eval_steps`` becomes a list of ints."""
+    for field in ("num_envs", "reward_queries", "eval_n"):
+        if getattr(args, field) < 1:
+            parser.error(f"--{field.replace('_', '-')} must be >= 1, got {getattr(args, field)}")
+    if args.eval_steps is not None:
+        try:
+            args.eval_steps = [int(s) for s in args.eval_steps.split(",")]
+        except ValueError:
+            parser.error(f"--eval-steps must be comma-separated integers, got {args.eval_steps!r}")
+        if min(args.eval_steps) < 1:
+            parser.error(f"--eval-steps must be >= 1, got {args.eval_steps}")
+    try:
+        checks = (("out", check_output_file), ("checkpoint", check_output_file), ("logdir", check_output_dir))
+        for field, check in checks:
+            if getattr(args, field) is not None:
+                check(getattr(args, field), f"--{field}")
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def run(args: argparse.Namespace, device: Any) -> dict[str, Any]:
@@ -111,7 +135,7 @@ def run(args: argparse.Namespace, device: Any) -> dict[str, Any]:
     agent.learn(args.reward_queries, checkpoint=args.checkpoint)
     seconds = time.perf_counter() - start
 
-    steps = [int(s) for s in args.eval_steps.split(",")] if args.eval_steps else [env_kwargs["n_steps"]]
+    steps = args.eval_steps or [env_kwargs["n_steps"]]
     rows = score_at_grids(agent, args.env, env_kwargs, steps, args.eval_n, args.seed)
     world = distributed.world_size()
     processes = f" on {world} processes" if world > 1 else ""

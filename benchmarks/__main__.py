@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.run import run_suite, write_outputs
     from benchmarks.suite import load_suite
     from diffusion_gym import distributed
+    from diffusion_gym.output_paths import check_output_dir
 
     if args.command == "report":
         write_outputs(args.dir, json.loads((args.dir / "results.json").read_text()))
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--nproc {args.nproc} inside a torchrun job of {world} processes")
     default_out = f"{suite.name}-{device.type}" + (f"-{world}proc" if world > 1 else "")
     out = args.out or Path("benchmark_results") / default_out
+    try:
+        check_output_dir(out, "--out")
+    except ValueError as err:
+        parser.error(str(err))
     if world > 1 and not any(a.startswith("--nproc") for a in argv):
         argv += ["--nproc", str(world)]
     results = run_suite(suite, device, out, resume=args.resume, command=" ".join(["python -m benchmarks", *argv]))

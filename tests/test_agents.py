@@ -1,6 +1,7 @@
 """The agent zoo: the common API, exact ratios, checkpoints that resume the same run, SB3, the CLI."""
 
 import math
+import re
 
 import gymnasium as gym
 import pytest
@@ -447,3 +448,27 @@ def test_q_learning_takes_the_reward_critic():
     assert all(math.isfinite(v) for v in seen[-1].values())
     with pytest.raises(ValueError, match=r"critic must be one of \['mlp', 'reward'\], got 'unet'"):
         agent_cls(tiny_env(), config_cls(progress=False, critic="unet"))
+
+
+def test_train_refuses_bad_counts_grids_and_output_paths_before_any_work(tmp_path, capsys):
+    """A bad --eval-n, --eval-steps, --out, --checkpoint or --logdir is refused when the command is
+    parsed, naming the option, not after training; benchmarks run refuses an --out that is a file."""
+    from benchmarks.__main__ import main as benchmarks_main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    base = ["--agent", "ddpo", "--n-steps", "4", "--num-envs", "8", "--reward-queries", "8"]
+    for extra, named in (
+        (["--eval-n", "0"], "--eval-n must be >= 1"),
+        (["--eval-steps", "10,x"], "--eval-steps must be comma-separated integers"),
+        (["--eval-steps", "0,10"], "--eval-steps must be >= 1"),
+        (["--out", str(tmp_path)], "--out: .* is a folder, expected a file"),
+        (["--checkpoint", str(a_file / "ckpt.pt")], "--checkpoint: cannot create .*a_file is a file"),
+        (["--logdir", str(a_file)], "--logdir: .*a_file is a file, expected a folder"),
+    ):
+        with pytest.raises(SystemExit):
+            train_main(base + extra)
+        assert re.search(named, capsys.readouterr().err), (extra, named)
+    with pytest.raises(SystemExit):
+        benchmarks_main(["run", "--suite", "quick", "--out", str(a_file)])
+    assert "--out: " in capsys.readouterr().err

@@ -172,8 +172,7 @@ def write_record(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
 
     refs = f"J* = {est('j_star')}, J(pre) = {est('j_pretrained')}"
     # The references' one rule (records before 2026-12-03 hold no sample count: the search's optimum_n).
-    present = {k: v for k, v in meta.items() if v is not None}  # older records write None for a missing reference
-    reachable = References.from_row({"n": meta["optimum_n"]} | present).reachable_name is not None
+    reachable = References.from_row({"n": meta["optimum_n"]} | meta).reachable_name is not None
     crossed = "reachable gap" if reachable else "gap"
     if meta.get("j_best") is not None:
         error = meta.get("j_best_se", meta.get("j_best_error"))  # one record names it j_best_error

@@ -61,8 +61,8 @@ def rescore(results: dict[str, Any], command: str) -> list[str]:
                 changed.append(f"{key}/N{n}")
             task["optimum"][n] = refs.to_row() | {"kl_coef": row["kl_coef"]}
             refs_of[key][n] = refs
-            if refs.j_oracle is not None and refs.oracle is not None:
-                task.setdefault("oracle", {})[n] = dict(refs.oracle) | refs.gaps(refs.j_oracle)
+            if (scored := refs.scored_oracle()) is not None:
+                task.setdefault("oracle", {})[n] = scored
             elif n in task.get("oracle", {}):  # the run's own optimal-control row: its gaps against the new J*
                 _regap(task["oracle"][n], refs, task["oracle"][n].get("n", refs.optimum.j_star.n))
         task["reachable"] = task_reachable(refs_of[key].values())

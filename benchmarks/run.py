@@ -112,8 +112,8 @@ def task_baseline(task: SuiteTask, device: torch.device, out: Path, cache: dict[
         )
         refs_by_grid.append(refs)
         optimum[str(n_steps)] = refs.to_row() | {"kl_coef": env.kl_coef}
-        if refs.oracle is not None and refs.j_oracle is not None:
-            oracle[str(n_steps)] = dict(refs.oracle) | refs.gaps(refs.j_oracle)
+        if (scored := refs.scored_oracle()) is not None:
+            oracle[str(n_steps)] = scored
         if n_steps in task.n_train:
             row = estimates(pre.summary())
             path = out / "samples" / f"{task.key}__pretrained__N{n_steps}.pt"

@@ -127,53 +127,38 @@ def _rollout(
     cond: Tensor | None,
     martingale: bool = False,
 ) -> Rollouts:
-    """:func:`rollout` in one process (``cond``: one condition per sample, or None)."""
+    """:func:`rollout` in one process (``cond``: one condition per sample, or None; the martingale
+    term summed in float64)."""
     keys = ("objective", "terminal_reward", "gold_reward", "kl_total", "x", "cond", "martingale")
     parts: dict[str, list[Tensor]] = {key: [] for key in keys}
     if cond is not None:
         cond = torch.cat([cond, cond[-1:].expand(-n % env.num_envs)])  # whole batches
     zero = torch.zeros((env.num_envs, *env.event_shape), device=env.device, dtype=env.dtype)
+    disc = env.discretization
     recording = env.record_transitions
     env.record_transitions = recording or martingale
     try:
-        return _episodes(env, policy, n, seed, cond, martingale, parts, zero)
+        for collected in range(0, n, env.num_envs):
+            options = None if cond is None else {"cond": cond[collected : collected + env.num_envs]}
+            obs, _ = env.reset(seed=seed if collected == 0 else None, options=options)
+            if "cond" in obs:
+                parts["cond"].append(obs["cond"].cpu())
+            total = torch.zeros(env.num_envs, device=env.device, dtype=torch.float64) if martingale else None
+            for k in range(env.n_steps):
+                obs, _, _, _, info = env.step(zero if policy is None else policy(obs))
+                if total is not None:
+                    y_next = info.get("final_obs", obs)["x"]
+                    mean = kernel.step_shift(disc, k, info["pretrained_mean"], info["delta"])
+                    total += kernel.step_martingale(disc, k, y_next, mean, info["delta"])
+            final = info.get("final_obs", obs)  # SAME_STEP autoreset already started the next episode
+            if total is not None:
+                parts["martingale"].append(total.cpu())
+            parts["x"].append(final["x"].cpu())
+            for key in ("objective", "terminal_reward", "gold_reward", "kl_total"):
+                if key in info:
+                    parts[key].append(info[key].cpu())
     finally:
         env.record_transitions = recording
-
-
-def _episodes(
-    env: DiffusionSDEVectorEnv,
-    policy: Policy | None,
-    n: int,
-    seed: int | None,
-    cond: Tensor | None,
-    martingale: bool,
-    parts: dict[str, list[Tensor]],
-    zero: Tensor,
-) -> Rollouts:
-    """The episode loop of :func:`_rollout` (the martingale term summed in float64)."""
-    collected = 0
-    disc = env.discretization
-    while collected < n:
-        options = None if cond is None else {"cond": cond[collected : collected + env.num_envs]}
-        obs, _ = env.reset(seed=seed if collected == 0 else None, options=options)
-        if "cond" in obs:
-            parts["cond"].append(obs["cond"].cpu())
-        total = torch.zeros(env.num_envs, device=env.device, dtype=torch.float64) if martingale else None
-        for k in range(env.n_steps):
-            obs, _, _, _, info = env.step(zero if policy is None else policy(obs))
-            if total is not None:
-                y_next = info.get("final_obs", obs)["x"]
-                mean = kernel.step_shift(disc, k, info["pretrained_mean"], info["delta"])
-                total += kernel.step_martingale(disc, k, y_next, mean, info["delta"])
-        final = info.get("final_obs", obs)  # SAME_STEP autoreset already started the next episode
-        if total is not None:
-            parts["martingale"].append(total.cpu())
-        parts["x"].append(final["x"].cpu())
-        for key in ("objective", "terminal_reward", "gold_reward", "kl_total"):
-            if key in info:
-                parts[key].append(info[key].cpu())
-        collected += env.num_envs
     cat = {k: torch.cat(v)[:n] if v else None for k, v in parts.items()}
     return Rollouts(
         cat["objective"],

@@ -130,6 +130,13 @@ class References:
             out["reachable_gap_se_policy"] = j.se / (self.reachable.mean - pre)
         return out
 
+    def scored_oracle(self) -> dict[str, Any] | None:
+        """The optimal control's row with its gaps on this grid, as a policy's is scored (None where
+        the grid has no J_oracle)."""
+        if self.oracle is None or self.j_oracle is None:
+            return None
+        return dict(self.oracle) | self.gaps(self.j_oracle)
+
     def reference_se(self, gap: float, key: str = "gap") -> float:
         """The references' share of the error of a gap ``gap`` (``key``: ``"gap"`` against J*, or
         ``"reachable_gap"``): what every policy's gap on this grid shares."""
@@ -165,7 +172,7 @@ class References:
         """The references of :meth:`to_row` back (also the rows of older results, whose J_best error
         and cell count were named ``j_best_error`` and ``j_best_cells``). A task's shipped entry
         whose action box matched (it keeps ``control``) shipped J_oracle with its ``command``."""
-        row = {_LEGACY_NAMES.get(k, k): v for k, v in row.items()}
+        row = {_LEGACY_NAMES.get(k, k): v for k, v in row.items() if v is not None}  # older rows write None
         oracle_command = row.get("j_oracle_command")
         if oracle_command is None and "control" in row and "j_oracle" in row:
             oracle_command = row.get("command")

@@ -400,7 +400,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         episode = {
             "r": objective.clone(),
             "l": full.mul(self.n_steps),
-            "t": full.to(torch.float64).mul_(round(seconds, 6)),
+            "t": full.to(torch.float64).mul_(seconds),
         }
         return episode, full.bool()
 

@@ -37,7 +37,7 @@ hyperparameters serve every N.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -46,6 +46,7 @@ from agents.common.agent import AgentConfig, FieldAgent, Stats
 from agents.common.ppo_clip import clipped_ratio, ppo_clip_updates
 from agents.common.trajectories import Trajectories, collect, per_step_kl
 from diffusion_gym import distributed
+from diffusion_gym.validation import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 
 @dataclass
@@ -67,16 +68,16 @@ class CTPPOConfig(AgentConfig):
         adv_clip: clip the scaled advantages to ``[-adv_clip, adv_clip]`` (0: no clipping).
     """
 
-    lr: float = 1e-3
-    value_lr: float = 1e-3
-    epochs: int = 4
-    minibatches: int = 4
-    clip: float = 1.0
-    value_epochs: int = 4
+    lr: NonNegativeFloat = 1e-3
+    value_lr: NonNegativeFloat = 1e-3
+    epochs: PositiveInt = 4
+    minibatches: PositiveInt = 4
+    clip: PositiveFloat = 1.0
+    value_epochs: NonNegativeInt = 4
     critic: str = "reward"
-    critic_pretrain_queries: int = 0
-    advantage_norm: str = "per_step"
-    adv_clip: float = 5.0
+    critic_pretrain_queries: NonNegativeInt = 0
+    advantage_norm: Literal["global", "per_step"] = "per_step"
+    adv_clip: NonNegativeFloat = 5.0
 
 
 class CTPPO(FieldAgent):
@@ -86,10 +87,6 @@ class CTPPO(FieldAgent):
 
     def __init__(self, env: Any, config: CTPPOConfig | None = None) -> None:
         config = config or CTPPOConfig()
-        if config.advantage_norm not in ("global", "per_step"):
-            raise ValueError(f"advantage_norm must be 'global' or 'per_step', got {config.advantage_norm!r}")
-        if config.adv_clip < 0 or config.critic_pretrain_queries < 0:
-            raise ValueError("adv_clip and critic_pretrain_queries must be >= 0")
         super().__init__(env, config, critic=config.critic)
 
     def before_training(self) -> None:

@@ -63,6 +63,7 @@ from torch import Tensor
 from agents.common.agent import AgentConfig, FieldAgent, Stats
 from agents.common.trajectories import Trajectories, policy_deltas
 from diffusion_gym import distributed, kernel
+from diffusion_gym.validation import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 @dataclass
@@ -81,12 +82,12 @@ class CTQLearningConfig(AgentConfig):
             denoised state blended with an MLP residual, as CT-PPO's default).
     """
 
-    lr: float = 1e-3
-    value_lr: float = 1e-3
-    temperature: float = 1.0
-    epochs: int = 4
-    minibatches: int = 4
-    trust_region: float = 0.1
+    lr: NonNegativeFloat = 1e-3
+    value_lr: NonNegativeFloat = 1e-3
+    temperature: PositiveFloat = 1.0
+    epochs: PositiveInt = 4
+    minibatches: PositiveInt = 4
+    trust_region: NonNegativeFloat = 0.1
     critic: str = "mlp"
 
 

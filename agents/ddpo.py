@@ -23,6 +23,7 @@ from agents.common.agent import AgentConfig, FieldAgent, Stats
 from agents.common.ppo_clip import clipped_ratio, ppo_clip_updates
 from agents.common.trajectories import Trajectories, running_kl
 from diffusion_gym import distributed
+from diffusion_gym.validation import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 @dataclass
@@ -38,11 +39,11 @@ class DDPOConfig(AgentConfig):
         adv_clip: advantages are clipped to [-adv_clip, adv_clip] after normalisation.
     """
 
-    lr: float = 1e-3
-    epochs: int = 4
-    minibatches: int = 4
-    clip: float = 0.1
-    adv_clip: float = 5.0
+    lr: NonNegativeFloat = 1e-3
+    epochs: PositiveInt = 4
+    minibatches: PositiveInt = 4
+    clip: PositiveFloat = 0.1
+    adv_clip: PositiveFloat = 5.0
 
 
 class DDPO(FieldAgent):

@@ -23,6 +23,7 @@ from agents.common.agent import AgentConfig, FieldAgent, Stats
 from agents.common.ppo_clip import clipped_ratio, ppo_clip_updates
 from agents.common.trajectories import Trajectories, running_kl
 from diffusion_gym import distributed
+from diffusion_gym.validation import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 
 @dataclass
@@ -37,12 +38,12 @@ class DPOKConfig(AgentConfig):
         value_epochs: value-regression passes per iteration.
     """
 
-    lr: float = 1e-3
-    value_lr: float = 1e-3
-    epochs: int = 4
-    minibatches: int = 4
-    clip: float = 0.1
-    value_epochs: int = 4
+    lr: NonNegativeFloat = 1e-3
+    value_lr: NonNegativeFloat = 1e-3
+    epochs: PositiveInt = 4
+    minibatches: PositiveInt = 4
+    clip: PositiveFloat = 0.1
+    value_epochs: NonNegativeInt = 4
 
 
 class DPOK(FieldAgent):

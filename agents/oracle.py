@@ -19,6 +19,7 @@ from torch import Tensor
 
 from agents.common.agent import Agent, AgentConfig, Callback
 from diffusion_gym.optimal_control import MixtureOptimalControl
+from diffusion_gym.validation import PositiveInt
 
 
 @dataclass
@@ -30,8 +31,8 @@ class OracleConfig(AgentConfig):
         max_nodes: above this many tensor-rule nodes, this many antithetic posterior draws instead.
     """
 
-    gauss_hermite: int = 4
-    max_nodes: int = 512
+    gauss_hermite: PositiveInt = 4
+    max_nodes: PositiveInt = 512
 
 
 class Oracle(Agent):

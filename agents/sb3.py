@@ -9,9 +9,11 @@ appear in the benchmarks beside ours; their policies are SB3's (Gaussian over ac
 
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -23,9 +25,13 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import Tensor
 
 from agents.common.agent import Agent, AgentConfig, Callback
+from agents.common.checkpointing import check_identity, run_identity
 from diffusion_gym.envs.stable_baselines import SB3VecEnv
+from diffusion_gym.validation import Range
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
+IDENTITY_MEMBER = "diffusion_gym_identity.json"
+"""The member of SB3's checkpoint zip that holds the run's identity."""
 
 
 def make_sb3_model(
@@ -69,12 +75,12 @@ class SB3Config(AgentConfig):
             except PPO's ``n_steps`` = the env's episode length, so each rollout is whole episodes).
     """
 
-    algorithm: str = "ppo"
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
+    algorithm: Literal["ppo", "sac"] = "ppo"
+    gamma: Annotated[float, Range(gt=0, le=1)] = 1.0
+    gae_lambda: Annotated[float, Range(ge=0, le=1)] = 0.95
     log_std_init: float = 0.0
     use_sde: bool = False
-    target_entropy: str | float = "auto"
+    target_entropy: Literal["auto"] | float = "auto"
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def algorithm_kwargs(self) -> dict[str, Any]:
@@ -146,13 +152,36 @@ class SB3Agent(Agent):
         return self.model.num_timesteps // (self.env.n_steps * self.env.num_envs) * self.env.num_envs
 
     def save(self, path: str | Path) -> None:
-        """SB3's own zip (SB3 writes it; the random states of the env are not part of it)."""
+        """SB3's own zip (SB3 writes it; the random states of the env are not part of it), with the
+        run's identity added as one more member (:func:`~agents.common.checkpointing.run_identity`)."""
         self.model.save(Path(path))
+        with zipfile.ZipFile(_zip_path(path), "a") as archive:
+            archive.writestr(IDENTITY_MEMBER, json.dumps(run_identity(self), default=str))
 
     def load(self, path: str | Path) -> Agent:
+        """Restore SB3's zip, refusing one written by another run (naming the field that differs)."""
+        try:
+            with zipfile.ZipFile(_zip_path(path)) as archive:
+                names = archive.namelist()
+                saved = json.loads(archive.read(IDENTITY_MEMBER)) if IDENTITY_MEMBER in names else None
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no SB3 checkpoint {path}") from None
+        except (zipfile.BadZipFile, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not an SB3 checkpoint ({err})") from None
+        try:
+            # JSON turns tuples into lists: compare what JSON gives back on both sides.
+            check_identity(self, saved, as_json=True)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         self.model = ALGORITHMS[self.config.algorithm].load(Path(path), env=self.model.get_env(), device="cpu")
         self.reward_queries = self.finished_episodes()
         return self
+
+
+def _zip_path(path: str | Path) -> Path:
+    """The file SB3 writes for ``path``: it adds ``.zip`` to a name without a suffix."""
+    path = Path(path)
+    return path if path.suffix else path.with_suffix(".zip")
 
 
 class _ZooCallback(BaseCallback):

@@ -23,7 +23,6 @@ CPU), and rank 0 alone prints and writes the checkpoint, TensorBoard and ``--out
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import time
@@ -31,25 +30,26 @@ from pathlib import Path
 from typing import Any
 
 from agents.common.agent import Agent
-from agents.common.build import build_agent, make_env
+from agents.common.build import build_agent, make_config, make_env
 from diffusion_gym import distributed
 from diffusion_gym.output_paths import check_output_dir, check_output_file
 from diffusion_gym.references import compute_references
 from diffusion_gym.scoring import derive_seed, eval_batch, score_policy
 from diffusion_gym.tasks import get_task
+from diffusion_gym.validation import PositiveInt, Seed, argument, literal
 
 
-def parse_assignments(items: list[str]) -> dict[str, Any]:
-    """``["lr=3e-4", "hidden=(64, 64)"]`` -> ``{"lr": 0.0003, "hidden": (64, 64)}`` (Python literals, else strings)."""
+def parse_assignments(items: list[str], option: str = "--set") -> dict[str, Any]:
+    """``["lr=3e-4", "hidden=(64, 64)"]`` -> ``{"lr": 0.0003, "hidden": (64, 64)}``: Python literals, else
+    the strings themselves (``anneal_lr=no``), for the fields' annotations to check."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"expected key=value, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
+        if not sep or not key:
+            raise ValueError(f"{option}: expected key=value, got {item!r}")
+        if key in out:
+            raise ValueError(f"{option}: {key} is given twice")
+        out[key] = literal(value)
     return out
 
 
@@ -76,19 +76,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agent", default="ct_ppo")
     parser.add_argument("--env", default="DiffusionSDE-v0")
-    parser.add_argument("--num-envs", type=int, default=512, help="the whole job's, split over ranks")
-    parser.add_argument("--n-steps", type=int, default=None, help="default: the task's N, else 20")
+    parser.add_argument("--num-envs", type=argument(PositiveInt), default=512, help="the whole job's, split over ranks")
+    parser.add_argument("--n-steps", type=argument(PositiveInt), default=None, help="default: the task's N, else 20")
     parser.add_argument("--env-kwargs", nargs="*", default=[], help="key=value env arguments")
-    parser.add_argument("--reward-queries", type=int, default=300_000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reward-queries", type=argument(PositiveInt), default=300_000)
+    parser.add_argument("--seed", type=argument(Seed), default=0)
     parser.add_argument(
         "--device", default="cpu", help="cpu, cuda, cuda:1, ... (envs and agent; under torchrun cuda:LOCAL_RANK)"
     )
     parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
     parser.add_argument("--logdir", default=None, help="TensorBoard directory")
     parser.add_argument("--checkpoint", default=None, help="resumed if it exists, written during training")
-    parser.add_argument("--eval-steps", default=None, help="comma-separated grids to score at (default: N)")
-    parser.add_argument("--eval-n", type=int, default=16_384)
+    parser.add_argument(
+        "--eval-steps", type=argument(list[PositiveInt]), default=None, help="comma-separated grids (default: N)"
+    )
+    parser.add_argument("--eval-n", type=argument(PositiveInt), default=16_384)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
     check_arguments(parser, args)
@@ -99,19 +101,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Every count, grid and output path checked before any work (a run must not learn at its end
-    that it cannot score or write); ``args.eval_steps`` becomes a list of ints."""
-    for field in ("num_envs", "reward_queries", "eval_n"):
-        if getattr(args, field) < 1:
-            parser.error(f"--{field.replace('_', '-')} must be >= 1, got {getattr(args, field)}")
-    if args.eval_steps is not None:
-        try:
-            args.eval_steps = [int(s) for s in args.eval_steps.split(",")]
-        except ValueError:
-            parser.error(f"--eval-steps must be comma-separated integers, got {args.eval_steps!r}")
-        if min(args.eval_steps) < 1:
-            parser.error(f"--eval-steps must be >= 1, got {args.eval_steps}")
+    """The agent's config, the env keywords' form and every output path checked before any work (a
+    run must not learn at its end that it cannot write); ``args.config`` is the agent's config and
+    ``args.env_kwargs`` a dict. The counts and grids are checked by their argparse types."""
     try:
+        overrides = {"seed": args.seed, "logdir": args.logdir} | parse_assignments(args.set)
+        args.config = make_config(args.agent, overrides)
+        args.env_kwargs = parse_assignments(args.env_kwargs, "--env-kwargs")
         checks = (("out", check_output_file), ("checkpoint", check_output_file), ("logdir", check_output_dir))
         for field, check in checks:
             if getattr(args, field) is not None:
@@ -123,9 +119,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 def run(args: argparse.Namespace, device: Any) -> dict[str, Any]:
     """Train, score, print and write what ``args`` say, on ``device`` (this rank's)."""
     n_steps = args.n_steps if args.n_steps is not None else get_task(args.env).defaults.get("n_steps", 20)
-    env_kwargs = {"n_steps": n_steps, "device": str(device)} | parse_assignments(args.env_kwargs)
+    env_kwargs = {"n_steps": n_steps, "device": str(device)} | args.env_kwargs
     env = make_env(args.env, distributed.split(args.num_envs), **env_kwargs)
-    agent = build_agent(args.agent, env, {"seed": args.seed, "logdir": args.logdir} | parse_assignments(args.set))
+    agent = build_agent(args.agent, env, args.config)
     log = print if distributed.is_main() else lambda *a: None
     # Rank 0's view decides for every rank (a node with a stale view of shared storage would part ways).
     if args.checkpoint and distributed.broadcast_object(Path(args.checkpoint).exists()):

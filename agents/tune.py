@@ -29,14 +29,16 @@ from typing import Any
 import torch
 
 from agents.common.agent import Agent
-from agents.common.build import build_agent, config_fields, make_env
+from agents.common.build import build_agent, config_fields, make_config, make_env
 from agents.common.curve import LearningCurve
-from agents.tuning import BUDGET_KEYS, budget, searches
+from agents.tuning import BUDGET_KEYS, Search, budget, searches
 from diffusion_gym import distributed
 from diffusion_gym.evaluation import crossing
+from diffusion_gym.output_paths import check_output_dir
 from diffusion_gym.references import References, compute_references
 from diffusion_gym.scoring import derive_seed, eval_batch, score_policy
 from diffusion_gym.tasks import get_task
+from diffusion_gym.validation import PositiveInt, Seed, argument, coerce
 
 GAP = 0.5
 """The reachable gap whose first crossing on the learning curve is recorded."""
@@ -63,18 +65,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--env", default="DiffusionSDE-v0")
     parser.add_argument("--agents", default=None, help="comma-separated search labels (default: every search)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--num-envs", type=int, default=None, help="default: the task's tuning budget")
-    parser.add_argument("--n-steps", type=int, default=20)
+    parser.add_argument(
+        "--num-envs", type=argument(PositiveInt), default=None, help="default: the task's tuning budget"
+    )
+    parser.add_argument("--n-steps", type=argument(PositiveInt), default=20)
     parser.add_argument("--integrator", default="exponential")
-    parser.add_argument("--reward-queries", type=int, default=None, help="default: the task's tuning budget")
-    parser.add_argument("--eval-n", type=int, default=None, help="default: the task's tuning budget")
-    parser.add_argument("--optimum-n", type=int, default=None, help="samples for J* (default: tuning budget)")
-    parser.add_argument("--curve-points", type=int, default=None, help="default: the task's tuning budget")
-    parser.add_argument("--curve-n", type=int, default=None, help="default: the task's tuning budget")
+    parser.add_argument(
+        "--reward-queries", type=argument(PositiveInt), default=None, help="default: the task's tuning budget"
+    )
+    parser.add_argument("--eval-n", type=argument(PositiveInt), default=None, help="default: the task's tuning budget")
+    parser.add_argument(
+        "--optimum-n", type=argument(PositiveInt), default=None, help="samples for J* (default: tuning budget)"
+    )
+    parser.add_argument(
+        "--curve-points", type=argument(PositiveInt), default=None, help="default: the task's tuning budget"
+    )
+    parser.add_argument("--curve-n", type=argument(PositiveInt), default=None, help="default: the task's tuning budget")
     parser.add_argument(
         "--policy-net", default=None, help="mlp | conv | lora | auto (default: the task's tuning budget)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=argument(Seed), default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "tuning")
     parser.add_argument("--render", action="store_true", help="rewrite the markdown table from the JSON and stop")
     args = parser.parse_args(argv)
@@ -92,12 +102,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args.policy_net = args.policy_net or "auto"
     path = args.out / f"{args.env}.json"
     if args.render:
-        record = json.loads(path.read_text())
+        record = read_record(path)
         write_record(args.out, record["meta"], record["runs"])
         return record["runs"]
     labels = (args.agents or ",".join(task_searches)).split(",")
     if unknown := set(labels) - set(task_searches):
         parser.error(f"no search for {sorted(unknown)} on {args.env}; known: {sorted(task_searches)}")
+
+    settings = {label: _settings(task_searches[label], args) for label in labels}
+    try:  # every configuration of every grid checked before the first reference is estimated
+        for label, rows in settings.items():
+            for overrides in rows:
+                make_config(task_searches[label].agent, overrides)
+        for key in BUDGET_KEYS:
+            if key != "policy_net":
+                coerce(getattr(args, key), PositiveInt, f"agents/tuning/{args.env}.toml [budget] {key}")
+        check_output_dir(args.out, "--out")
+    except ValueError as err:
+        parser.error(str(err))
 
     env_kwargs = {"n_steps": args.n_steps, "integrator": args.integrator, "device": args.device}
     refs = compute_references(
@@ -111,19 +133,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     meta |= {"policy_net": args.policy_net} | refs.to_row()
     kept: list[dict[str, Any]] = []
     if args.agents and path.exists():
-        old = json.loads(path.read_text())
+        old = read_record(path)
         same = all(old["meta"].get(k) == meta[k] for k in ("num_envs", "seed", "reward_queries", "eval_n"))
         kept = [r for r in old["runs"] if same and r["label"] not in labels]
 
     runs = []
     for label in labels:
         search = task_searches[label]
-        for values in itertools.product(*search.grid.values()):
-            setting = dict(zip(search.grid, values, strict=True))
+        for setting, overrides in zip(_grid(search), settings[label], strict=True):
             torch.manual_seed(args.seed)
-            overrides = search.fixed | setting | {"seed": args.seed, "progress": False}
-            if "policy_net" in config_fields(search.agent):  # SB3 builds its own networks
-                overrides["policy_net"] = args.policy_net
             env = make_env(args.env, args.num_envs, **env_kwargs)
             agent = build_agent(search.agent, env, overrides)
             curve_env = make_env(args.env, eval_batch(args.curve_n, args.device), **env_kwargs)
@@ -147,6 +165,35 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
     write_record(args.out, meta, kept + runs)
     return runs
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A search record (``<out>/<env id>.json``), its errors naming the file."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no search record {path}: run python -m agents.tune first") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a search record (not valid JSON: {err})") from None
+    if not isinstance(record, dict) or not {"meta", "runs"} <= set(record):
+        raise ValueError(f"{path} is not a search record (expected an object with 'meta' and 'runs')")
+    return record
+
+
+def _grid(search: Search) -> list[dict[str, Any]]:
+    """Every setting of a search's grid, in order."""
+    return [dict(zip(search.grid, values, strict=True)) for values in itertools.product(*search.grid.values())]
+
+
+def _settings(search: Search, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The config overrides of every setting of ``search``'s grid."""
+    rows = []
+    for setting in _grid(search):
+        overrides = search.fixed | setting | {"seed": args.seed, "progress": False}
+        if "policy_net" in config_fields(search.agent):  # SB3 builds its own networks
+            overrides["policy_net"] = args.policy_net
+        rows.append(overrides)
+    return rows
 
 
 def write_record(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:

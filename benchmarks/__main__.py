@@ -19,11 +19,12 @@ it uses the job's processes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from diffusion_gym.validation import PositiveInt, argument
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -36,10 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a suite")
     run.add_argument("--suite", default="quick", help="quick | full | a .toml file")
     run.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 ...")
-    run.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the suite's)")
+    run.add_argument("--seeds", type=argument(PositiveInt), default=None, help="number of seeds (default: the suite's)")
     run.add_argument("--out", type=Path, default=None, help="default: benchmark_results/<suite>-<device type>")
     run.add_argument("--resume", action="store_true", help="keep the finished runs of --out/results.json")
-    run.add_argument("--nproc", type=int, default=1, help="processes on this node (data-parallel, torchrun)")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace the results in --out (its report, plots, samples, logs)"
+    )
+    run.add_argument(
+        "--nproc", type=argument(PositiveInt), default=1, help="processes on this node (data-parallel, torchrun)"
+    )
     report = sub.add_parser("report", help="regenerate report.md and the plots from results.json")
     report.add_argument("dir", type=Path)
     rescore = sub.add_parser("rescore", help="rescore results.json against the tasks' shipped references")
@@ -48,19 +54,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rescore":
         from benchmarks.rescore import main as rescore_main
 
-        grids = rescore_main(args.dir)
+        try:
+            grids = rescore_main(args.dir)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
         print(f"rescored {len(grids)} grids ({', '.join(grids) or 'none shipped'}); wrote {args.dir / 'report.md'}")
         return 0
 
     import torch
 
-    from benchmarks.run import run_suite, write_outputs
+    from benchmarks.results_file import read_results
+    from benchmarks.run import check_out, run_suite, write_outputs
     from benchmarks.suite import load_suite
     from diffusion_gym import distributed
     from diffusion_gym.output_paths import check_output_dir
 
     if args.command == "report":
-        write_outputs(args.dir, json.loads((args.dir / "results.json").read_text()))
+        try:
+            results = read_results(args.dir)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
+        write_outputs(args.dir, results)
         print(f"wrote {args.dir / 'report.md'} and the plots")
         return 0
     argv = list(argv if argv is not None else sys.argv[1:])
@@ -83,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("benchmark_results") / default_out
     try:
         check_output_dir(out, "--out")
+        check_out(out, args.resume, args.overwrite)
     except ValueError as err:
         parser.error(str(err))
     if world > 1 and not any(a.startswith("--nproc") for a in argv):
         argv += ["--nproc", str(world)]
-    results = run_suite(suite, device, out, resume=args.resume, command=" ".join(["python -m benchmarks", *argv]))
+    command = " ".join(["python -m benchmarks", *argv])
+    results = run_suite(suite, device, out, resume=args.resume, command=command, overwrite=args.overwrite)
     main = distributed.is_main()
     distributed.shutdown()  # not after a failure: the failed rank exits and torchrun stops the others
     if main:

@@ -20,6 +20,7 @@ import torch
 import diffusion_gym  # noqa: F401  (registers the tasks)
 from diffusion_gym.references import References
 from diffusion_gym.tasks import get_task
+from diffusion_gym.validation import PositiveInt, Seed, argument
 
 TASKS = (
     ("DiffusionSDE-Mixture-v0", {"dim": 8, "n_steps": 20}),
@@ -43,8 +44,10 @@ def noise_cost(env_id: str, kwargs: dict, sd: float, num_envs: int, seed: int) -
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-envs", type=int, default=1024, help="episodes per task and noise level")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--num-envs", type=argument(PositiveInt), default=1024, help="episodes per task and noise level"
+    )
+    parser.add_argument("--seed", type=argument(Seed), default=0)
     args = parser.parse_args(argv)
     if args.num_envs < 2:
         parser.error("--num-envs must be >= 2")

@@ -23,15 +23,16 @@ import torch  # noqa: E402
 from diffusion_gym.evaluation import rollout  # noqa: E402
 from diffusion_gym.optimum import optimal_objective_quadrature, soft_value  # noqa: E402
 from diffusion_gym.tasks.mixture2d.env import make_vector_env  # noqa: E402
+from diffusion_gym.validation import NonNegativeFloat, PositiveInt, Seed, argument
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=16_384)
-    parser.add_argument("--n-steps", type=int, default=100)
+    parser.add_argument("--samples", type=argument(PositiveInt), default=16_384)
+    parser.add_argument("--n-steps", type=argument(PositiveInt), default=100)
     parser.add_argument("--integrator", default="euler_maruyama", choices=["euler_maruyama", "ddpm"])
-    parser.add_argument("--kl-coef", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kl-coef", type=argument(NonNegativeFloat), default=1.0)
+    parser.add_argument("--seed", type=argument(Seed), default=0)
     parser.add_argument("--out", type=Path, default=Path("demo"))
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

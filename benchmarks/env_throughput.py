@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.tasks import TASKS, get_task
+from diffusion_gym.validation import PositiveInt, argument
 
 
 def _cond(env: DiffusionSDEVectorEnv) -> torch.Tensor | None:
@@ -179,9 +180,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | int | str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="mixture2d", choices=sorted(TASKS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default: each of the task's sizes")
-    parser.add_argument("--steps", type=int, default=None, help="with --batch (default: the task's)")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch", type=argument(PositiveInt), default=None, help="default: each of the task's sizes")
+    parser.add_argument("--steps", type=argument(PositiveInt), default=None, help="with --batch (default: the task's)")
+    parser.add_argument("--repeats", type=argument(PositiveInt), default=10)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--compile", action="store_true", help="the env's score model under torch.compile")
     args = parser.parse_args(argv)

@@ -3,7 +3,6 @@ bands, proxy vs gold reward, the reward-KL front, and sample grids before and af
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.report import runs_by_agent  # noqa: E402
+from benchmarks.results_file import read_results  # noqa: E402
 
 
 def _groups(results: dict[str, Any]) -> list[tuple[str, int]]:
@@ -200,7 +200,7 @@ def plot_samples(results: dict[str, Any], out: Path, key: str, n: int, path: Pat
 def write_plots(out: str | Path) -> list[str]:
     """Every plot of ``out/results.json`` into ``out/plots/``; returns their paths relative to ``out``."""
     out = Path(out)
-    results = json.loads((out / "results.json").read_text())
+    results = read_results(out)
     if not results["runs"]:
         return []
     plots = out / "plots"

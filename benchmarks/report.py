@@ -12,7 +12,6 @@ has a reachable reference, the claims and the queries-to-gap columns use the rea
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from typing import Any
 
 from scipy import stats
 
+from benchmarks.results_file import read_results
 from diffusion_gym.evaluation import Estimate
 from diffusion_gym.references import References
 
@@ -657,7 +657,7 @@ def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_trai
 def write_report(out: str | Path) -> Path:
     """Render ``out/results.json`` into ``out/report.md``."""
     out = Path(out)
-    results = json.loads((out / "results.json").read_text())
+    results = read_results(out)
     path = out / "report.md"
     path.write_text(render(results))
     return path

@@ -14,7 +14,6 @@ Objectives, rewards, KL, timings and samples are untouched.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -46,7 +45,8 @@ def _regap(row: dict[str, Any], refs: References, n: int) -> None:
 
 def rescore(results: dict[str, Any], command: str) -> list[str]:
     """Rescore ``results`` in place (see the module docstring); returns the grids rescored, as ``task/N``."""
-    from benchmarks.run import GAP_THRESHOLDS, SCHEMA_VERSION
+    from benchmarks.results_file import SCHEMA_VERSION
+    from benchmarks.run import GAP_THRESHOLDS
 
     changed: list[str] = []
     refs_of: dict[str, dict[str, References]] = {}
@@ -116,17 +116,12 @@ def main(out: Path) -> list[str]:
     change) and the report."""
     from benchmarks.plots import plot_curves
     from benchmarks.report import write_report
-    from benchmarks.run import write_json
+    from benchmarks.results_file import read_results, write_results
 
     path = out / "results.json"
-    try:
-        results = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no results.json in {out}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    results = read_results(path)
     changed = rescore(results, f"python -m benchmarks rescore {out}")
-    write_json(path, results)
+    write_results(path, results)
     if results["runs"]:
         (out / "plots").mkdir(exist_ok=True)
         plot_curves(results, out / "plots" / "curves.png")

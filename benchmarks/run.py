@@ -12,7 +12,6 @@ rewritten after every run; ``report.md`` and the plots are generated from it.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shlex
 import shutil
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 from agents.common.build import build_agent, make_env
 from agents.common.curve import LearningCurve
 from benchmarks.env_throughput import device_name, measure
+from benchmarks.results_file import SCHEMA_VERSION, read_results, write_results
 from benchmarks.suite import GAP_THRESHOLDS, RunSpec, Suite, SuiteTask
 from diffusion_gym import distributed
 from diffusion_gym.evaluation import Rollouts, crossing, rollout
@@ -37,7 +37,6 @@ from diffusion_gym.references import References, compute_references, task_reacha
 from diffusion_gym.scoring import derive_seed, estimates, eval_batch, score_policy
 from diffusion_gym.tasks import get_task
 
-SCHEMA_VERSION = 3
 SAMPLES_PER_CLASS = 8
 POINTS_SAVED = 4096
 
@@ -242,10 +241,61 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+OUTPUTS = ("results.json", "report.md", "plots", "samples", "tensorboard")
+"""What a suite's run writes under its ``--out``: all of it belongs to the one results.json there."""
+
+
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Check ``out`` before any work: a results.json already there is another run's record, kept
+    unless ``resume`` (continue it: :func:`run_suite` checks it is the same suite) or ``overwrite``
+    (replace it: :func:`prepare_out`).
+
+    Raises:
+        ValueError: ``out`` holds results and neither flag is given, or both are.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume continues the results in --out and --overwrite replaces them: give one")
+    path = out / "results.json"
+    if not path.exists() or resume:
+        return
+    if not overwrite:
+        try:
+            held = f"suite {json.loads(path.read_text()).get('suite')!r}"
+        except (OSError, ValueError, AttributeError):
+            held = "results that cannot be read"
+        raise ValueError(
+            f"{path} already holds {held}: --resume continues it, --overwrite replaces it (with its report, "
+            "plots, samples and logs), or choose another --out"
+        )
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """:func:`check_out`, then, with ``overwrite``, remove what the previous run wrote (results,
+    report, plots, samples and logs), so that nothing of it is left beside the new run's."""
+    check_out(out, resume, overwrite)
+    if not overwrite or not (out / "results.json").exists():
+        return
+    if distributed.is_main():
+        for name in OUTPUTS:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    distributed.barrier()
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """The machine a run is on: the CPU model (another CPU type gives other last digits for the same
+    seeds), the GPU's name where the run uses one, the OS and the thread count."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"cpu": cpu, "gpu": gpu, "platform": platform.platform(), "threads": torch.get_num_threads()}
 
 
 def run_suite(
@@ -254,6 +304,7 @@ def run_suite(
     out: str | Path = "benchmark_results",
     resume: bool = False,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run every run of ``suite`` (and its throughput section, if any); write ``results.json``, the
     report and the plots under ``out``; return the results.
@@ -266,11 +317,14 @@ def run_suite(
             processes and settings) and run the rest; raises if the file holds another suite, device
             or number of processes, or a task changed.
         command: recorded in the results (default: this process's command line).
+        overwrite: replace the results already in ``out`` (:func:`prepare_out`); without it or
+            ``resume``, results there are refused.
 
     Under ``torchrun`` every rank calls this: the runs train data-parallel, and rank 0 alone writes.
     """
     device = torch.device(device)
     out = Path(out)
+    prepare_out(out, resume, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results: dict[str, Any] = {
@@ -285,6 +339,7 @@ def run_suite(
         "nproc": distributed.world_size(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "machine": machine(device),
         "seeds": suite.seeds,
         "agents": {label: {"agent": agent, "settings": s} for label, (agent, s) in suite.agents.items()},
         "gap_thresholds": list(GAP_THRESHOLDS),
@@ -295,7 +350,7 @@ def run_suite(
     }
     previous_seconds = 0.0
     # Rank 0's view of the results decides for every rank, so that all run the same list.
-    old = distributed.broadcast_object(json.loads(path.read_text()) if resume and path.exists() else None)
+    old = distributed.broadcast_object(read_results(path) if resume and path.exists() else None)
     if old is not None:
         ours = (suite.name, results["device"], results["nproc"])
         if (old.get("suite"), old.get("device"), old.get("nproc", 1)) != ours:
@@ -311,6 +366,14 @@ def run_suite(
         results["tasks"] = {k: v for k, v in old["tasks"].items() if k in suite.tasks}
         results["runs"] = [r for r in old["runs"] if current.get(r["id"]) == r.get("spec")]
         results["started"], previous_seconds = old["started"], old.get("seconds", 0.0)
+        if old.get("machine", results["machine"]) != results["machine"] and distributed.is_main():
+            warnings.warn(
+                f"{path} was started on {old['machine']}, this part runs on {results['machine']}: the same seeds "
+                "give other last digits on another CPU type; the results record both",
+                stacklevel=2,
+            )
+        if old.get("machine", results["machine"]) != results["machine"]:
+            results["earlier_machines"] = [*old.get("earlier_machines", []), old["machine"]]
     done = {run["id"] for run in results["runs"]}
     runs = [spec for spec in suite.runs() if spec.run_id not in done]
     if distributed.world_size() > 1:
@@ -334,7 +397,7 @@ def run_suite(
         results["runs"].append(run_one(spec, results["tasks"][spec.task.key], device, out, cache))
         results["seconds"] = time.perf_counter() - start
         if distributed.is_main():
-            write_json(path, results)
+            write_results(path, results)
         bar.update()
     for job in throughput:
         bar.set_postfix_str(f"throughput {job['task']} batch {job['batch']}")
@@ -376,9 +439,9 @@ def write_outputs(out: Path, results: dict[str, Any]) -> None:
     from benchmarks.plots import write_plots
     from benchmarks.report import write_report
 
-    write_json(out / "results.json", results)  # the plots read it
+    write_results(out / "results.json", results)  # the plots read it
     results["plots"] = write_plots(out)
-    write_json(out / "results.json", results)
+    write_results(out / "results.json", results)
     write_report(out)
 
 

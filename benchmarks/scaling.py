@@ -32,6 +32,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from diffusion_gym.validation import PositiveInt, argument
+
 
 def worker(args: argparse.Namespace) -> None:
     """One rank of one measurement (started by ``torchrun``); rank 0 writes ``args.out``. With
@@ -121,14 +123,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]] | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agent", required=True, help="a zoo agent's name (agents.train --agent)")
     parser.add_argument("--env", default="DiffusionSDE-v0")
-    parser.add_argument("--n-steps", type=int, default=20)
+    parser.add_argument("--n-steps", type=argument(PositiveInt), default=20)
     parser.add_argument("--env-kwargs", nargs="*", default=["integrator=exponential"])
-    parser.add_argument("--num-envs", type=int, default=512, help="the whole job's, split over processes")
-    parser.add_argument("--reward-queries", type=int, default=5120, help="timed, after one warm-up iteration")
+    parser.add_argument(
+        "--num-envs", type=argument(PositiveInt), default=512, help="the whole job's, split over processes"
+    )
+    parser.add_argument(
+        "--reward-queries", type=argument(PositiveInt), default=5120, help="timed, after one warm-up iteration"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--nproc", default="1,2", help="comma-separated process counts")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=argument(PositiveInt), default=1, help="CPU threads per process")
+    parser.add_argument("--repeats", type=argument(PositiveInt), default=3)
     parser.add_argument("--json", type=Path, default=None, help="write the measurements here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--independent", action="store_true", help=argparse.SUPPRESS)

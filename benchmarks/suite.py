@@ -33,7 +33,9 @@ import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from diffusion_gym.validation import PositiveFloat, PositiveInt, Range, coerce, from_table, validate_fields
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,46 +47,40 @@ DEVICE_TABLES = ("cpu", "cuda")
 RUN_BUDGET = ("num_envs", "reward_queries")
 """Keys of an agent's settings that set its run's budget instead of its config."""
 
-TASK_FIELDS = {
-    "env": str,
-    "env_kwargs": dict,
-    "n_train": list,
-    "num_envs": int,
-    "reward_queries": int,
-    "curve_points": int,
-    "curve_n": int,
-    "eval_steps": list,
-    "eval_n": int,
-    "optimum_n": int,
-    "policy_net": str,
-    "agent_settings": dict,
-    "oracle_n": int,
-    "best_grid": int,
-    "agents": list,
-}
-OPTIONAL_TASK_FIELDS = {"env_kwargs", "policy_net", "agent_settings", "oracle_n", "best_grid", "agents"}
-
-
 @dataclass(frozen=True)
 class SuiteTask:
-    """One task of a suite (see the module docstring for the fields)."""
+    """One task of a suite (see the module docstring for the fields). Every field is checked against
+    its annotation when it is made (:mod:`diffusion_gym.validation`): ``reward_queries = 32.5`` or a
+    grid listed twice in ``n_train`` is refused, naming the field."""
 
     key: str
     env: str
-    env_kwargs: dict[str, Any]
-    n_train: list[int]
-    num_envs: int
-    reward_queries: int
-    curve_points: int
-    curve_n: int
-    eval_steps: list[int]
-    eval_n: int
-    optimum_n: int
+    n_train: list[PositiveInt]
+    num_envs: PositiveInt
+    reward_queries: PositiveInt
+    curve_points: PositiveInt
+    curve_n: PositiveInt
+    eval_steps: list[PositiveInt]
+    eval_n: PositiveInt
+    optimum_n: PositiveInt
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
     policy_net: str | None = None
     agent_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    oracle_n: int | None = None
-    best_grid: int = 256
+    oracle_n: PositiveInt | None = None
+    best_grid: Annotated[int, Range(ge=16)] = 256
     agents: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        for name in ("n_train", "eval_steps", "agents"):
+            values = getattr(self, name) or []
+            if twice := sorted({v for v in values if values.count(v) > 1}):
+                # Two runs (or rows) with one id: the report would count them as two seeds.
+                raise ValueError(f"{name} lists {twice} more than once")
+        if not set(self.n_train) <= set(self.eval_steps):
+            raise ValueError("every n_train grid must be in eval_steps (scored there)")
+        if self.optimum_n < self.eval_n:
+            raise ValueError("optimum_n must be >= eval_n (the pretrained image metrics)")
 
     @property
     def oracle_episodes(self) -> int:
@@ -121,37 +117,23 @@ class Claims:
     ours: str
     baselines: list[str]
     stable: list[str] = field(default_factory=list)
-    threshold: float = GAP_THRESHOLDS[0]
-    stability_se: float = 3.0
+    threshold: Literal[GAP_THRESHOLDS] = GAP_THRESHOLDS[0]  # type: ignore[valid-type]
+    stability_se: PositiveFloat = 3.0
 
-
-CLAIMS_FIELDS = {"ours": str, "baselines": list, "stable": list, "threshold": float, "stability_se": float}
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if not self.baselines or self.ours in self.baselines:
+            raise ValueError("baselines must name at least one agent other than ours")
 
 
 def _claims(path: Path, table: dict[str, Any] | None, agents: dict[str, Any]) -> Claims | None:
     if table is None:
         return None
-    if unknown := set(table) - set(CLAIMS_FIELDS):
-        raise ValueError(f"{path}: [claims] has unknown keys {sorted(unknown)}; known: {sorted(CLAIMS_FIELDS)}")
-    for key in ("ours", "baselines"):
-        if key not in table:
-            raise ValueError(f"{path}: [claims] needs {key!r}")
-    for key, kind in CLAIMS_FIELDS.items():
-        value = table.get(key)
-        if value is not None and not (isinstance(value, kind) or (kind is float and type(value) is int)):
-            raise ValueError(f"{path}: [claims] {key} must be a {kind.__name__}, got {value!r}")
-    names = [table["ours"], *table["baselines"], *table.get("stable", [])]
+    claims = from_table(Claims, table, f"{path}: [claims]")
+    names = [claims.ours, *claims.baselines, *claims.stable]
     if unknown := [n for n in names if n not in agents]:
         raise ValueError(f"{path}: [claims] names agents the suite does not run: {unknown}; it runs {list(agents)}")
-    if not table["baselines"] or table["ours"] in table["baselines"]:
-        raise ValueError(f"{path}: [claims] baselines must name at least one agent other than ours")
-    threshold = float(table.get("threshold", GAP_THRESHOLDS[0]))
-    if threshold not in GAP_THRESHOLDS:
-        raise ValueError(f"{path}: [claims] threshold must be one of the recorded gaps {list(GAP_THRESHOLDS)}")
-    stability = float(table.get("stability_se", 3.0))
-    if not stability > 0:
-        raise ValueError(f"{path}: [claims] stability_se must be > 0, got {stability}")
-    return Claims(table["ours"], list(table["baselines"]), list(table.get("stable", [])), threshold, stability)
+    return claims
 
 
 @dataclass(frozen=True)
@@ -278,11 +260,6 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
     tasks = {}
     for key, table in raw.get("tasks", {}).items():
         table = _on_device(table, device_type)
-        if missing := set(TASK_FIELDS) - set(table) - OPTIONAL_TASK_FIELDS:
-            raise ValueError(f"{path}: task {key!r} is missing {sorted(missing)}")
-        if extra := set(table) - set(TASK_FIELDS):
-            raise ValueError(f"{path}: task {key!r} has unknown keys {sorted(extra)}")
-        table.setdefault("env_kwargs", {})
         overrides = {name: _on_device(t, device_type) for name, t in table.get("agent_settings", {}).items()}
         if unknown_agents := set(overrides) - set(agents):
             raise ValueError(f"{path}: task {key!r} overrides agents not in the suite: {sorted(unknown_agents)}")
@@ -292,22 +269,11 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
             raise ValueError(f"{path}: task {key!r} names agents not in the suite: {sorted(unknown_agents)}")
         if "agents" in table and (idle := set(overrides) - set(table["agents"])):
             raise ValueError(f"{path}: task {key!r} has settings for agents it does not run: {sorted(idle)}")
-        if not set(table["n_train"]) <= set(table["eval_steps"]):
-            raise ValueError(f"{path}: task {key!r}: every n_train grid must be in eval_steps (scored there)")
-        counts = [table[k] for k in ("curve_points", "eval_n", "curve_n", "reward_queries", "oracle_n") if k in table]
-        if min(counts) < 1 or table.get("best_grid", 256) < 16:
-            raise ValueError(
-                f"{path}: task {key!r}: curve_points, curve_n, eval_n, oracle_n and reward_queries must be >= 1, "
-                "best_grid >= 16"
-            )
-        if table["optimum_n"] < table["eval_n"]:
-            raise ValueError(f"{path}: task {key!r}: optimum_n must be >= eval_n (the pretrained image metrics)")
-        tasks[key] = SuiteTask(key=key, **(table | {"agent_settings": overrides}))
+        fields = {"key": key} | table | {"agent_settings": overrides}
+        tasks[key] = from_table(SuiteTask, fields, f"{path}: task {key!r}")
     if not tasks or not agents:
         raise ValueError(f"{path}: a suite needs at least one task and one agent")
-    n_seeds = int(raw.get("seeds", 1) if seeds is None else seeds)
-    if n_seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {n_seeds}")
+    n_seeds = coerce(raw.get("seeds", 1) if seeds is None else seeds, PositiveInt, f"{path}: seeds")
     return Suite(
         name=path.stem,
         path=path,
@@ -321,7 +287,14 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
 
 
 def _check_settings(path: Path, label: str, config_cls: type, settings: dict[str, Any]) -> None:
-    """Agent settings must be fields of the agent's config or the run's budget keys."""
+    """Agent settings must be fields of the agent's config, with values it takes (the config is
+    made once here to check them: the suite fails on load, not at its hundredth run), or the run's
+    budget keys, positive integers."""
     fields = {f.name for f in dataclasses.fields(config_cls)} | set(RUN_BUDGET)
     if unknown := set(settings) - fields:
         raise ValueError(f"{path}: settings {sorted(unknown)} of {label!r} are not fields of {config_cls.__name__}")
+    where = f"{path}: [agent_settings.{label}]"
+    for key in RUN_BUDGET:
+        if key in settings:
+            coerce(settings[key], PositiveInt, f"{where} {key}")
+    from_table(config_cls, {k: v for k, v in settings.items() if k not in RUN_BUDGET}, where)

@@ -210,7 +210,9 @@ def time_grid(
         eps: the end margin of the uniform grid, ``t_N = T - eps``.
     """
     if grid is not None:
-        g = torch.as_tensor(grid, dtype=torch.float64).flatten()
+        g = torch.as_tensor(grid, dtype=torch.float64)
+        if g.ndim != 1:
+            raise ValueError(f"grid must be one-dimensional (t_0, ..., t_N), got shape {tuple(g.shape)}")
         if g.numel() < 2:
             raise ValueError(f"grid needs at least 2 points, got {g.numel()}")
         if not torch.isfinite(g).all():

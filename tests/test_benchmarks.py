@@ -140,11 +140,21 @@ def test_shipped_suites_parse_on_both_devices():
     [
         (lambda s: s.replace('"zero", "sb3_ppo"]', '"nope", "sb3_ppo"]'), "'nope', unknown"),
         (lambda s: s.replace("num_envs = 256\n", ""), r"missing \['num_envs'\]"),
-        (lambda s: s.replace("curve_n = 1024", "curve_n = 1024\nbatch = 3"), r"unknown keys \['batch'\]"),
+        (lambda s: s.replace("curve_n = 1024", "curve_n = 1024\nbatch = 3"), r"unknown fields \['batch'\]"),
+        # Typed fields: no float for an int, no duplicate grid (two runs with one id), no bad config value.
+        (lambda s: s.replace("seeds = 1", "seeds = 2.7"), r"bad.toml: seeds: expected an integer >= 1, got 2.7"),
+        (lambda s: s.replace("reward_queries = 40", "reward_queries = 32.5"), r"SuiteTask.reward_queries: expected an"),
+        (lambda s: s.replace("n_train = [10]", "n_train = [10, 10]"), r"'mixture2d': n_train lists \[10\] more than"),
+        (lambda s: s.replace("eval_n = 40\n", "eval_n = true\n"), r"'digits': SuiteTask.eval_n: expected an integer"),
+        (lambda s: s.replace("clip = 0.1", "clip = -0.1"), r"\[agent_settings.ct_ppo\]: CTPPOConfig.clip: expected"),
+        (lambda s: s.replace("clip = 0.1", "anneal_lr = 'maybe'"), r"CTPPOConfig.anneal_lr: expected a boolean"),
+        (lambda s: s + "[tasks.digits.agent_settings.ddpo]\nnum_envs = 0\n", r"ddpo\] num_envs: expected an int"),
+        (lambda s: s.replace('stable = ["zero"]', 'stable = ["zero"]\nthreshold = 0.3'), r"Claims.threshold: expected"),
+        (lambda s: s.replace('baselines = ["ddpo"]', 'baselines = "ddpo"'), r"Claims.baselines: expected a list"),
         (lambda s: s.replace("[tasks.digits.agent_settings.ct_ppo]", "[tasks.digits.agent_settings.dpok]"), "not in"),
         (lambda s: s.replace("clip = 0.1", "clip_range = 0.1"), r"\['clip_range'\] of 'ct_ppo' are not fields"),
         (lambda s: s.replace("eval_steps = [5, 10, 20]", "eval_steps = [5, 20]"), "n_train grid must be in"),
-        (lambda s: s.replace("curve_points = 3", "curve_points = 0"), "must be >= 1"),
+        (lambda s: s.replace("curve_points = 3", "curve_points = 0"), "curve_points: expected an integer >= 1, got 0"),
         (lambda s: "colour = 1\n" + s, "unknown top-level"),
         (lambda s: s.replace("curve_n = 1024", 'curve_n = 1024\nagents = ["sac"]'), "names agents not in the suite"),
         (
@@ -512,10 +522,10 @@ def test_claims_must_name_agents_of_the_suite(tmp_path):
     head = 'seeds = 1\nagents = ["ct_ppo", "ddpo"]\n'
     for table, message in (
         ('[claims]\nours = "ct_ppo"\nbaselines = ["dpok"]\n', "does not run"),
-        ('[claims]\nours = "ct_ppo"\n', "needs 'baselines'"),
+        ('[claims]\nours = "ct_ppo"\n', r"\[claims\]: missing \['baselines'\]"),
         ('[claims]\nours = "ct_ppo"\nbaselines = ["ct_ppo"]\n', "other than ours"),
-        ('[claims]\nours = "ct_ppo"\nbaselines = ["ddpo"]\nthreshold = 0.3\n', "one of the recorded gaps"),
-        ('[claims]\nours = "ct_ppo"\nbaselines = ["ddpo"]\nagainst = "x"\n', "unknown keys"),
+        ('[claims]\nours = "ct_ppo"\nbaselines = ["ddpo"]\nthreshold = 0.3\n', "threshold: expected one of 0.5, 0.1"),
+        ('[claims]\nours = "ct_ppo"\nbaselines = ["ddpo"]\nagainst = "x"\n', r"unknown fields \['against'\]"),
     ):
         (tmp_path / "s.toml").write_text(head + table + "[tasks.mixture2d]" + base.split("[tasks.digits]")[0])
         with pytest.raises(ValueError, match=message):

@@ -88,8 +88,9 @@ def test_seeding_is_reproducible_and_seeds_differ():
     assert torch.equal(a["x"], b["x"]) and not torch.equal(a["x"], c["x"])
     unseeded = [make_vector_env(8, n_steps=2).reset()[0]["x"] for _ in range(2)]
     assert not torch.equal(*unseeded)  # fresh entropy when no seed is given
-    with pytest.raises(ValueError, match="one int"):
-        env.reset(seed=[1, 2])
+    for bad in ([1, 2], -1, 2**64, True, 3.0):  # one generator for all rows; torch would wrap -1 to 2**64 - 1
+        with pytest.raises(ValueError, match="seed: expected an integer >= 0"):
+            env.reset(seed=bad)
 
 
 @pytest.mark.parametrize(

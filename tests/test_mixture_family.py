@@ -124,10 +124,10 @@ def test_shipped_proxy_orders_fresh_pairs_as_the_gold(dim):
 
 def test_bad_input_is_refused():
     for kwargs, match in [
-        ({"dim": 1}, "dim must be an integer >= 2"),
-        ({"dim": 2.0}, "dim must be an integer >= 2"),
+        ({"dim": 1}, "dim: expected an integer >= 2, got 1"),
+        ({"dim": 2.0}, "dim: expected an integer >= 2, got 2.0"),
         ({"dim": 5, "reward": "proxy"}, r"shipped dims: \[2, 8, 32\]"),
-        ({"reward": "nope"}, "reward must be"),
+        ({"reward": "nope"}, "reward: expected one of 'proxy', 'gold', got 'nope'"),
     ]:
         with pytest.raises(ValueError, match=match):
             task_models(**kwargs)

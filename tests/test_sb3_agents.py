@@ -32,9 +32,17 @@ def test_sb3_agent_on_the_batched_env(tmp_path):
     assert result["objective"].n == 64
     assert agent.policy(0.5, torch.zeros(4, 2)).shape == (4, 2)
     agent.save(tmp_path / "sb3.zip")
-    again = SB3Agent(make_vector_env(16, n_steps=10, integrator="exponential"), SB3Config(progress=False))
+    config = SB3Config(progress=False, algorithm="ppo", algo_kwargs={"n_epochs": 2})
+    again = SB3Agent(make_vector_env(16, n_steps=10, integrator="exponential"), config)
     again.load(tmp_path / "sb3.zip")
     assert again.reward_queries == agent.reward_queries
+    # Another run's checkpoint is refused, naming the field: here the grid, and then the config.
+    other = SB3Agent(make_vector_env(16, n_steps=5, integrator="exponential"), config)
+    with pytest.raises(ValueError, match=r"sb3.zip: checkpoint of another run: .*n_steps: 10 there, 5 here"):
+        other.load(tmp_path / "sb3.zip")
+    other = SB3Agent(make_vector_env(16, n_steps=10, integrator="exponential"), SB3Config(progress=False))
+    with pytest.raises(ValueError, match=r"config.algo_kwargs.n_epochs: 2 there, None here"):
+        other.load(tmp_path / "sb3.zip")
 
 
 def test_sb3_agent_calls_the_zoo_callback_between_rollouts_and_stops_on_false():

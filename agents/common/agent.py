@@ -37,6 +37,7 @@ from agents.common.values import make_critic, trajectory_values
 from diffusion_gym import distributed
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.evaluation import Estimate
+from diffusion_gym.validation import NonNegativeFloat, PositiveFloat, PositiveInt, Seed, validate_fields
 
 Stats = dict[str, Tensor | float]
 """An iteration's scalars: device tensors (0-d) or floats, turned into floats once per iteration."""
@@ -49,6 +50,9 @@ way on every rank (from those, not from rank-local state), or the ranks part way
 @dataclass
 class AgentConfig:
     """Settings every agent has.
+
+    Every field is checked against its annotation when the config is made
+    (:mod:`diffusion_gym.validation`): a config that exists is a valid one.
 
     Attributes:
         seed: seeds the initial weights, the agent's generator and the env's first reset.
@@ -68,16 +72,20 @@ class AgentConfig:
         progress: show a tqdm bar.
     """
 
-    seed: int = 0
-    lr: float = 1e-3
-    hidden: tuple[int, ...] = (128, 128)
-    max_grad_norm: float = 1.0
+    seed: Seed = 0
+    lr: NonNegativeFloat = 1e-3
+    hidden: tuple[PositiveInt, ...] = (128, 128)
+    max_grad_norm: PositiveFloat = 1.0
     anneal_lr: bool = True
     policy_net: str = "auto"
-    lora_rank: int = 4
+    lora_rank: PositiveInt = 4
     compile: bool = False
     logdir: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # Every field as its annotation declares it, in every subclass: "no" is False, -1 is refused.
+        validate_fields(self)
 
 
 class Agent:

@@ -12,6 +12,7 @@ import diffusion_gym  # noqa: F401  (registers the tasks)
 from agents import all_agents
 from agents.common.agent import Agent
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.validation import from_table
 
 
 def make_env(env_id: str, num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv:
@@ -27,19 +28,18 @@ def config_fields(name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(registry[name][1])}
 
 
-def build_agent(name: str, env: DiffusionSDEVectorEnv, overrides: dict[str, Any]) -> Agent:
-    """An agent of the zoo (or SB3) with its default config updated by ``overrides`` (lists become
-    tuples where the field's default is one, as TOML and JSON give them)."""
+def make_config(name: str, overrides: dict[str, Any]) -> Any:
+    """Agent ``name``'s config, its defaults updated by ``overrides`` and every field checked against
+    its annotation (:mod:`diffusion_gym.validation`): what to call before any work."""
     registry = all_agents()
     if name not in registry:
         raise ValueError(f"unknown agent {name!r}; known: {sorted(registry)}")
-    agent_cls, config_cls = registry[name]
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"{config_cls.__name__} has no fields {sorted(unknown)}; it has {sorted(fields)}")
-    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
-    overrides = {
-        k: tuple(v) if isinstance(v, list) and isinstance(defaults[k], tuple) else v for k, v in overrides.items()
-    }
-    return agent_cls(env, config_cls(**overrides))
+    config_cls = registry[name][1]
+    return from_table(config_cls, overrides, f"{name} config")
+
+
+def build_agent(name: str, env: DiffusionSDEVectorEnv, config: Any) -> Agent:
+    """An agent of the zoo (or SB3) on ``env``, from its config or from overrides of its defaults."""
+    if isinstance(config, dict):
+        config = make_config(name, config)
+    return all_agents()[name][0](env, config)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from diffusion_gym import kernel
 from diffusion_gym.base_models.protocol import ScoreModel
 from diffusion_gym.rewards.protocol import RewardModel
 from diffusion_gym.sde import ActionScale, Discretization, Integrator, discretize, time_grid
+from diffusion_gym.validation import NonNegativeFloat, PositiveFloat, PositiveInt, Seed, coerce, validated
 
 LAW_NEUTRAL = frozenset(
     {"obs_bound", "device", "autoreset_mode", "sync_checks", "record_transitions", "compile", "render_mode"}
@@ -133,20 +134,21 @@ class DiffusionSDEVectorEnv(VectorEnv):
             that agents get exact transition densities without evaluating the score again.
     """
 
+    @validated
     def __init__(
         self,
-        num_envs: int,
+        num_envs: PositiveInt,
         score_model: ScoreModel,
         reward: RewardModel,
         gold: RewardModel | None = None,
         *,
-        n_steps: int = 100,
+        n_steps: PositiveInt = 100,
         grid: Any = None,
         integrator: Integrator = "euler_maruyama",
-        kl_coef: float = 1.0,
+        kl_coef: NonNegativeFloat = 1.0,
         action_scale: ActionScale = 4.0,
-        eps: float = 1e-3,
-        obs_bound: float = 1e4,
+        eps: PositiveFloat = 1e-3,
+        obs_bound: PositiveFloat = 1e4,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str = torch.float32,
         autocast: torch.dtype | str | None = None,
@@ -155,13 +157,9 @@ class DiffusionSDEVectorEnv(VectorEnv):
         conditions: Any = None,
         record_transitions: bool = False,
         compile: bool = False,
-        render_mode: str | None = None,
+        render_mode: Literal["rgb_array"] | None = None,
     ) -> None:
-        if int(num_envs) != num_envs or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        if not np.isfinite(kl_coef) or kl_coef < 0:
-            raise ValueError(f"kl_coef must be finite and >= 0, got {kl_coef!r}")
-        self.num_envs = int(num_envs)
+        self.num_envs = num_envs
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
         self.autocast = None if autocast is None else resolve_dtype(autocast, (torch.bfloat16, torch.float16))
@@ -194,8 +192,6 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self._times = [torch.stack([disc.t[k], disc.dt[k], disc.t[k + 1]]).view(3, 1) for k in range(self.n_steps)]
         self._flags = [torch.tensor([[done], [False]], device=self.device) for done in (False, True)]
 
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
         self.autoreset_mode = resolve_autoreset_mode(autoreset_mode)
         self.metadata = {"autoreset_mode": self.autoreset_mode, "render_modes": ["rgb_array"]}
@@ -290,11 +286,8 @@ class DiffusionSDEVectorEnv(VectorEnv):
             self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
             raise ValueError("actions contained NaN or inf during the episode this reset abandons")
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-                raise ValueError(
-                    f"seed must be one int (all rows share one torch.Generator), got {type(seed).__name__}"
-                )
-            self._generator.manual_seed(int(seed))
+            # One seed for all rows (one torch.Generator), in [0, 2**64): torch would wrap -1 around.
+            self._generator.manual_seed(coerce(seed, Seed, "seed"))
         elif not self._seeded:
             self._generator.manual_seed(int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1))
         self._seeded = True

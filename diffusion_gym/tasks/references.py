@@ -30,6 +30,7 @@ from diffusion_gym.references import References, compute_references
 from diffusion_gym.scoring import eval_batch
 from diffusion_gym.tasks.manifest import record
 from diffusion_gym.tasks.spec import TaskSpec, get_task, weights_fingerprint
+from diffusion_gym.validation import PositiveInt, argument
 
 
 def shipped_entry(
@@ -58,9 +59,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Compute and write a task's shipped references (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, help="a registered task's name or env id")
-    parser.add_argument("--steps", type=int, nargs="+", required=True, help="grids (N)")
-    parser.add_argument("--n", type=int, default=262_144, help="pretrained episodes per grid (J*, J(pre))")
-    parser.add_argument("--oracle-n", type=int, default=4096, help="optimal-control episodes per grid (J_oracle)")
+    parser.add_argument("--steps", type=argument(PositiveInt), nargs="+", required=True, help="grids (N)")
+    parser.add_argument(
+        "--n", type=argument(PositiveInt), default=262_144, help="pretrained episodes per grid (J*, J(pre))"
+    )
+    parser.add_argument(
+        "--oracle-n", type=argument(PositiveInt), default=4096, help="optimal-control episodes per grid (J_oracle)"
+    )
     parser.add_argument("--set", nargs="*", default=[], help="key=value task and env keywords (JSON values)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

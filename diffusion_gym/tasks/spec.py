@@ -15,13 +15,14 @@ heavy (diffusers, a UNet's weights).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.resources
 import inspect
 import json
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,15 +106,25 @@ class TaskSpec:
         """The batched env of ``num_envs`` samples (the gym ``vector_entry_point``)."""
         from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 
-        models, env_kwargs = self.build(kwargs)
-        return DiffusionSDEVectorEnv(num_envs, *models, **env_kwargs)
+        with self._named():
+            models, env_kwargs = self.build(kwargs)
+            return DiffusionSDEVectorEnv(num_envs, *models, **env_kwargs)
 
     def make_env(self, **kwargs: Any) -> DiffusionSDEEnv:
         """The single-sample numpy env (the gym ``entry_point``)."""
         from diffusion_gym.envs.single import DiffusionSDEEnv
 
-        models, env_kwargs = self.build(kwargs)
-        return DiffusionSDEEnv(*models, **env_kwargs)
+        with self._named():
+            models, env_kwargs = self.build(kwargs)
+            return DiffusionSDEEnv(*models, **env_kwargs)
+
+    @contextlib.contextmanager
+    def _named(self) -> Iterator[None]:
+        """Errors in the task's or the env's keywords name the env id they were given to."""
+        try:
+            yield
+        except ValueError as err:
+            raise ValueError(f"{self.env_id}: {err}") from None
 
     def law_keys(self) -> tuple[str, ...]:
         """The keywords the pretrained sampler's law, its terminal reward and so J* and J(pre) depend
@@ -201,6 +212,18 @@ def _env_keywords() -> list[str]:
 
     params = inspect.signature(DiffusionSDEVectorEnv).parameters
     return [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def env_configuration(env: Any) -> dict[str, Any] | None:
+    """The task configuration an env made by ``gym.make`` / ``gym.make_vec`` was made with: its task's
+    law and control keywords (:meth:`TaskSpec.configuration`, :meth:`TaskSpec.control_configuration`)
+    from the env's keywords; None for an env made by hand or of an unregistered task."""
+    spec = getattr(env, "spec", None)
+    task = next((t for t in TASKS.values() if t.env_id == getattr(spec, "id", None)), None)
+    if task is None:
+        return None
+    kwargs = {k: v for k, v in spec.kwargs.items() if k not in ("task", "num_envs", "vectorization_mode")}
+    return task.configuration(kwargs) | task.control_configuration(kwargs)
 
 
 def weights_fingerprint(package: str) -> str:

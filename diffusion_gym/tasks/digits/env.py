@@ -18,8 +18,10 @@ from diffusion_gym.rewards.protocol import RewardModel
 from diffusion_gym.tasks.digits import TASK
 from diffusion_gym.tasks.digits import rewards as digits_rewards
 from diffusion_gym.tasks.digits.unet import digits_score_model
+from diffusion_gym.validation import validated
 
 
+@validated
 def task_models(
     utility: str = "thickness",
     reward: Literal["proxy", "gold"] = "proxy",
@@ -27,8 +29,6 @@ def task_models(
 ) -> tuple[DiffusersScore, RewardModel, RewardModel]:
     """(base model, terminal reward, gold utility) for ``utility`` (see
     :data:`diffusion_gym.tasks.digits.rewards.UTILITIES`); ``reward="gold"`` trains on the gold itself."""
-    if reward not in ("proxy", "gold"):
-        raise ValueError(f"reward must be 'proxy' or 'gold', got {reward!r}")
     gold = digits_rewards.gold_utility(utility)
     terminal = digits_rewards.load_proxy(utility) if reward == "proxy" else digits_rewards.gold_utility(utility)
     return digits_score_model(guidance_scale), terminal, gold

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from diffusion_gym.tasks.digits import WEIGHTS_DIR
 from diffusion_gym.tasks.digits.classifier import WEIGHTS_NAME, DigitsClassifier
 from diffusion_gym.tasks.digits.data import digits
+from diffusion_gym.validation import PositiveInt, Seed, argument
 
 
 def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
@@ -34,9 +35,9 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the package's weights)")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=argument(PositiveInt), default=3000)
+    parser.add_argument("--batch-size", type=argument(PositiveInt), default=128)
+    parser.add_argument("--seed", type=argument(Seed), default=0)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--device", default="cpu", help="where the classifier trains (random draws stay on the CPU)")
     args = parser.parse_args(argv)

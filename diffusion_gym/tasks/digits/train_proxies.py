@@ -16,6 +16,7 @@ from diffusion_gym.evaluation import rollout
 from diffusion_gym.tasks.digits import WEIGHTS_DIR
 from diffusion_gym.tasks.digits.env import make_vector_env
 from diffusion_gym.tasks.digits.rewards import PROXIES, ProxyConfig, save_proxy, train_proxy
+from diffusion_gym.validation import PositiveInt, Seed, argument
 
 
 def base_model_samples(n: int, seed: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,11 +32,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the package's weights)")
     parser.add_argument("--only", choices=PROXIES, action="append", help="train only these (repeatable)")
-    parser.add_argument("--pairs", type=int, default=defaults.n_pairs)
-    parser.add_argument("--heldout", type=int, default=defaults.n_heldout)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--base-samples", type=int, default=defaults.n_base_samples)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--pairs", type=argument(PositiveInt), default=defaults.n_pairs)
+    parser.add_argument("--heldout", type=argument(PositiveInt), default=defaults.n_heldout)
+    parser.add_argument("--steps", type=argument(PositiveInt), default=defaults.steps)
+    parser.add_argument("--base-samples", type=argument(PositiveInt), default=defaults.n_base_samples)
+    parser.add_argument("--seed", type=argument(Seed), default=defaults.seed)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--device", default="cpu", help="where the base model samples (the proxies fit on the CPU)")
     args = parser.parse_args(argv)

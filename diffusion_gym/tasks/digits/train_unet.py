@@ -22,6 +22,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from diffusion_gym.checkpoints import load_checkpoint
 from diffusion_gym.tasks.digits import WEIGHTS_DIR
 from diffusion_gym.tasks.digits.data import digits
 from diffusion_gym.tasks.digits.unet import NULL_CLASS, UNET_CONFIG, WEIGHTS_NAME, digits_schedule
+from diffusion_gym.validation import PositiveFloat, PositiveInt, Range, Seed, argument
 
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict) -> None:
@@ -51,12 +53,12 @@ def _atomic_save(obj: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the package's weights)")
-    parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--steps", type=argument(PositiveInt), default=10_000)
+    parser.add_argument("--batch-size", type=argument(PositiveInt), default=128)
+    parser.add_argument("--lr", type=argument(PositiveFloat), default=1e-3)
+    parser.add_argument("--ema", type=argument(Annotated[float, Range(ge=0, lt=1)]), default=0.999)
+    parser.add_argument("--seed", type=argument(Seed), default=0)
+    parser.add_argument("--checkpoint-every", type=argument(PositiveInt), default=500)
     parser.add_argument(
         "--stop-after", type=int, default=None, help="stop after this many steps of this run (resumable)"
     )

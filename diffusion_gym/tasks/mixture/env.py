@@ -3,17 +3,19 @@ gold)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
 from diffusion_gym.rewards.protocol import RewardModel
 from diffusion_gym.tasks.mixture import TASK
 from diffusion_gym.tasks.mixture.model import mixture
 from diffusion_gym.tasks.mixture.rewards import SHIPPED_DIMS, GaussianBumpsUtility, gold_utility, load_proxy
+from diffusion_gym.validation import Range, validated
 
 
+@validated
 def task_models(
-    dim: int = 8, reward: Literal["proxy", "gold"] = "proxy"
+    dim: Annotated[int, Range(ge=2)] = 8, reward: Literal["proxy", "gold"] = "proxy"
 ) -> tuple[GaussianMixtureScore, RewardModel, GaussianBumpsUtility]:
     """The task's (base model, terminal reward, gold utility) in ``dim`` dimensions.
 
@@ -25,10 +27,6 @@ def task_models(
     Raises:
         ValueError: ``dim`` is not an integer >= 2, ``reward`` is neither, or no proxy ships for ``dim``.
     """
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
-        raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
-    if reward not in ("proxy", "gold"):
-        raise ValueError(f"reward must be 'proxy' or 'gold', got {reward!r}")
     if reward == "proxy" and dim not in SHIPPED_DIMS:
         raise ValueError(
             f"no proxy ships for dim={dim}; shipped dims: {list(SHIPPED_DIMS)} (reward='gold' works for any dim >= 2)"

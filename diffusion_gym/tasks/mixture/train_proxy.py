@@ -12,6 +12,7 @@ from pathlib import Path
 
 from diffusion_gym.tasks.mixture import WEIGHTS_DIR
 from diffusion_gym.tasks.mixture.rewards import SHIPPED_DIMS, ProxyConfig, save_proxy, train_proxy
+from diffusion_gym.validation import PositiveInt, Seed, argument
 
 
 def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
@@ -22,10 +23,10 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
         "--dim", type=int, nargs="+", default=list(SHIPPED_DIMS), help="dimensions (default: the shipped ones)"
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the package's weights)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--pairs", type=int, default=defaults.n_pairs)
-    parser.add_argument("--heldout", type=int, default=defaults.n_heldout)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--seed", type=argument(Seed), default=defaults.seed)
+    parser.add_argument("--pairs", type=argument(PositiveInt), default=defaults.n_pairs)
+    parser.add_argument("--heldout", type=argument(PositiveInt), default=defaults.n_heldout)
+    parser.add_argument("--steps", type=argument(PositiveInt), default=defaults.steps)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="cpu", help="where the proxy is fitted (the data are drawn on the CPU)")
     args = parser.parse_args(argv)

@@ -9,14 +9,14 @@ from diffusion_gym.rewards.protocol import RewardModel
 from diffusion_gym.tasks.mixture2d import TASK
 from diffusion_gym.tasks.mixture2d.model import mixture_2d
 from diffusion_gym.tasks.mixture2d.rewards import GaussianBumpUtility, gold_utility, load_proxy
+from diffusion_gym.validation import validated
 
 
+@validated
 def task_models(
     reward: Literal["proxy", "gold"] = "proxy",
 ) -> tuple[GaussianMixtureScore, RewardModel, GaussianBumpUtility]:
     """The task's (base model, terminal reward, gold utility). ``reward="gold"`` trains on the gold."""
-    if reward not in ("proxy", "gold"):
-        raise ValueError(f"reward must be 'proxy' or 'gold', got {reward!r}")
     gold = gold_utility()
     return mixture_2d(), (load_proxy() if reward == "proxy" else gold_utility()), gold
 

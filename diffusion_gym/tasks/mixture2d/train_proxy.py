@@ -12,16 +12,17 @@ from pathlib import Path
 
 from diffusion_gym.tasks.mixture2d import WEIGHTS_DIR
 from diffusion_gym.tasks.mixture2d.rewards import ProxyConfig, save_proxy, train_proxy
+from diffusion_gym.validation import PositiveInt, Seed, argument
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     defaults = ProxyConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the package's weights)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--pairs", type=int, default=defaults.n_pairs)
-    parser.add_argument("--heldout", type=int, default=defaults.n_heldout)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--seed", type=argument(Seed), default=defaults.seed)
+    parser.add_argument("--pairs", type=argument(PositiveInt), default=defaults.n_pairs)
+    parser.add_argument("--heldout", type=argument(PositiveInt), default=defaults.n_heldout)
+    parser.add_argument("--steps", type=argument(PositiveInt), default=defaults.steps)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="cpu", help="where the proxy is fitted (the data are drawn on the CPU)")
     args = parser.parse_args(argv)

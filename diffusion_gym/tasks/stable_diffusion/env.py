@@ -27,8 +27,10 @@ from diffusion_gym.tasks.stable_diffusion.model import (
     stable_diffusion_score,
 )
 from diffusion_gym.tasks.stable_diffusion.scorers import image_reward
+from diffusion_gym.validation import PositiveInt, validated
 
 
+@validated
 def task_models(
     model_path: str | Path | None = None,
     prompts: Sequence[str] | None = None,
@@ -40,7 +42,7 @@ def task_models(
     gold: str | RewardModel | None = None,
     reward_kwargs: dict[str, Any] | None = None,
     gold_kwargs: dict[str, Any] | None = None,
-    resolution: int | None = None,
+    resolution: PositiveInt | None = None,
 ) -> tuple[Any, RewardModel, RewardModel | None]:
     """(latent score model, terminal reward, gold) of a local Stable Diffusion directory.
 

@@ -179,6 +179,9 @@ def test_train_cli_refuses_bad_settings_before_any_work(tmp_path, capsys):
         ("DiffusionSDE-v0", {"record_transitions": "maybe"}, "record_transitions: expected a boolean"),
         ("DiffusionSDE-v0", {"render_mode": "human"}, "render_mode: expected one of 'rgb_array' or None"),
         ("DiffusionSDE-v0", {"reward": "gld"}, "reward: expected one of 'proxy', 'gold', got 'gld'"),
+        ("DiffusionSDE-v0", {"dtype": "int8"}, r"dtype must be one of \['float32', 'float64'\]"),
+        ("DiffusionSDE-v0", {"autocast": "float32"}, r"autocast must be one of \['bfloat16', 'float16'\]"),
+        ("DiffusionSDE-v0", {"autoreset_mode": "sometimes"}, "autoreset_mode must be one of NEXT_STEP"),
         ("DiffusionSDE-Mixture-v0", {"dim": True}, "dim: expected an integer >= 2, got True"),
         ("DiffusionSDE-Mixture-v0", {"dim": 8.0}, "dim: expected an integer >= 2, got 8.0"),
         ("DiffusionSDE-Digits-v0", {"guidance_scale": math.nan}, "guidance_scale: expected a finite number, got nan"),
@@ -190,8 +193,18 @@ def test_env_keywords_are_refused_naming_the_env_and_the_keyword(env_id, kwargs,
 
     with pytest.raises(ValueError, match=f"{env_id}: {message}"):
         make_env(env_id, 4, **kwargs)
-    with pytest.raises(ValueError, match=message):
-        gym.make(env_id, **kwargs)
+    if "autoreset_mode" not in kwargs:  # the batched env's keyword alone
+        with pytest.raises(ValueError, match=message):
+            gym.make(env_id, **kwargs)
+
+
+def test_the_single_env_refuses_the_batched_envs_autoreset_mode():
+    import gymnasium as gym
+
+    with pytest.raises(ValueError, match="autoreset_mode is the batched env's keyword"):
+        gym.make("DiffusionSDE-v0", autoreset_mode="same_step")
+    with pytest.raises(ValueError, match="flatten: expected a boolean"):
+        gym.make("DiffusionSDE-v0", flatten="sometimes")
 
 
 def test_both_envs_refuse_a_seed_torch_would_wrap_around():

@@ -14,6 +14,7 @@ from gymnasium.vector import AutoresetMode
 from diffusion_gym.base_models.protocol import ScoreModel
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.rewards.protocol import RewardModel
+from diffusion_gym.validation import coerce
 
 
 class DiffusionSDEEnv(Env):
@@ -49,13 +50,18 @@ class DiffusionSDEEnv(Env):
         render_mode: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if "autoreset_mode" in kwargs:
+            raise ValueError(
+                "autoreset_mode is the batched env's keyword (gym.make_vec): a single env never resets itself"
+            )
         kwargs.setdefault("sync_checks", True)
+        flatten = coerce(flatten, bool | None, "flatten")
         self.batched = DiffusionSDEVectorEnv(
             1, score_model, reward, gold, autoreset_mode=AutoresetMode.DISABLED, render_mode=render_mode, **kwargs
         )
         self.render_mode = render_mode
         shape = self.batched.event_shape
-        self.flatten = len(shape) > 1 if flatten is None else bool(flatten)
+        self.flatten = len(shape) > 1 if flatten is None else flatten
         self.observation_space = self.batched.single_observation_space
         self.action_space = self.batched.single_action_space
         if self.flatten:

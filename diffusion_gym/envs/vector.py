@@ -62,13 +62,13 @@ def resolve_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
 
 
 def resolve_dtype(
-    dtype: torch.dtype | str, allowed: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+    dtype: torch.dtype | str, allowed: tuple[torch.dtype, ...] = (torch.float32, torch.float64), name: str = "dtype"
 ) -> torch.dtype:
-    """A dtype from itself or its name, one of ``allowed``."""
+    """A dtype from itself or its name, one of ``allowed`` (errors name the keyword ``name``)."""
     if isinstance(dtype, str):
         dtype = _DTYPES.get(dtype.removeprefix("torch."), dtype)  # type: ignore[arg-type]
     if dtype not in allowed:
-        raise ValueError(f"dtype must be one of {[str(d).removeprefix('torch.') for d in allowed]}, got {dtype!r}")
+        raise ValueError(f"{name} must be one of {[str(d).removeprefix('torch.') for d in allowed]}, got {dtype!r}")
     return dtype  # type: ignore[return-value]
 
 
@@ -162,7 +162,8 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
-        self.autocast = None if autocast is None else resolve_dtype(autocast, (torch.bfloat16, torch.float16))
+        half = (torch.bfloat16, torch.float16)
+        self.autocast = None if autocast is None else resolve_dtype(autocast, half, "autocast")
         self.kl_coef = float(kl_coef)
         self.score_model = _on_device(score_model, self.device, self.dtype)
         self.reward_model = _on_device(reward, self.device, self.dtype)

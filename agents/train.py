@@ -108,12 +108,13 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         overrides = {"seed": args.seed, "logdir": args.logdir} | parse_assignments(args.set)
         args.config = make_config(args.agent, overrides)
         args.env_kwargs = parse_assignments(args.env_kwargs, "--env-kwargs")
+        get_task(args.env).check_kwargs(args.env_kwargs)
         checks = (("out", check_output_file), ("checkpoint", check_output_file), ("logdir", check_output_dir))
         for field, check in checks:
             if getattr(args, field) is not None:
                 check(getattr(args, field), f"--{field}")
-    except ValueError as err:
-        parser.error(str(err))
+    except (KeyError, ValueError) as err:  # KeyError: no such task
+        parser.error(str(err.args[0]))
 
 
 def run(args: argparse.Namespace, device: Any) -> dict[str, Any]:

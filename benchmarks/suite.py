@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from diffusion_gym.tasks import get_task
 from diffusion_gym.validation import PositiveFloat, PositiveInt, Range, coerce, from_table, validate_fields
 
 if sys.version_info >= (3, 11):
@@ -271,6 +272,10 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
             raise ValueError(f"{path}: task {key!r} has settings for agents it does not run: {sorted(idle)}")
         fields = {"key": key} | table | {"agent_settings": overrides}
         tasks[key] = from_table(SuiteTask, fields, f"{path}: task {key!r}")
+        try:  # its env id and keywords too, before any task runs (the file keeps what it says)
+            get_task(tasks[key].env).check_kwargs(tasks[key].env_kwargs)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{path}: task {key!r}: {err.args[0]}") from None
     if not tasks or not agents:
         raise ValueError(f"{path}: a suite needs at least one task and one agent")
     n_seeds = coerce(raw.get("seeds", 1) if seeds is None else seeds, PositiveInt, f"{path}: seeds")

@@ -261,6 +261,22 @@ def validated(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def check_keywords(
+    functions: tuple[Callable[..., Any], ...], kwargs: Mapping[str, Any], allowed: set[str]
+) -> dict[str, Any]:
+    """``kwargs`` coerced by the annotation of the parameter of that name in the first of ``functions``
+    that has one, without calling anything: a keyword not in ``allowed``, or a bad value, is refused
+    before the object is built (a suite's tasks are checked when it loads, not when their turn comes)."""
+    out = {}
+    for name, value in kwargs.items():
+        owner = next((f for f in functions if name in inspect.signature(f).parameters), None)
+        if owner is None or name not in allowed:
+            raise ValueError(f"unknown keyword {name!r}; the task and its env take {sorted(allowed)}")
+        hint = _hints(owner).get(name)
+        out[name] = value if hint is None else coerce(value, hint, name)
+    return out
+
+
 def literal(text: str) -> Any:
     """A CLI value: a Python literal (``3e-4``, ``(64, 64)``, ``True``, ``None``) or else the string itself
     (``no``, ``reward``), to be coerced by the field's annotation."""

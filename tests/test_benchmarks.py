@@ -151,6 +151,10 @@ def test_shipped_suites_parse_on_both_devices():
         (lambda s: s + "[tasks.digits.agent_settings.ddpo]\nnum_envs = 0\n", r"ddpo\] num_envs: expected an int"),
         (lambda s: s.replace('stable = ["zero"]', 'stable = ["zero"]\nthreshold = 0.3'), r"Claims.threshold: expected"),
         (lambda s: s.replace('baselines = ["ddpo"]', 'baselines = "ddpo"'), r"Claims.baselines: expected a list"),
+        # The tasks' env ids and keywords, when the suite loads (not when the task's turn comes).
+        (lambda s: s.replace('integrator = "exponential" }', 'integrator = "euler" }', 1), r"integrator: expected one"),
+        (lambda s: s.replace('integrator = "exponential" }', 'n_steps = true }', 1), r"DiffusionSDE-v0: n_steps"),
+        (lambda s: s.replace('env = "DiffusionSDE-Digits-v0"', 'env = "Nope-v0"'), r"'digits': no task 'Nope-v0'"),
         (lambda s: s.replace("[tasks.digits.agent_settings.ct_ppo]", "[tasks.digits.agent_settings.dpok]"), "not in"),
         (lambda s: s.replace("clip = 0.1", "clip_range = 0.1"), r"\['clip_range'\] of 'ct_ppo' are not fields"),
         (lambda s: s.replace("eval_steps = [5, 10, 20]", "eval_steps = [5, 20]"), "n_train grid must be in"),

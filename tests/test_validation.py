@@ -153,11 +153,16 @@ def test_train_cli_refuses_bad_settings_before_any_work(tmp_path, capsys):
             train_main(base + extra)
         assert named in capsys.readouterr().err, extra
     for kwargs, named in (
-        ("kl_coef=True", "kl_coef: expected a finite number >= 0, got True"),
-        ("n_steps=True", "n_steps: expected an integer >= 1, got True"),
+        ("kl_coef=True", "DiffusionSDE-v0: kl_coef: expected a finite number >= 0, got True"),
+        ("n_steps=True", "DiffusionSDE-v0: n_steps: expected an integer >= 1, got True"),
+        ("colour=1", "DiffusionSDE-v0: unknown keyword 'colour'; the task and its env take ["),
     ):
-        with pytest.raises(ValueError, match=f"DiffusionSDE-v0: {named}"):
+        with pytest.raises(SystemExit):
             train_main(base[:-1] + [kwargs])
+        assert named in capsys.readouterr().err, kwargs
+    with pytest.raises(SystemExit):
+        train_main(base + ["--env", "DiffusionSDE-Nope-v0"])
+    assert "no task 'DiffusionSDE-Nope-v0'; registered: [" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------

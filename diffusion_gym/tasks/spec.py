@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffusion_gym.checkpoints import verify_shipped
+from diffusion_gym.validation import check_keywords
 
 if TYPE_CHECKING:
     from diffusion_gym.envs.single import DiffusionSDEEnv
@@ -101,6 +102,16 @@ class TaskSpec:
             raise TypeError(f"{self.models} takes {sorted(shared)}, which the env takes too; rename them")
         own = {k: v for k, v in kwargs.items() if k in params}
         return models(**own), dict(self.defaults) | {k: v for k, v in kwargs.items() if k not in params}
+
+    def check_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The task's keywords checked against the annotations of ``models`` and the env, without
+        building either (:func:`~diffusion_gym.validation.check_keywords`); errors name the env id."""
+        from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+
+        models = resolve(self.models)
+        allowed = set(inspect.signature(models).parameters) | set(_env_keywords())
+        with self._named():
+            return check_keywords((models, DiffusionSDEVectorEnv.__init__), kwargs, allowed)
 
     def make_vector_env(self, num_envs: int, **kwargs: Any) -> DiffusionSDEVectorEnv:
         """The batched env of ``num_envs`` samples (the gym ``vector_entry_point``)."""

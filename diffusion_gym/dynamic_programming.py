@@ -213,7 +213,7 @@ class GridDP:
             var, h = float(self.disc.noise_std[k]) ** 2, float(self.spacings[k + 1])
             smoothed = gaussian_smoothing(v_next, var, h)
             if control:
-                bound = float(self.disc.score_scale[k] * self.disc.action_scale[k])
+                bound = float(self.disc.control_scale[k] * self.disc.action_scale[k])
                 first, u1 = sup_convolution_1d(smoothed, 0, var / kl, bound, h, self.resolution)
                 smoothed, u2 = sup_convolution_1d(first, 1, var / kl, bound, h, self.resolution)
                 if shifts is not None:
@@ -285,7 +285,7 @@ class BestPolicyField:
         u2 = self._sample(self.shifts[k, 1], z, extent)
         u1 = self._sample(self.shifts[k, 0], torch.stack([z[:, 0], z[:, 1] + u2], 1), extent)
         c = self.env.discretization.constants[k]
-        return (torch.stack([u1, u2], 1) / (c.score_scale * c.action_scale)).clamp(-1, 1)
+        return (torch.stack([u1, u2], 1) / (c.control_scale * c.action_scale)).clamp(-1, 1)
 
 
 @torch.no_grad()

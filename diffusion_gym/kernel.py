@@ -6,10 +6,13 @@ action scale on its grid) step k is
 
     delta_k  = action_scale_k * action_k                       (the score correction)
     m_k      = a_k Y_k + b_k s_pre(s_k, Y_k)                   (the pretrained mean)
-    Y_{k+1}  = m_k + b_k delta_k + sqrt(v_k) xi_k,  xi_k ~ N(0, I)
-    KL_k     = w_k ||delta_k||^2,  w_k = b_k^2 / (2 v_k)       (controlled vs pretrained transition)
-    log p_k  = log N(Y_{k+1}; m_k + b_k delta_k, v_k I)
-    M_k      = (b_k / sqrt(v_k)) delta_k . xi_k                 (the noise's martingale term)
+    Y_{k+1}  = m_k + c_k delta_k + sqrt(v_k) xi_k,  xi_k ~ N(0, I)
+    KL_k     = w_k ||delta_k||^2,  w_k = c_k^2 / (2 v_k)       (controlled vs pretrained transition)
+    log p_k  = log N(Y_{k+1}; m_k + c_k delta_k, v_k I)
+    M_k      = (c_k / sqrt(v_k)) delta_k . xi_k                 (the noise's martingale term)
+
+with ``c_k = b_k`` for the VP integrators (the correction is added to the score) and ``c_k != b_k``
+where the drift weighs the score otherwise than the diffusion does (the flow SDEs).
 
 These are pure functions: the env steps with the single-step ones (Python-float constants, no
 tensor reads, nothing that syncs; ``torch.mul(x, c)`` rather than ``c * x``, whose reflected
@@ -37,15 +40,18 @@ def step_delta(disc: Discretization, k: int, action: Tensor) -> Tensor:
 
 
 def step_mean(disc: Discretization, k: int, x: Tensor, score: Tensor, delta: Tensor | None = None) -> Tensor:
-    """``a_k x + b_k (score + delta)``: the transition's mean from ``x`` with the base model's ``score``
+    """``a_k x + b_k score + c_k delta``: the transition's mean from ``x`` with the base model's ``score``
     there (the pretrained mean ``m_k`` when ``delta`` is None)."""
     c = disc.constants[k]
-    return torch.add(torch.mul(x, c.drift_scale), score if delta is None else score + delta, alpha=c.score_scale)
+    if delta is None or c.control_scale == c.score_scale:  # b (score + delta): one rounding, as ever on VP
+        return torch.add(torch.mul(x, c.drift_scale), score if delta is None else score + delta, alpha=c.score_scale)
+    mean = torch.add(torch.mul(x, c.drift_scale), score, alpha=c.score_scale)
+    return mean.add_(delta, alpha=c.control_scale)
 
 
 def step_shift(disc: Discretization, k: int, pretrained_mean: Tensor, delta: Tensor) -> Tensor:
-    """``m_k + b_k delta``: the controlled mean from the pretrained one."""
-    return torch.add(pretrained_mean, delta, alpha=disc.constants[k].score_scale)
+    """``m_k + c_k delta``: the controlled mean from the pretrained one."""
+    return torch.add(pretrained_mean, delta, alpha=disc.constants[k].control_scale)
 
 
 def step_sample(disc: Discretization, k: int, mean: Tensor, noise: Tensor) -> Tensor:
@@ -61,11 +67,11 @@ def step_kl(disc: Discretization, k: int, delta: Tensor) -> Tensor:
 
 
 def step_martingale(disc: Discretization, k: int, y_next: Tensor, mean: Tensor, delta: Tensor) -> Tensor:
-    """``(b_k / v_k) delta . (y_next - mean)`` = ``(b_k / sqrt(v_k)) delta_k . xi_k``: step k's term of the
+    """``(c_k / v_k) delta . (y_next - mean)`` = ``(c_k / sqrt(v_k)) delta_k . xi_k``: step k's term of the
     discrete stochastic integral ``int g delta . dB``, shape (B,). ``delta_k`` is a function of ``Y_k``
     and ``xi_k`` is independent of it, so the sum has mean zero exactly: a control variate."""
     c = disc.constants[k]
-    return (delta * (y_next - mean)).flatten(1).sum(1).mul_(c.score_scale / c.noise_std**2)
+    return (delta * (y_next - mean)).flatten(1).sum(1).mul_(c.control_scale / c.noise_std**2)
 
 
 def step_log_prob(disc: Discretization, k: int, y_next: Tensor, mean: Tensor) -> Tensor:
@@ -99,7 +105,7 @@ def path_kl(disc: Discretization, deltas: Tensor) -> Tensor:
 
 
 def path_log_prob(disc: Discretization, next_states: Tensor, pretrained_means: Tensor, deltas: Tensor) -> Tensor:
-    """``log N(Y_{k+1}; m_k + b_k delta_k, v_k I)`` of every stored transition, (N, B).
+    """``log N(Y_{k+1}; m_k + c_k delta_k, v_k I)`` of every stored transition, (N, B).
 
     Args:
         disc: the grid's coefficients.
@@ -107,8 +113,8 @@ def path_log_prob(disc: Discretization, next_states: Tensor, pretrained_means: T
         pretrained_means: ``m_0 .. m_{N-1}``, (N, B, ...).
         deltas: the corrections whose transition density is wanted (differentiable), (N, B, ...).
     """
-    # addcmul rounds m + b delta once, as step_shift does: the density is about the very mean the env sampled from.
-    mean = torch.addcmul(pretrained_means, _per_step(disc.score_scale, deltas), deltas)
+    # addcmul rounds m + c delta once, as step_shift does: the density is about the very mean the env sampled from.
+    mean = torch.addcmul(pretrained_means, _per_step(disc.control_scale, deltas), deltas)
     return gaussian_log_prob(next_states, mean, _per_step(disc.noise_std, mean), batch_dims=2)
 
 

@@ -242,6 +242,7 @@ class StepConstants(NamedTuple):
     noise_std: float
     kl_weight: float
     action_scale: float
+    control_scale: float
 
 
 @dataclass(frozen=True)
@@ -254,11 +255,14 @@ class Discretization:
         s: diffusion time at the start of each step, ``s_k = T - t_k``.
         dt: step lengths ``t_{k+1} - t_k``.
         drift_scale: ``a_k``, the coefficient of ``Y_k`` in the transition mean.
-        score_scale: ``b_k = c_k``, the coefficient of the score (and of the action delta).
+        score_scale: ``b_k``, the coefficient of the base model's score.
         noise_std: ``sqrt(v_k)``.
         kl_weight: ``c_k^2 / (2 v_k)``; the step's KL is ``kl_weight_k * ||delta_k||^2``.
         action_scale: ``delta_k = action_scale_k * action_k``.
         constants: the same per step as Python floats from float64, whatever the tensors' dtype.
+        control_scale: ``c_k``, the coefficient of the score correction ``delta``. The VP integrators
+            add delta to the score, so ``c_k = b_k``; None means that. An SDE whose drift holds the
+            score with another weight than its diffusion's (a flow's velocity field) has ``c_k != b_k``.
     """
 
     t: Tensor
@@ -270,6 +274,11 @@ class Discretization:
     kl_weight: Tensor
     action_scale: Tensor
     constants: tuple[StepConstants, ...]
+    control_scale: Tensor = None  # type: ignore[assignment]  # None: c_k = b_k (set in __post_init__)
+
+    def __post_init__(self) -> None:
+        if self.control_scale is None:
+            object.__setattr__(self, "control_scale", self.score_scale)
 
     @property
     def n_steps(self) -> int:
@@ -285,11 +294,11 @@ class Discretization:
         """The same, with the float constants read back from the tensors: the coefficients as this
         dtype rounds them (what a float32 env's operations effectively multiply by)."""
         columns = (self.t[:-1], self.dt, self.drift_scale, self.score_scale, self.noise_std, self.kl_weight)
-        return replace(self, constants=_constants(*columns, self.action_scale))
+        return replace(self, constants=_constants(*columns, self.action_scale, self.control_scale))
 
 
 def _constants(*columns: Tensor) -> tuple[StepConstants, ...]:
-    """Per-step :class:`StepConstants` from the columns t, dt, a, b, sqrt(v), w, action scale."""
+    """Per-step :class:`StepConstants` from the columns t, dt, a, b, sqrt(v), w, action scale, c."""
     return tuple(StepConstants(*row) for row in zip(*(c.tolist() for c in columns), strict=True))
 
 
@@ -361,7 +370,7 @@ def discretize(
     else:
         raise ValueError(f"unknown integrator {integrator!r}; expected one of {INTEGRATORS}")
     noise_std, kl_weight, scale = torch.sqrt(var), score_scale**2 / (2.0 * var), action_scales(action_scale, g[:-1])
-    constants = _constants(g[:-1], dt, drift_scale, score_scale, noise_std, kl_weight, scale)
+    constants = _constants(g[:-1], dt, drift_scale, score_scale, noise_std, kl_weight, scale, score_scale)
     return Discretization(
         t=g,
         s=s,

@@ -23,10 +23,14 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-Integrator = Literal["euler_maruyama", "ddpm", "exponential"]
+Integrator = Literal["euler_maruyama", "ddpm", "exponential", "flow_sde"]
 ActionScale = float | Callable[[Tensor], Tensor]
 """``delta = action_scale(t) * action``: a constant, or a function of the environment-time tensor."""
-INTEGRATORS: tuple[str, ...] = ("euler_maruyama", "ddpm", "exponential")
+VP_INTEGRATORS: tuple[str, ...] = ("euler_maruyama", "ddpm", "exponential")
+FLOW_INTEGRATORS: tuple[str, ...] = ("flow_sde",)
+INTEGRATORS: tuple[str, ...] = VP_INTEGRATORS + FLOW_INTEGRATORS
+DEFAULT_NOISE_LEVEL = 0.7
+"""Flow-GRPO's noise level ``a`` of the marginal-preserving flow SDE (arXiv 2505.05470)."""
 
 
 class VPSchedule:
@@ -182,13 +186,62 @@ class DiscreteVPSchedule(VPSchedule):
         return {"kind": "discrete", "T": self.T, "alphas_cumprod": self.alphas_cumprod.tolist()}  # type: ignore[dict-item]
 
 
-def schedule_from_config(config: dict) -> VPSchedule:
-    """Rebuild a schedule from :meth:`VPSchedule.config`."""
+class RectifiedFlowSchedule:
+    """The rectified-flow path ``x = (1 - sigma) x0 + sigma eps`` of diffusers'
+    ``FlowMatchEulerDiscreteScheduler``, with its time shift: at diffusion time ``s`` in [0, 1]
+    (data at 0, noise at 1) ``sigma(s) = shift s / (1 + (shift - 1) s)`` (the dynamic,
+    resolution-dependent shift is ``shift = exp(mu)``). ``alpha_s = 1 - sigma_s``: the path is not
+    variance preserving, and it has no forward SDE of its own; its samplers are the flow integrators
+    of :func:`discretize`.
+
+    Args:
+        shift: the time shift (1: none; SD3 uses 3).
+    """
+
+    T: float = 1.0
+
+    def __init__(self, shift: float = 1.0) -> None:
+        if not (math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
+        self.shift = float(shift)
+
+    def sigma(self, s: Tensor) -> Tensor:
+        """The noise scale ``sigma_s`` (1 at s = 1: pure noise)."""
+        s = torch.as_tensor(s)
+        return self.shift * s / (1.0 + (self.shift - 1.0) * s)
+
+    def alpha(self, s: Tensor) -> Tensor:
+        """The signal scale ``1 - sigma_s``."""
+        return 1.0 - self.sigma(s)
+
+    def sigma2(self, s: Tensor) -> Tensor:
+        return self.sigma(s) ** 2
+
+    def log_alpha(self, s: Tensor) -> Tensor:
+        return torch.log(self.alpha(s))
+
+    def beta(self, s: Tensor) -> Tensor:
+        raise TypeError("a rectified-flow path has no VP noise rate beta: use a flow integrator ('flow_sde')")
+
+    def config(self) -> dict[str, float | str]:
+        return {"kind": "rectified_flow", "shift": self.shift}
+
+
+Schedule = VPSchedule | RectifiedFlowSchedule
+"""A noise path ``(alpha_s, sigma_s)`` with its horizon ``T``."""
+
+
+def schedule_from_config(config: dict) -> Schedule:
+    """Rebuild a schedule from its ``config()``."""
     kind = str(config.get("kind"))
     if kind == "discrete":
         return DiscreteVPSchedule(config["alphas_cumprod"], T=float(config.get("T", 1.0)))
     kwargs = {k: float(v) for k, v in config.items() if k != "kind"}
-    kinds: dict[str, type[VPSchedule]] = {"linear": LinearVPSchedule, "cosine": CosineVPSchedule}
+    kinds: dict[str, type] = {
+        "linear": LinearVPSchedule,
+        "cosine": CosineVPSchedule,
+        "rectified_flow": RectifiedFlowSchedule,
+    }
     if kind not in kinds:
         raise ValueError(f"unknown schedule kind {kind!r}; expected one of {sorted(kinds) + ['discrete']}")
     return kinds[kind](**kwargs)
@@ -255,7 +308,8 @@ class Discretization:
         s: diffusion time at the start of each step, ``s_k = T - t_k``.
         dt: step lengths ``t_{k+1} - t_k``.
         drift_scale: ``a_k``, the coefficient of ``Y_k`` in the transition mean.
-        score_scale: ``b_k``, the coefficient of the base model's score.
+        score_scale: ``b_k``, the coefficient of the base model's prediction (its score on the VP
+            integrators; its velocity on the flow ones: :attr:`output`).
         noise_std: ``sqrt(v_k)``.
         kl_weight: ``c_k^2 / (2 v_k)``; the step's KL is ``kl_weight_k * ||delta_k||^2``.
         action_scale: ``delta_k = action_scale_k * action_k``.
@@ -275,6 +329,9 @@ class Discretization:
     action_scale: Tensor
     constants: tuple[StepConstants, ...]
     control_scale: Tensor = None  # type: ignore[assignment]  # None: c_k = b_k (set in __post_init__)
+    output: str = "score"
+    """The form of the base model's prediction ``b_k`` multiplies (:mod:`diffusion_gym.parametrization`):
+    the score for the VP integrators, the velocity for the flow ones."""
 
     def __post_init__(self) -> None:
         if self.control_scale is None:
@@ -314,7 +371,11 @@ def action_scales(action_scale: ActionScale, t: Tensor) -> Tensor:
 
 
 def discretize(
-    schedule: VPSchedule, grid: Tensor, integrator: Integrator = "euler_maruyama", action_scale: ActionScale = 1.0
+    schedule: Schedule,
+    grid: Tensor,
+    integrator: Integrator = "euler_maruyama",
+    action_scale: ActionScale = 1.0,
+    noise_level: float | None = None,
 ) -> Discretization:
     """Per-step Gaussian transition coefficients of the reverse SDE on ``grid`` (float64).
 
@@ -329,13 +390,26 @@ def discretize(
     (the factor ``sigma_{s'}^2 / sigma_s^2``), so under "ddpm" a correction there costs far more
     KL on a coarse grid: its path KL reaches the Girsanov integral only once ``dt << eps``.
 
+    On a rectified-flow path (:class:`RectifiedFlowSchedule`) the integrator is "flow_sde" (see
+    :func:`_flow_sde`), its transitions written in the velocity.
+
     Args:
-        schedule: the VP schedule of the base model.
+        schedule: the base model's path (VP schedule or rectified flow).
         grid: environment times from :func:`time_grid`.
-        integrator: "euler_maruyama", "ddpm" or "exponential".
+        integrator: "euler_maruyama", "ddpm" or "exponential" (VP); "flow_sde" (rectified flow).
         action_scale: ``delta = action_scale(t) * action`` (a float, or a function of the time tensor).
+        noise_level: the flow SDE's ``a`` (default :data:`DEFAULT_NOISE_LEVEL`); flow integrators only.
     """
     g = grid.to(torch.float64)
+    flow = isinstance(schedule, RectifiedFlowSchedule)
+    allowed = FLOW_INTEGRATORS if flow else VP_INTEGRATORS
+    if integrator not in allowed:
+        path = "a rectified-flow" if flow else "a VP"
+        raise ValueError(f"integrator {integrator!r} does not step {path} path; expected one of {allowed}")
+    if flow:
+        return _flow_sde(schedule, g, action_scale, DEFAULT_NOISE_LEVEL if noise_level is None else noise_level)
+    if noise_level is not None:
+        raise ValueError("noise_level is the flow SDE's; a VP integrator's noise is fixed by its schedule")
     s = schedule.T - g[:-1]
     s_next = schedule.T - g[1:]
     dt = g[1:] - g[:-1]
@@ -381,6 +455,51 @@ def discretize(
         kl_weight=kl_weight,
         action_scale=scale,
         constants=constants,
+    )
+
+
+def _flow_sde(schedule: RectifiedFlowSchedule, g: Tensor, action_scale: ActionScale, a: float) -> Discretization:
+    """Euler-Maruyama of the marginal-preserving reverse SDE of a rectified flow (Flow-GRPO, arXiv
+    2505.05470, eq. 8; docs/design.md, section 2), with sigma decreasing by ``h_k = sigma_k - sigma_{k+1}``:
+
+        dx = [v + (g^2 / (2 sigma)) (x + (1 - sigma) v) + (g^2 / 2) delta] dsigma + g dW,
+        g = a sqrt(sigma / (1 - sigma)),
+
+    so one step is Gaussian with ``a_k = 1 - g^2 h / (2 sigma)``, ``b_k = -(1 + g^2 (1 - sigma) / (2 sigma)) h``
+    on the velocity, ``c_k = g^2 h / 2`` on the score correction and ``v_k = g^2 h``: the step's KL is
+    ``g^2 h ||delta||^2 / 8``, whose sum converges to Girsanov's integral (the ``h`` Flow-GRPO's code drops).
+    ``g`` diverges at sigma = 1, where the grid starts: on a step from sigma = 1 the denominator is
+    ``1 - sigma_{k+1}``, as in Flow-GRPO's ``sd3_sde_with_logprob`` (``sigma_max = sigmas[1]``).
+    """
+    if not (math.isfinite(a) and a > 0):
+        raise ValueError(
+            f"noise_level must be a finite number > 0, got {a!r}: at 0 the flow SDE is its ODE, whose "
+            "transitions have no density (no KL price, no likelihood ratio)"
+        )
+    s, s_next = schedule.T - g[:-1], schedule.T - g[1:]
+    sigma, sigma_next = schedule.sigma(s), schedule.sigma(s_next)
+    h = sigma - sigma_next
+    denominator = torch.where(sigma >= 1.0, 1.0 - sigma_next, 1.0 - sigma)
+    g2 = a**2 * sigma / denominator
+    drift_scale = 1.0 - g2 * h / (2.0 * sigma)
+    velocity_scale = -(1.0 + g2 * (1.0 - sigma) / (2.0 * sigma)) * h
+    control_scale = 0.5 * g2 * h
+    var = g2 * h
+    noise_std, kl_weight, scale = torch.sqrt(var), control_scale**2 / (2.0 * var), action_scales(action_scale, g[:-1])
+    dt = g[1:] - g[:-1]
+    constants = _constants(g[:-1], dt, drift_scale, velocity_scale, noise_std, kl_weight, scale, control_scale)
+    return Discretization(
+        t=g,
+        s=s,
+        dt=dt,
+        drift_scale=drift_scale,
+        score_scale=velocity_scale,
+        noise_std=noise_std,
+        kl_weight=kl_weight,
+        action_scale=scale,
+        constants=constants,
+        control_scale=control_scale,
+        output="velocity",
     )
 
 

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from diffusion_gym import kernel
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.parametrization import to_pair
 
 ActFn = Callable[[int, dict[str, Tensor]], Tensor]
 """``act(k, obs) -> action``: the agent's action in [-1, 1] at step k (env units)."""
@@ -73,14 +74,18 @@ class Trajectories:
         )
 
     def denoised(self, env: DiffusionSDEVectorEnv) -> Tensor:
-        """Tweedie's estimate ``x0_hat = (Y_k + sigma_s^2 s_pre) / alpha_s`` at every step k < N, flattened
-        time-major to N * B rows, with the pretrained score recovered from the stored means
-        (``s_pre = (m_k - a_k Y_k) / c_k``): no model evaluation."""
+        """The pretrained model's estimate ``x0_hat = E[x0 | Y_k]`` at every step k < N (Tweedie's
+        ``(Y_k + sigma_s^2 s_pre) / alpha_s`` on VP), flattened time-major to N * B rows, from its
+        prediction recovered from the stored means (``f_pre = (m_k - a_k Y_k) / b_k``): no model evaluation."""
         disc = env.discretization
         shape = (-1, 1, *([1] * (self.states.ndim - 2)))
-        alpha, sigma2 = env.schedule.alpha(disc.s).view(shape), env.schedule.sigma2(disc.s).view(shape)
-        score = kernel.path_score(disc, self.states, self.means)
-        return ((self.states[:-1] + sigma2 * score) / alpha).flatten(0, 1)
+        alpha = env.schedule.alpha(disc.s).view(shape)
+        prediction = kernel.path_score(disc, self.states, self.means)
+        if disc.output == "score":  # Tweedie's formula with the schedule's own sigma^2 (expm1: exact near data)
+            return ((self.states[:-1] + env.schedule.sigma2(disc.s).view(shape) * prediction) / alpha).flatten(0, 1)
+        sigma = env.schedule.sigma(disc.s).view(shape)
+        x0, _ = to_pair(disc.output, prediction, self.states[:-1], alpha, sigma)  # type: ignore[arg-type]
+        return x0.flatten(0, 1)
 
     def step_inputs(self, env: DiffusionSDEVectorEnv) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(t_k, Y_k, c)`` of every step k < N and episode, flattened time-major to N * B rows."""

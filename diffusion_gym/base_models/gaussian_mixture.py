@@ -14,17 +14,21 @@ import math
 import torch
 from torch import Tensor, nn
 
-from diffusion_gym.sde import LinearVPSchedule, VPSchedule
+from diffusion_gym.parametrization import PARAMETRIZATIONS, Parametrization, from_pair
+from diffusion_gym.sde import LinearVPSchedule, RectifiedFlowSchedule, Schedule
 
 
 class GaussianMixtureScore(nn.Module):
-    """The exact score of a Gaussian mixture data law noised by a VP schedule.
+    """The exact score of a Gaussian mixture data law noised along a path ``x = alpha x0 + sigma eps``
+    (a VP schedule, or the rectified flow), and its exact posterior means: every prediction in closed form.
 
     Args:
         weights: mixture weights, shape (K,), positive; normalised here.
         means: component means, shape (K, D).
         covariances: component covariances, shape (K, D, D), symmetric positive definite.
-        schedule: the VP schedule; defaults to :class:`LinearVPSchedule`.
+        schedule: the path; defaults to :class:`LinearVPSchedule`.
+        parametrization: what :meth:`predict` returns (:mod:`diffusion_gym.parametrization`): the
+            score (default), or the velocity of a flow-matching model on the rectified-flow path.
     """
 
     def __init__(
@@ -32,7 +36,8 @@ class GaussianMixtureScore(nn.Module):
         weights: Tensor,
         means: Tensor,
         covariances: Tensor,
-        schedule: VPSchedule | None = None,
+        schedule: Schedule | None = None,
+        parametrization: Parametrization = "score",
     ) -> None:
         super().__init__()
         w = torch.as_tensor(weights, dtype=torch.float64)
@@ -50,7 +55,12 @@ class GaussianMixtureScore(nn.Module):
         lam, U = torch.linalg.eigh(cov)
         if (lam <= 0).any():
             raise ValueError("covariances must be positive definite")
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
+        if parametrization == "velocity" and not isinstance(schedule, RectifiedFlowSchedule):
+            raise ValueError("a velocity is the rectified flow's: give schedule=RectifiedFlowSchedule()")
         self.schedule = schedule if schedule is not None else LinearVPSchedule()
+        self.parametrization = parametrization
         self.event_shape: tuple[int, ...] = (d,)
         self.register_buffer("log_weights", torch.log(w / w.sum()).float())
         self.register_buffer("means", mu.float())
@@ -91,6 +101,29 @@ class GaussianMixtureScore(nn.Module):
         resp = torch.softmax(log_comp, dim=0)
         precision_residual = torch.bmm(self.eigvecs, z_over_var)  # U_i (z_i / var_i)
         return -(resp.unsqueeze(1) * precision_residual).sum(0).T.contiguous()
+
+    def posterior_mean(self, s: Tensor | float, x: Tensor) -> Tensor:
+        """``E[x0 | X_s = x] = sum_i P(i | x) (mu_i + alpha_s Sigma_i Sigma_i(s)^{-1} (x - alpha_s mu_i))``,
+        finite at pure noise (alpha = 0: the data mean), where the score says nothing of x0."""
+        log_comp, z_over_var = self._component_terms(s, x)
+        resp = torch.softmax(log_comp, dim=0)
+        alpha = self.schedule.alpha(torch.as_tensor(s, dtype=x.dtype, device=x.device))
+        if alpha.ndim:
+            alpha = alpha.reshape(1, 1, -1)
+        shift = torch.bmm(self.eigvecs, alpha * self.eigvals.unsqueeze(-1) * z_over_var)  # (K, D, B)
+        posterior = self.means.unsqueeze(-1) + shift
+        return (resp.unsqueeze(1) * posterior).sum(0).T.contiguous()
+
+    def predict(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The prediction of form :attr:`parametrization`, from the exact ``E[x0 | x]`` and ``E[eps | x]``."""
+        if self.parametrization == "score":
+            return self.score(s, x)
+        st = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+        sigma = self.schedule.sigma(st)
+        if sigma.ndim:
+            sigma = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        eps = -sigma * self.score(s, x)
+        return from_pair(self.parametrization, self.posterior_mean(s, x), eps, sigma)
 
     def log_prob(self, s: Tensor | float, x: Tensor) -> Tensor:
         """``log p_s(x)``, shape (B,). ``s = 0`` is the data density."""

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from diffusion_gym import kernel
 from diffusion_gym.base_models.protocol import ScoreModel
+from diffusion_gym.parametrization import Parametrization, convert
 from diffusion_gym.rewards.protocol import RewardModel
 from diffusion_gym.sde import ActionScale, Discretization, Integrator, discretize, time_grid
 from diffusion_gym.validation import NonNegativeFloat, PositiveFloat, PositiveInt, Seed, coerce, validated
@@ -107,8 +108,11 @@ class DiffusionSDEVectorEnv(VectorEnv):
         gold: the hidden utility reported in ``info["gold_reward"]``, if the task has one.
         n_steps: N, the number of steps of the uniform grid.
         grid: an increasing environment-time grid starting at 0; overrides ``n_steps``.
-        integrator: "euler_maruyama" or "ddpm".
+        integrator: "euler_maruyama", "ddpm" or "exponential" on a VP model; "flow_sde" on a
+            rectified-flow one (:func:`diffusion_gym.sde.discretize`).
         kl_coef: the price per nat of KL to the pretrained path measure.
+        noise_level: the flow SDE's noise level ``a`` (default 0.7, Flow-GRPO's; every ``a > 0`` has
+            the pretrained model's marginals, ``sqrt(2)`` is the time reversal); flow integrators only.
         action_scale: delta = action_scale(t) * action; a float or a function of the time tensor.
         eps: end margin of the uniform grid, ``t_N = T - eps``.
         obs_bound: the (loose) bound of the ``x`` observation box; states are never clipped.
@@ -146,6 +150,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         grid: Any = None,
         integrator: Integrator = "euler_maruyama",
         kl_coef: NonNegativeFloat = 1.0,
+        noise_level: PositiveFloat | None = None,
         action_scale: ActionScale = 4.0,
         eps: PositiveFloat = 1e-3,
         obs_bound: PositiveFloat = 1e4,
@@ -169,8 +174,11 @@ class DiffusionSDEVectorEnv(VectorEnv):
         self.reward_model = _on_device(reward, self.device, self.dtype)
         self.gold_model = _on_device(gold, self.device, self.dtype) if gold is not None else None
         self.compiled = bool(compile)
-        # What the env evaluates the score with: the model's own method, or its torch.compile'd version.
-        self.score_fn = torch.compile(self.score_model.score) if self.compiled else self.score_model.score
+        # What the model predicts (its score unless it says otherwise) and the method that predicts it,
+        # or its torch.compile'd version: what the env evaluates.
+        self.parametrization: Parametrization = getattr(self.score_model, "parametrization", "score")
+        native = self.score_model.score if self.parametrization == "score" else self.score_model.predict
+        self.score_fn = torch.compile(native) if self.compiled else native
         self.schedule = score_model.schedule
         self.T = float(self.schedule.T)
         self.event_shape = tuple(score_model.event_shape)
@@ -180,9 +188,18 @@ class DiffusionSDEVectorEnv(VectorEnv):
 
         grid64 = time_grid(self.T, n_steps=n_steps if grid is None else None, grid=grid, eps=eps)
         self.grid = grid64  # float64, on the CPU: the exact grid the coefficients come from
-        self.discretization: Discretization = discretize(self.schedule, grid64, integrator, action_scale).to(
-            self.device, self.dtype
-        )
+        self.noise_level = noise_level
+        self.discretization: Discretization = discretize(
+            self.schedule, grid64, integrator, action_scale, noise_level
+        ).to(self.device, self.dtype)
+        if self.discretization.output == "velocity" and self.parametrization in ("score", "eps"):
+            # At pure noise a score or eps prediction holds nothing of E[x0 | x], which the velocity needs.
+            raise ValueError(
+                f"a flow integrator steps with the velocity, which a {self.parametrization} model cannot give "
+                "at pure noise: use a model that predicts the velocity or x0"
+            )
+        path = self.discretization.s.view(-1, *([1] * len(self.event_shape)))
+        self._path = (self.schedule.alpha(path), self.schedule.sigma(path))  # (N, 1, ...) each, for conversions
         self._action_scale = action_scale
         self.record_transitions = bool(record_transitions)
         self.n_steps = self.discretization.n_steps
@@ -249,22 +266,36 @@ class DiffusionSDEVectorEnv(VectorEnv):
     # ----------------------------------------------------------------------------------------------
     # The base model on the grid; the kernel does the rest.
 
-    def score(self, k: int, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """The base model's score at step k's diffusion time, in the env's dtype (evaluated under
-        autocast when the env has ``autocast``)."""
+    def predict(self, k: int, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The base model's prediction at step k's diffusion time in the form the integrator steps with
+        (``discretization.output``: the score on VP, the velocity on a flow), converted exactly from
+        what the model predicts (:mod:`diffusion_gym.parametrization`: the one place), in the env's
+        dtype (evaluated under autocast when the env has ``autocast``)."""
         s = self.discretization.s[k]
         if self.autocast is None:
-            return self.score_fn(s, x, cond)
-        with torch.autocast(self.device.type, dtype=self.autocast):
-            return self.score_fn(s, x, cond).to(self.dtype)
+            out = self.score_fn(s, x, cond)
+        else:
+            with torch.autocast(self.device.type, dtype=self.autocast):
+                out = self.score_fn(s, x, cond).to(self.dtype)
+        if self.parametrization == self.discretization.output:
+            return out
+        alpha, sigma = self._path[0][k], self._path[1][k]
+        return convert(out, x, alpha, sigma, self.parametrization, self.discretization.output)  # type: ignore[arg-type]
+
+    def score(self, k: int, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The base model's score ``grad_x log p_s(x)`` at step k's diffusion time, whatever it predicts."""
+        out = self.predict(k, x, cond)
+        output = self.discretization.output
+        return out if output == "score" else convert(out, x, *(p[k] for p in self._path), output, "score")  # type: ignore[arg-type]
 
     def pretrained_mean(self, k: int, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """``m_k = a_k x + b_k s_pre(s_k, x)``: the mean of the pretrained transition from ``x``."""
-        return kernel.step_mean(self.discretization, k, x, self.score(k, x, cond))
+        """``m_k = a_k x + b_k f_pre(s_k, x)``: the mean of the pretrained transition from ``x`` (``f``: the
+        model's prediction in the integrator's form, :meth:`predict`)."""
+        return kernel.step_mean(self.discretization, k, x, self.predict(k, x, cond))
 
     def transition_mean(self, k: int, x: Tensor, delta: Tensor | None, cond: Tensor | None = None) -> Tensor:
-        """``a_k x + b_k (s_pre(s_k, x) + delta)``: the controlled transition's mean."""
-        return kernel.step_mean(self.discretization, k, x, self.score(k, x, cond), delta)
+        """``a_k x + b_k f_pre(s_k, x) + c_k delta``: the controlled transition's mean."""
+        return kernel.step_mean(self.discretization, k, x, self.predict(k, x, cond), delta)
 
     # ----------------------------------------------------------------------------------------------
 
@@ -347,7 +378,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
         k, disc = self._k, self.discretization
         delta = kernel.step_delta(disc, k, action)
         noise = torch.randn(self._x.shape, generator=self._generator, device=self.device, dtype=self.dtype)
-        score = self.score(k, self._x, self._cond)
+        score = self.predict(k, self._x, self._cond)
         if self.record_transitions:
             pretrained = kernel.step_mean(disc, k, self._x, score)
             self._x = kernel.step_sample(disc, k, kernel.step_shift(disc, k, pretrained, delta), noise)

@@ -202,7 +202,8 @@ class TaskSpec:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: the shipped references are not valid JSON ({err})") from None
         config, control = self.configuration(kwargs), self.control_configuration(kwargs)
-        matches = [e for e in table["entries"] if e["config"] == config]
+        defaults = self.configuration({})
+        matches = [e for e in table["entries"] if _same_configuration(e["config"], config, defaults)]
         if not matches:
             return None
         entry = next((e for e in matches if e.get("control") == control), matches[0])
@@ -223,6 +224,13 @@ def _env_keywords() -> list[str]:
 
     params = inspect.signature(DiffusionSDEVectorEnv).parameters
     return [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def _same_configuration(shipped: Mapping[str, Any], config: Mapping[str, Any], defaults: Mapping[str, Any]) -> bool:
+    """Whether a shipped entry's configuration is ``config``: equal on every key it records, and ``config``
+    at its default on every law key the entry predates (a keyword added since, e.g. the flow SDE's
+    ``noise_level``, does not make the tables stale where it keeps its default)."""
+    return all(shipped.get(k, defaults.get(k)) == v for k, v in config.items()) and set(shipped) <= set(config)
 
 
 def env_configuration(env: Any) -> dict[str, Any] | None:

@@ -172,3 +172,18 @@ def test_every_agent_trains_on_a_flow_model_with_exact_ratios(name):
     assert agent.policy(0.5, torch.zeros(4, 2, dtype=torch.float64)).abs().max() > 0  # it moved
     if name != "ct_q_learning":  # q-learning's behaviour policy explores around its mean
         assert_ratios_are_one(agent, collect(env, agent.behaviour_action))
+
+
+def test_a_checkpoint_of_one_noise_level_refuses_another(tmp_path):
+    from agents.common.build import build_agent
+
+    def env(a):
+        return DiffusionSDEVectorEnv(
+            8, flow_mixture(2), QuadraticReward(), n_steps=4, integrator="flow_sde", noise_level=a
+        )
+
+    agent = build_agent("ddpo", env(0.7), {"progress": False})
+    agent.learn(8, checkpoint=tmp_path / "c.pt")
+    assert build_agent("ddpo", env(0.7), {"progress": False}).load(tmp_path / "c.pt").reward_queries == 8
+    with pytest.raises(ValueError, match=r"env.noise_level: 0.7 there, 0.3 here"):
+        build_agent("ddpo", env(0.3), {"progress": False}).load(tmp_path / "c.pt")

@@ -34,7 +34,7 @@ def weights_sha256(*models: Any) -> str:
 
 def env_identity(env: Any) -> dict[str, Any]:
     """The batched env's identity (JSON values): ``task`` (its env id, None if built by hand),
-    ``num_envs`` (this process's batch), ``n_steps``, ``grid_sha256``, ``integrator``, ``kl_coef``,
+    ``num_envs`` (this process's batch), ``n_steps``, ``grid_sha256``, ``integrator``, ``noise_level``, ``kl_coef``,
     ``action_scale``, ``dtype`` and ``weights_sha256`` (the base model, the reward and the gold
     utility; computed once per env)."""
     task_id = getattr(getattr(env, "spec", None), "id", None)
@@ -47,6 +47,7 @@ def env_identity(env: Any) -> dict[str, Any]:
         "n_steps": env.n_steps,
         "grid_sha256": hashlib.sha256(env.grid.numpy().tobytes()).hexdigest(),
         "integrator": env.integrator,
+        "noise_level": env.noise_level,
         "kl_coef": env.kl_coef,
         "action_scale": getattr(scale, "__qualname__", None) if callable(scale) else float(scale),
         "dtype": str(env.dtype).removeprefix("torch."),

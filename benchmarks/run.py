@@ -366,14 +366,15 @@ def run_suite(
         results["tasks"] = {k: v for k, v in old["tasks"].items() if k in suite.tasks}
         results["runs"] = [r for r in old["runs"] if current.get(r["id"]) == r.get("spec")]
         results["started"], previous_seconds = old["started"], old.get("seconds", 0.0)
-        if old.get("machine", results["machine"]) != results["machine"] and distributed.is_main():
-            warnings.warn(
-                f"{path} was started on {old['machine']}, this part runs on {results['machine']}: the same seeds "
-                "give other last digits on another CPU type; the results record both",
-                stacklevel=2,
-            )
-        if old.get("machine", results["machine"]) != results["machine"]:
-            results["earlier_machines"] = [*old.get("earlier_machines", []), old["machine"]]
+        before = old.get("machine", results["machine"])
+        if _hardware(before) != _hardware(results["machine"]):  # the thread count is a setting, not a machine
+            if distributed.is_main():
+                warnings.warn(
+                    f"{path} was started on {_hardware(before)}, this part runs on {_hardware(results['machine'])}: "
+                    "the same seeds give other last digits on another CPU type; the results record both",
+                    stacklevel=2,
+                )
+            results["earlier_machines"] = [*old.get("earlier_machines", []), before]
     done = {run["id"] for run in results["runs"]}
     runs = [spec for spec in suite.runs() if spec.run_id not in done]
     if distributed.world_size() > 1:
@@ -409,6 +410,11 @@ def run_suite(
         write_outputs(out, results)
     distributed.barrier()
     return results
+
+
+def _hardware(machine: dict[str, Any]) -> dict[str, Any]:
+    """The CPU model and GPU of a :func:`machine` record: what changes the last digits of a result."""
+    return {"cpu": machine.get("cpu"), "gpu": machine.get("gpu")}
 
 
 def _data_parallel_runs(runs: list[RunSpec]) -> tuple[list[RunSpec], list[dict[str, str]]]:

@@ -401,6 +401,8 @@ def discretize(
         noise_level: the flow SDE's ``a`` (default :data:`DEFAULT_NOISE_LEVEL`); flow integrators only.
     """
     g = grid.to(torch.float64)
+    if integrator not in INTEGRATORS:
+        raise ValueError(f"unknown integrator {integrator!r}; expected one of {INTEGRATORS}")
     flow = isinstance(schedule, RectifiedFlowSchedule)
     allowed = FLOW_INTEGRATORS if flow else VP_INTEGRATORS
     if integrator not in allowed:

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
 from diffusion_gym.sde import (
-    INTEGRATORS,
+    VP_INTEGRATORS,
     CosineVPSchedule,
     LinearVPSchedule,
     discretize,
@@ -173,7 +173,7 @@ def test_exponential_integrator_is_exact_for_a_frozen_score(schedule):
 
 
 @pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
-@pytest.mark.parametrize("integrator", INTEGRATORS)
+@pytest.mark.parametrize("integrator", VP_INTEGRATORS)
 def test_kl_weight_is_the_gaussian_kl(integrator):
     """kl_weight ||delta||^2 equals KL(N(m + c delta, v I) || N(m, v I)) from torch.distributions."""
     d = discretize(CosineVPSchedule(), time_grid(1.0, 30), integrator)
@@ -197,7 +197,7 @@ def test_girsanov_rate():
 @given(
     steps=st.lists(st.floats(min_value=1e-4, max_value=1.0), min_size=1, max_size=40),
     end=st.floats(min_value=0.5, max_value=0.9999),
-    integrator=st.sampled_from(INTEGRATORS),
+    integrator=st.sampled_from(VP_INTEGRATORS),
     cosine=st.booleans(),
 )
 def test_any_valid_grid_gives_valid_gaussian_transitions(steps, end, integrator, cosine):

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -204,7 +205,25 @@ def _coerce(value: Any, hint: Any) -> Any:
 
 @functools.cache
 def _hints(owner: Any) -> dict[str, Any]:
-    return typing.get_type_hints(owner, include_extras=True)
+    """The annotations of a class or function, resolved; one that names a type its module imports only
+    for type checkers (``if TYPE_CHECKING:``) is unchecked (``Any``) rather than an error."""
+    try:
+        return typing.get_type_hints(owner, include_extras=True)
+    except NameError:
+        pass
+    hints: dict[str, Any] = {}
+    owners = reversed(owner.__mro__) if isinstance(owner, type) else [owner]
+    for part in owners:
+        module = sys.modules.get(getattr(part, "__module__", ""), None)
+        namespace = {**vars(module)} if module is not None else {}
+        for name, annotation in getattr(part, "__annotations__", {}).items():
+            try:
+                hints[name] = typing.get_type_hints(
+                    types.SimpleNamespace(__annotations__={name: annotation}), namespace, include_extras=True
+                )[name]
+            except (NameError, TypeError, SyntaxError):
+                hints[name] = Any
+    return hints
 
 
 def validate_fields(obj: Any) -> None:

@@ -334,3 +334,21 @@ def test_a_results_run_without_its_final_scores_is_refused_naming_the_run(tmp_pa
         read_results(tmp_path)
     with pytest.raises(FileNotFoundError, match="no results file"):
         read_results(tmp_path / "nowhere")
+
+
+def test_a_config_annotated_with_a_type_checking_only_name_checks_the_rest():
+    """An external agent's config may name a type its module imports only for type checkers: that
+    field goes unchecked, every other field is checked as ever (no NameError from the mechanism)."""
+    from dataclasses import dataclass
+
+    from agents.common.agent import AgentConfig
+
+    @dataclass
+    class ExternalConfig(AgentConfig):
+        width: PositiveInt = 3
+        table: "UnimportedMapping | None" = None  # noqa: F821  (a name only type checkers see)
+
+    config = ExternalConfig(width=5, anneal_lr="no", table={"a": 1})
+    assert config.width == 5 and config.anneal_lr is False and config.table == {"a": 1}
+    with pytest.raises(ValueError, match="ExternalConfig.width: expected an integer >= 1, got 0"):
+        ExternalConfig(width=0)

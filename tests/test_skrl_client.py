@@ -8,9 +8,11 @@ outside RL library"), and rewards whose sum is the objective. The exploration no
 (``log_std`` -3, s.d. 0.05 per component: the env charges the exact KL of every action taken, 0.4
 nats an episode at that size on this task against a gain on offer near 0.6; benchmarks/RESULTS.md).
 
-Settings, measured over 8 seeds (2026-12-03, CPU): this test's gained +0.15 to +0.22 in J, each
-more than 20 standard errors, in about 3 s of training. lr 1e-3 with ``log_std`` -4 was unstable
-(gains from +0.08 to -0.31 over 4 seeds: the likelihood-ratio gradient grows as 1/s.d.).
+Settings, measured over 16 seeds (2026-12-03, CPU, one thread; skrl's seed 0-15, the scoring seed 7
+above it): this test's gained +0.15 to +0.23 in J, each more than 18 standard errors, in 3 to 4 s of
+training and scoring. Over seeds 0-3, lr 1e-3 gained +0.10 to +0.16; ``log_std`` -4 gained only
++0.03 to +0.06 (too little exploration to learn from in 20,480 episodes); the two together were
+unstable, gains from +0.05 to -0.12 (the likelihood-ratio gradient grows as 1/s.d.).
 """
 
 import pytest
@@ -35,6 +37,18 @@ from diffusion_gym.evaluation import rollout  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:To copy construct from a tensor:UserWarning")
 
 N_STEPS, NUM_ENVS, UPDATES = 10, 256, 80
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread for this test, restored after. Its tensors are small (mini-batches of 640 rows,
+    a 64-unit MLP): a second thread gains nothing, and while another process keeps the cores busy torch's
+    OpenMP workers wait on each other at every op: measured 4 s with one thread against 30 to 155 s with
+    two on a 2-core machine while another pytest ran (the gains agreed to the 4th decimal)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class Policy(GaussianMixin, Model):

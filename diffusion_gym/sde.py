@@ -315,7 +315,7 @@ class Discretization:
         action_scale: ``delta_k = action_scale_k * action_k``.
         constants: the same per step as Python floats from float64, whatever the tensors' dtype.
         control_scale: ``c_k``, the coefficient of the score correction ``delta``. The VP integrators
-            add delta to the score, so ``c_k = b_k``; None means that. An SDE whose drift holds the
+            add delta to the score, so ``c_k = b_k``. An SDE whose drift holds the
             score with another weight than its diffusion's (a flow's velocity field) has ``c_k != b_k``.
     """
 
@@ -328,14 +328,10 @@ class Discretization:
     kl_weight: Tensor
     action_scale: Tensor
     constants: tuple[StepConstants, ...]
-    control_scale: Tensor = None  # type: ignore[assignment]  # None: c_k = b_k (set in __post_init__)
-    output: str = "score"
+    control_scale: Tensor
+    output: str
     """The form of the base model's prediction ``b_k`` multiplies (:mod:`diffusion_gym.parametrization`):
     the score for the VP integrators, the velocity for the flow ones."""
-
-    def __post_init__(self) -> None:
-        if self.control_scale is None:
-            object.__setattr__(self, "control_scale", self.score_scale)
 
     @property
     def n_steps(self) -> int:
@@ -443,20 +439,36 @@ def discretize(
         drift_scale = torch.exp(-log_a)
         score_scale = 2.0 * torch.expm1(-log_a)
         var = torch.expm1(-2.0 * log_a)
-    else:
-        raise ValueError(f"unknown integrator {integrator!r}; expected one of {INTEGRATORS}")
-    noise_std, kl_weight, scale = torch.sqrt(var), score_scale**2 / (2.0 * var), action_scales(action_scale, g[:-1])
-    constants = _constants(g[:-1], dt, drift_scale, score_scale, noise_std, kl_weight, scale, score_scale)
+    return _gaussian_steps(g, schedule.T, drift_scale, score_scale, score_scale, var, action_scale, "score")
+
+
+def _gaussian_steps(
+    g: Tensor,
+    T: float,
+    drift_scale: Tensor,
+    prediction_scale: Tensor,
+    control_scale: Tensor,
+    var: Tensor,
+    action_scale: ActionScale,
+    output: str,
+) -> Discretization:
+    """The :class:`Discretization` of Gaussian steps ``N(a y + b f + c delta, v I)`` on the grid ``g``:
+    the noise s.d., the KL weight ``c^2 / (2 v)``, the action scale and the float constants derived."""
+    noise_std, kl_weight, scale = torch.sqrt(var), control_scale**2 / (2.0 * var), action_scales(action_scale, g[:-1])
+    dt = g[1:] - g[:-1]
+    constants = _constants(g[:-1], dt, drift_scale, prediction_scale, noise_std, kl_weight, scale, control_scale)
     return Discretization(
         t=g,
-        s=s,
+        s=T - g[:-1],
         dt=dt,
         drift_scale=drift_scale,
-        score_scale=score_scale,
+        score_scale=prediction_scale,
         noise_std=noise_std,
         kl_weight=kl_weight,
         action_scale=scale,
         constants=constants,
+        control_scale=control_scale,
+        output=output,
     )
 
 
@@ -485,24 +497,7 @@ def _flow_sde(schedule: RectifiedFlowSchedule, g: Tensor, action_scale: ActionSc
     g2 = a**2 * sigma / denominator
     drift_scale = 1.0 - g2 * h / (2.0 * sigma)
     velocity_scale = -(1.0 + g2 * (1.0 - sigma) / (2.0 * sigma)) * h
-    control_scale = 0.5 * g2 * h
-    var = g2 * h
-    noise_std, kl_weight, scale = torch.sqrt(var), control_scale**2 / (2.0 * var), action_scales(action_scale, g[:-1])
-    dt = g[1:] - g[:-1]
-    constants = _constants(g[:-1], dt, drift_scale, velocity_scale, noise_std, kl_weight, scale, control_scale)
-    return Discretization(
-        t=g,
-        s=s,
-        dt=dt,
-        drift_scale=drift_scale,
-        score_scale=velocity_scale,
-        noise_std=noise_std,
-        kl_weight=kl_weight,
-        action_scale=scale,
-        constants=constants,
-        control_scale=control_scale,
-        output="velocity",
-    )
+    return _gaussian_steps(g, schedule.T, drift_scale, velocity_scale, 0.5 * g2 * h, g2 * h, action_scale, "velocity")
 
 
 def girsanov_kl_rate(schedule: VPSchedule, t: Tensor) -> Tensor:

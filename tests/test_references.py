@@ -298,13 +298,12 @@ def test_a_shipped_mixture_entry_is_recomputed_by_its_command():
     the last digits a CPU type changes."""
     from diffusion_gym.tasks import get_task
     from diffusion_gym.tasks.references import shipped_entry
-    from diffusion_gym.tasks.spec import _same_configuration
 
     task = get_task("mixture")
     shipped = task.shipped_references({"dim": 2, "n_steps": 50})
     fresh = shipped_entry(task, 50, shipped["n"], shipped["j_oracle_n"], dim=2)
     # The same configuration: equal on every key the entry records, the keys added since at their defaults.
-    assert _same_configuration(shipped["config"], fresh["config"], task.configuration({}))
+    assert task.same_configuration(shipped["config"], fresh["config"])
     assert fresh["control"] == shipped["control"]
     for key in ("j_star", "j_star_se", "j_pretrained", "j_pretrained_se", "j_oracle", "j_oracle_se"):
         assert fresh[key] == pytest.approx(shipped[key], rel=1e-6), key

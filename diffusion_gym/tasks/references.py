@@ -29,7 +29,7 @@ from diffusion_gym.optimal_control import MixtureOptimalControl
 from diffusion_gym.references import References, compute_references
 from diffusion_gym.scoring import eval_batch
 from diffusion_gym.tasks.manifest import record
-from diffusion_gym.tasks.spec import TaskSpec, _same_configuration, get_task, weights_fingerprint
+from diffusion_gym.tasks.spec import TaskSpec, get_task, weights_fingerprint
 from diffusion_gym.validation import PositiveInt, argument
 
 
@@ -92,13 +92,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         entry = shipped_entry(task, n_steps, args.n, args.oracle_n, args.device, **kwargs)
         entry |= {"seconds": time.perf_counter() - start, "command": command, "torch": torch.__version__}
-        defaults = task.configuration({})
         table["entries"] = [  # the entry it replaces: the same configuration (an older one, by the same rule)
             e
             for e in table["entries"]
-            if not (
-                _same_configuration(e["config"], entry["config"], defaults) and e.get("control") == entry.get("control")
-            )
+            if not (task.same_configuration(e["config"], entry["config"]) and e.get("control") == entry.get("control"))
         ] + [entry]
         refs = References.from_row(entry)
         line = f"{task.name} {kwargs} N = {n_steps}: J* = {refs.optimum.j_star}, J(pre) = {refs.optimum.j_pretrained}"

@@ -202,8 +202,7 @@ class TaskSpec:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: the shipped references are not valid JSON ({err})") from None
         config, control = self.configuration(kwargs), self.control_configuration(kwargs)
-        defaults = self.configuration({})
-        matches = [e for e in table["entries"] if _same_configuration(e["config"], config, defaults)]
+        matches = [e for e in table["entries"] if self.same_configuration(e["config"], config)]
         if not matches:
             return None
         entry = next((e for e in matches if e.get("control") == control), matches[0])
@@ -212,6 +211,14 @@ class TaskSpec:
         if entry.get("control") != control:
             entry = {k: v for k, v in entry.items() if not k.startswith("j_oracle") and k not in ("oracle", "control")}
         return entry
+
+    def same_configuration(self, shipped: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+        """Whether a shipped entry's configuration is ``config`` (:meth:`configuration`): equal on every
+        key it records, and ``config`` at its default on every law key the entry predates (a keyword
+        added since, e.g. the flow SDE's ``noise_level``, does not make the tables stale where it keeps
+        its default)."""
+        defaults = self.configuration({})
+        return all(shipped.get(k, defaults.get(k)) == v for k, v in config.items()) and set(shipped) <= set(config)
 
     def features(self) -> tuple[Callable[[Any], Any], Any] | None:
         """``(feature map, reference features)`` of an image task, else None."""
@@ -226,19 +233,15 @@ def _env_keywords() -> list[str]:
     return [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def _same_configuration(shipped: Mapping[str, Any], config: Mapping[str, Any], defaults: Mapping[str, Any]) -> bool:
-    """Whether a shipped entry's configuration is ``config``: equal on every key it records, and ``config``
-    at its default on every law key the entry predates (a keyword added since, e.g. the flow SDE's
-    ``noise_level``, does not make the tables stale where it keeps its default)."""
-    return all(shipped.get(k, defaults.get(k)) == v for k, v in config.items()) and set(shipped) <= set(config)
-
-
 def env_configuration(env: Any) -> dict[str, Any] | None:
     """The task configuration an env made by ``gym.make`` / ``gym.make_vec`` was made with: its task's
     law and control keywords (:meth:`TaskSpec.configuration`, :meth:`TaskSpec.control_configuration`)
     from the env's keywords; None for an env made by hand or of an unregistered task."""
     spec = getattr(env, "spec", None)
-    task = next((t for t in TASKS.values() if t.env_id == getattr(spec, "id", None)), None)
+    try:
+        task = get_task(spec.id) if spec is not None else None
+    except KeyError:  # an env registered outside the task registry
+        return None
     if task is None:
         return None
     kwargs = {k: v for k, v in spec.kwargs.items() if k not in ("task", "num_envs", "vectorization_mode")}

@@ -3,7 +3,8 @@ task (mean ± s.e. over seeds) with the optimal control as a row, the discretiza
 and the claims the suite names (its ``[claims]``: an agent against its baselines) answered from the
 numbers. The report knows no agent by name.
 
-Gaps: ``gap`` is against J*, the optimum over all path measures; ``reachable_gap`` against the best a
+Gaps: ``gap`` is against J*_0, the optimum for the env's initial law (J*, the optimum over all path
+measures, where J*_0 is not computed); ``reachable_gap`` against the best a
 policy of the env can do on the grid (J_best, else J_oracle; docs/design.md, section 1). Where a task
 has a reachable reference, the claims and the queries-to-gap columns use the reachable gap.
 
@@ -298,6 +299,16 @@ def _references_line(task: dict[str, Any], n: int) -> str:
     refs = References.from_row(o)
     ess = f" (effective sample size {o['ess']:,.0f} of {o['n']:,})" if o.get("ess") is not None else ""
     parts = [f"J* = {fmt(o['j_star'], o['j_star_se'])}{ess}"]
+    if refs.j_star_0 is not None:
+        law = refs.initial_law or {}
+        continuous = ""
+        if "j_star_0_continuous" in law:
+            continuous = f"; {law['j_star_0_continuous']:.4f} in continuous time, kl_coef E log h(0, Y_0)"
+        parts.append(
+            f"J*_0 = {fmt(refs.j_star_0.mean, refs.j_star_0.se)} (the optimum for the env's initial law, which the "
+            f"gap is against: nested Monte Carlo, {law['j_star_0_outer']:,} initial states x {law['j_star_0_inner']} "
+            f"continuations, jackknife bias correction {-law['j_star_0_bias']:+.4f}{continuous})"
+        )
     if refs.j_best is not None:
         parts.append(
             f"J_best = {refs.j_best.mean:.4f} (dynamic programme, numerical error {refs.j_best.se:.1e}; the same "
@@ -502,9 +513,11 @@ def render(results: dict[str, Any]) -> str:
         f'"Significant" is a two-sided test at {LEVEL:.0%}: '
         "Welch's t where the spread over seeds sets an error, normal where Monte Carlo errors do. Gaps are "
         "normalized and estimated against references on the grid the policy is scored at: 1 is the "
-        "pretrained model, 0 the reference. The gap (J*) is (J* - J) / (J* - J(pre)), "
-        "J* the optimum over all path measures, which no policy of the env reaches on a coarse grid (its "
-        "actions shift the mean of each Gaussian step, never its variance); the reachable gap is "
+        "pretrained model, 0 the reference. The gap (J*) is (J*_0 - J) / (J*_0 - J(pre)), J*_0 the optimum "
+        "over the path measures with the env's initial law (Y_0 ~ N(0, I) is drawn by the env, no policy "
+        "moves it; J*_0 <= J*, the optimum over all path measures, and equal where the chain forgets its "
+        "start), or J* itself on grids where J*_0 is not computed; no policy of the env reaches it on a coarse "
+        "grid (its actions shift the mean of each Gaussian step, never its variance); the reachable gap is "
         "(J_ref - J) / (J_ref - J(pre)) with J_ref = J_best, the best policy of the env's own action class "
         "on that grid (a dynamic programme, 2-D tasks), else J_oracle, the continuous-time optimal control "
         "applied on the grid (Gaussian-mixture tasks). J_oracle <= J_best <= J*. Where a task has a reachable "
@@ -519,12 +532,11 @@ def render(results: dict[str, Any]) -> str:
             f"{task['num_envs']} envs, {task['reward_queries']:,} reward queries per run (unless the table says "
             f"otherwise); learning curves "
             f"from {task['curve_n']:,} samples per point; final scores from {task['eval_n']:,} samples per "
-            "grid; "
-            + _references_source(task)
-            + "."
+            "grid; " + _references_source(task) + "."
         )
         for n_train in task["n_train"]:
             lines += _task_tables(results, key, task, n_train)
+    lines += _twin_tables(results)
     if results.get("throughput"):
         lines += ["", "## Environment throughput: batched env vs a hand-written loop of the same model", ""]
         lines += [
@@ -544,6 +556,84 @@ def render(results: dict[str, Any]) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+TWIN_NEUTRAL = ("integrator", "noise_level", "shift")
+"""Env keywords in which two tasks on the same data and reward may differ and still be twins: the sampler."""
+
+
+def twin_groups(results: dict[str, Any]) -> list[list[str]]:
+    """Tasks of the results on the same data and reward: tasks whose env ids belong to one task package
+    (the VP mixture and its flow-matching twin ship from one folder) with the same env keywords but
+    for the sampler's (:data:`TWIN_NEUTRAL`) and a training grid in common; groups of two or more."""
+    from diffusion_gym.tasks import get_task
+
+    groups: dict[str, list[str]] = {}
+    for key, task in results["tasks"].items():
+        kwargs = {k: v for k, v in task["env_kwargs"].items() if k not in TWIN_NEUTRAL}
+        signature = repr((get_task(task["env"]).package, sorted(kwargs.items()), sorted(task["n_train"])))
+        groups.setdefault(signature, []).append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
+
+
+def _twin_tables(results: dict[str, Any]) -> list[str]:
+    """Per agent, its final objective and gap on each of a group of twin tasks (:func:`twin_groups`):
+    a VP model against a flow-matching one (and one noise level against another) on the same data and
+    reward, at each common training grid."""
+    lines: list[str] = []
+    for keys in twin_groups(results):
+        tasks = [results["tasks"][k] for k in keys]
+        for n_train in sorted(set.intersection(*(set(t["n_train"]) for t in tasks))):
+            by_task = {k: runs_by_agent(results, k, n_train) for k in keys}
+            agents = [a for a in by_task[keys[0]] if all(a in by_task[k] for k in keys)]
+            if not agents:
+                continue
+            names = [
+                f"`{k}` ({t['env'].removeprefix('DiffusionSDE-')}, {_sampler(t)})"
+                for k, t in zip(keys, tasks, strict=True)
+            ]
+            lines += [
+                "",
+                f"## Same data and reward, another base model or sampler: {', '.join(f'`{k}`' for k in keys)}",
+                "",
+                f"Trained and scored at N = {n_train}: each agent's objective J and gap (against J*_0, else J*) "
+                "on each task, with the task's J(pre) and J*_0 (else J*) for scale. The tasks share the data law, "
+                "proxy and gold; their pretrained samplers differ (a VP score model against a flow-matching "
+                "velocity model, or the flow SDE's noise level), and so do their references.",
+                "",
+                "| agent | " + " | ".join(f"J on {n} | gap on {n}" for n in names) + " |",
+                "|" + "---|" * (1 + 2 * len(keys)),
+            ]
+            for agent in agents:
+                cells = []
+                for k, t in zip(keys, tasks, strict=True):
+                    rs = by_task[k][agent]
+                    cells += [
+                        fmt(_final(rs, n_train, "objective")),
+                        fmt(_gap_with_references(t, n_train, _final(rs, n_train, "gap"))),
+                    ]
+                lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+            for label, get in (
+                ("J(pre)", lambda r: r.optimum.j_pretrained),
+                ("J*_0 (else J*)", lambda r: r.ceiling[0]),
+            ):
+                cells = []
+                for t in tasks:
+                    ref = get(References.from_row(t["optimum"][str(n_train)]))
+                    cells += [fmt(ref.mean, ref.se), ""]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _sampler(task: dict[str, Any]) -> str:
+    """A task's sampler as the twin tables name it: its integrator and, for the flow SDE, its noise level."""
+    kwargs = task["env_kwargs"]
+    from diffusion_gym.tasks import get_task
+
+    defaults = get_task(task["env"]).defaults
+    integrator = kwargs.get("integrator", defaults.get("integrator", "euler_maruyama"))
+    level = kwargs.get("noise_level", defaults.get("noise_level"))
+    return integrator if level is None else f"{integrator}, a = {level:.3g}"
 
 
 def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_train: int) -> list[str]:
@@ -643,7 +733,11 @@ def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_trai
             ]
             lines.append("| optimal control | " + " | ".join(cells) + " | | | | |")
         by_grid = [References.from_row(task["optimum"][str(n)]) for n in grids]
-        references = [("J*", lambda r: r.optimum.j_star), ("J_best", lambda r: r.j_best)]
+        references = [
+            ("J*", lambda r: r.optimum.j_star),
+            ("J*_0", lambda r: r.j_star_0),
+            ("J_best", lambda r: r.j_best),
+        ]
         references += [("J_oracle", lambda r: r.j_oracle), ("J(pre)", lambda r: r.optimum.j_pretrained)]
         for name, get in references:
             if all(get(r) is not None for r in by_grid):

@@ -5,11 +5,11 @@
 A results.json holds every policy's objective with its standard error (final scores at every grid,
 learning-curve points), so every gap follows from the references alone. For each task and grid
 whose configuration ships references (:meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_references`)
-this replaces J*, J(pre) and, where shipped, J_oracle and the optimal control's row with the shipped
-ones (J_best, computed by the run's dynamic programme, is kept), then recomputes every gap, every
-queries-to-gap crossing and the task's reachable reference, records the suite's ``[claims]`` if
-the results predate them, and says so in ``results["rescores"]`` (the report's header repeats it).
-Objectives, rewards, KL, timings and samples are untouched.
+this replaces J*, J(pre) and, where shipped, J*_0 (which the gap is then measured against), J_oracle
+and the optimal control's row with the shipped ones (J_best, computed by the run's dynamic
+programme, is kept), then recomputes every gap, every queries-to-gap crossing and the task's
+reachable reference, records the suite's ``[claims]`` if the results predate them, and says so in
+``results["rescores"]`` (the report's header repeats it). Objectives, rewards, KL, timings and samples are untouched.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ GAP_FIELDS = ("gap", "gap_se", "gap_se_policy", "reachable_gap", "reachable_gap_
 
 
 def rescored_references(old: References, shipped: References) -> References:
-    """``old`` with what ``shipped`` holds: J*, J(pre), their command and, where shipped, J_oracle."""
+    """``old`` with what ``shipped`` holds: J*, J(pre), their command and, where shipped, J*_0 and J_oracle."""
     refs = replace(old, optimum=shipped.optimum, command=shipped.command)
+    if shipped.initial_law is not None:
+        refs = replace(refs, initial_law=shipped.initial_law)
     if shipped.j_oracle is not None:
         refs = replace(refs, j_oracle=shipped.j_oracle, oracle=shipped.oracle, oracle_command=shipped.oracle_command)
     return refs

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from diffusion_gym import kernel
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.parametrization import prediction
 from diffusion_gym.sde import Discretization
 
 
@@ -201,7 +202,8 @@ class GridDP:
             # The pretrained means m_k(y) of step k's grid points, in step k + 1's grid-index coordinates.
             self.coords = []
             for k in range(self.disc.n_steps):
-                mean = kernel.step_mean(self.disc, k, points[k], score_model.score(self.disc.s[k], points[k]))
+                f = prediction(score_model, self.disc.s[k], points[k], self.disc.output)  # type: ignore[arg-type]
+                mean = kernel.step_mean(self.disc, k, points[k], f)
                 self.coords.append((mean.numpy().T - self.axes[k + 1][0]) / self.spacings[k + 1])
 
     def solve(self, control: bool = True, keep_shifts: bool = False) -> GridSolution:
@@ -297,7 +299,8 @@ def chain_extents(score_model: nn.Module, disc: Discretization, n: int = 8192, f
     spread = [float(torch.quantile(y.abs().amax(1), 0.9999))]
     for k in range(disc.n_steps):
         noise = torch.randn(y.shape, generator=gen, dtype=torch.float64)
-        y = kernel.step_sample(disc, k, kernel.step_mean(disc, k, y, score_model.score(disc.s[k], y)), noise)
+        f = prediction(score_model, disc.s[k], y, disc.output)  # type: ignore[arg-type]
+        y = kernel.step_sample(disc, k, kernel.step_mean(disc, k, y, f), noise)
         spread.append(float(torch.quantile(y.abs().amax(1), 0.9999)))
     return np.maximum(floor, 1.25 * np.array(spread))
 

@@ -3,27 +3,35 @@
 Over all controlled reverse SDEs the optimum of ``E[r(Y_T)] - kl_coef KL`` is Doob's h-transform
 of the pretrained process (docs/design.md, section 1):
 
-    delta*(t, y) = grad_y log h(t, y),   h(t, y) = E_pre[exp(r(Y_T) / kl_coef) | Y_t = y].
+    delta*(t, y) = grad_y log h(t, y) / correction_weight,   h(t, y) = E_pre[exp(r(Y_T) / kl_coef) | Y_t = y].
 
-Given ``Y_t = y`` (diffusion time ``s = T - t``) the pretrained sampler ends at a draw of the
+Where the pretrained SDE is the time reversal of the path's Gaussian forward process (every VP
+integrator; the flow SDE at noise level ``sqrt(2)``: :attr:`~diffusion_gym.sde.Discretization.time_reversal`),
+given ``Y_t = y`` (diffusion time ``s = T - t``) the pretrained sampler ends at a draw of the
 terminal law conditioned on ``X_s = y``. For a Gaussian-mixture base that posterior is itself a
 mixture, every term in closed form. Write the terminal law (the data law noised to the grid's
 last diffusion time ``s_N``) as ``sum_i w_i N(a_i, U_i diag(lam_i) U_i^T)`` and the forward step
-from ``s_N`` to ``s`` as ``X_s = rho X_{s_N} + sqrt(1 - rho^2) xi`` with ``rho = alpha_s / alpha_{s_N}``.
+from ``s_N`` to ``s`` on the path ``x = alpha x0 + sigma eps`` as ``X_s = rho X_{s_N} + tau xi`` with
+``rho = alpha_s / alpha_{s_N}`` and ``tau^2 = sigma_s^2 - rho^2 sigma_{s_N}^2`` (``1 - rho^2`` on VP).
 Then component i's posterior is ``N(m_i(y), U_i diag(c_i) U_i^T)`` with
-``c_i = lam_i (1 - rho^2) / (1 - rho^2 + rho^2 lam_i)`` and
-``m_i = a_i + U_i diag(c_i rho / (1 - rho^2)) U_i^T (y - rho a_i)``, and its weight is the model's
+``c_i = lam_i tau^2 / (tau^2 + rho^2 lam_i)`` and
+``m_i = a_i + U_i diag(c_i rho / tau^2) U_i^T (y - rho a_i)``, and its weight is the model's
 responsibility ``pi_i(y) = P(i | X_s = y)``. With quadrature nodes ``x_iq = m_i + U_i (sqrt(c_i) z_q)``
 and weights ``omega_q``,
 
     log h = logsumexp_{i,q} [log pi_i + log omega_q + r(x_iq) / kl_coef],
-    delta* = sum_{i,q} P_iq [grad log pi_i + (rho / (1 - rho^2)) U_i (sqrt(c_i) z_q)],
+    grad log h = sum_{i,q} P_iq [grad log pi_i + (rho / tau^2) U_i (sqrt(c_i) z_q)],
 
 ``P`` the softmax of the same terms. The second term is Stein's identity for the Gaussian posterior
 (``grad_m E f(m + L z) = L^{-T} E[z f]``, chained through ``dm_i / dy``): the reward's gradient is
 never needed, so any reward (a black box too) is exact up to the quadrature. Quadrature: a
 Gauss-Hermite tensor rule in low dimension, antithetic, moment-matched Monte Carlo draws of the
 posterior in high dimension (drawn once: the control is a deterministic function of (t, y)).
+
+Doob's transform adds ``g^2 grad log h`` to the drift; the env's correction moves it by
+``correction_weight * g^2 * delta`` (:attr:`~diffusion_gym.sde.Discretization.correction_weight`),
+so the optimal correction is ``delta* = grad log h / correction_weight``: ``grad log h`` on VP,
+``2 grad log h`` on the flow SDE.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from torch import Tensor, nn
 
 from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.evaluation import Estimate
 from diffusion_gym.rewards.protocol import RewardModel
 
 
@@ -67,13 +76,16 @@ def antithetic_normal_rule(n_samples: int, dim: int, seed: int) -> tuple[Tensor,
 
 
 class MixtureOptimalControl:
-    """``delta*(t, y) = grad_y log h(t, y)`` of a Gaussian-mixture task (see the module docstring).
+    """``delta*(t, y) = grad_y log h(t, y) / correction_weight`` of a Gaussian-mixture task (see the module
+    docstring).
 
     Args:
         model: the base model's exact mixture score.
         reward: the terminal reward the control optimises (the env's proxy).
         kl_coef: the price per nat of KL (> 0).
         t_end: the environment time of the grid's last point (the sampler stops there).
+        correction_weight: the drift's weight of the env's correction per unit of diffusion variance
+            (:attr:`~diffusion_gym.sde.Discretization.correction_weight`; 1 on VP, 1/2 on the flow SDE).
         gauss_hermite: nodes per dimension of the Gauss-Hermite rule, used while
             ``gauss_hermite ** D <= max_nodes``.
         max_nodes: above this many tensor-rule nodes, ``max_nodes`` antithetic posterior draws are used.
@@ -90,6 +102,7 @@ class MixtureOptimalControl:
         reward: RewardModel,
         kl_coef: float,
         t_end: float,
+        correction_weight: float = 1.0,
         gauss_hermite: int = 4,
         max_nodes: int = 512,
         seed: int = 0,
@@ -103,6 +116,7 @@ class MixtureOptimalControl:
         if not kl_coef > 0:
             raise ValueError(f"the optimal control needs kl_coef > 0, got {kl_coef}")
         self.model, self.reward, self.kl_coef, self.chunk = model, reward, float(kl_coef), int(chunk)
+        self.correction_weight = float(correction_weight)
         self.skip_logit = float(skip) / self.kl_coef
         tensors = [*reward.parameters(), *reward.buffers()] if isinstance(reward, nn.Module) else []
         self.reward_dtype = next((p.dtype for p in tensors if p.is_floating_point()), None)
@@ -120,7 +134,7 @@ class MixtureOptimalControl:
             self.rule = f"{max_nodes} antithetic posterior draws"
         s_end = torch.tensor(self.s_end, dtype=torch.float64)
         alpha_end, sigma2_end = self.schedule.alpha(s_end), self.schedule.sigma2(s_end)
-        self.alpha_end = float(alpha_end)
+        self.alpha_end, self.sigma2_end = float(alpha_end), float(sigma2_end)
         device = model.means.device
         self.nodes, self.log_node_weights = z.to(device), logw.to(device)
         # The terminal law: the data mixture noised to s_end (same eigenvectors), in float64.
@@ -131,15 +145,23 @@ class MixtureOptimalControl:
 
     @staticmethod
     def applies(env: DiffusionSDEVectorEnv) -> bool:
-        """Whether the control is available for ``env``'s task: a Gaussian-mixture base with a KL price."""
+        """Whether the control is exact for ``env``'s task: a Gaussian-mixture base with a KL price,
+        sampled by the time reversal of its forward process (not the flow SDE at another noise level)."""
         env = getattr(env, "unwrapped", env)
-        return isinstance(env.score_model, GaussianMixtureScore) and env.kl_coef > 0
+        exact = env.discretization.time_reversal
+        return isinstance(env.score_model, GaussianMixtureScore) and env.kl_coef > 0 and exact
 
     @classmethod
     def for_env(cls, env: DiffusionSDEVectorEnv, **kwargs: Any) -> MixtureOptimalControl:
         """The optimal control of ``env``'s task: its base model, terminal reward, kl_coef and end time."""
         env = getattr(env, "unwrapped", env)
-        return cls(env.score_model, env.reward_model, env.kl_coef, float(env.grid[-1]), **kwargs)
+        if not env.discretization.time_reversal:
+            raise ValueError(
+                "the closed-form optimal control needs the time reversal of the forward process; the flow "
+                f"SDE at noise level {env.noise_level} is not it (noise_level = sqrt(2) is)"
+            )
+        weight = env.discretization.correction_weight
+        return cls(env.score_model, env.reward_model, env.kl_coef, float(env.grid[-1]), weight, **kwargs)
 
     def policy(self, env: DiffusionSDEVectorEnv) -> Callable[[dict[str, Tensor]], Tensor]:
         """The control as an action map of ``env`` (``delta* / action_scale``, clipped to the action box)."""
@@ -153,14 +175,14 @@ class MixtureOptimalControl:
     def _terms(self, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The logits of h per (row, component, node), (B, K, Q), and what delta* is summed from:
         ``grad log pi`` (B, K, D), the nodes' offsets from their posterior means (A, Q, D) and
-        ``rho / (1 - rho^2)`` (B,), for the A (row, component) pairs ``(rows, comps)`` that carry
+        ``rho / tau^2`` (B,), for the A (row, component) pairs ``(rows, comps)`` that carry
         weight. A component whose responsibility is below ``exp(-skip / kl_coef)`` of the row's largest
         is left out (its logits are -inf): it would need a reward ``skip`` above the others' to
         matter, and late in the chain most rows sit in one component."""
         s = (self.T - t.double()).clamp_min(self.s_end + 1e-12)
-        rho = torch.exp(self.schedule.log_alpha(s)) / self.alpha_end  # (B,)
+        rho = self.schedule.alpha(s) / self.alpha_end  # (B,)
         rho2 = rho**2
-        noise = -torch.expm1(2 * torch.log(rho))  # 1 - rho^2, accurate near s_end
+        noise = self.schedule.sigma2(s) - rho2 * self.sigma2_end  # tau^2: 1 - rho^2 on VP
         lam = self.end_eigvals  # (K, D)
         var = rho2[:, None, None] * lam + noise[:, None, None]  # (B, K, D): X_s | component, eigenbasis
         y64 = y.double()
@@ -171,7 +193,7 @@ class MixtureOptimalControl:
         grad_log_pi = grad_log_comp - (log_pi.exp()[..., None] * grad_log_comp).sum(1, keepdim=True)
         rows, comps = torch.nonzero(log_pi >= log_pi.amax(1, keepdim=True) - self.skip_logit, as_tuple=True)
         post_var = lam[comps] * noise[rows, None] / var[rows, comps]  # c_i, (A, D)
-        # c rho / (1 - rho^2) U^T (y - rho a), in the eigenbasis
+        # c rho / tau^2 U^T (y - rho a), in the eigenbasis
         gain = (lam[comps] * rho[rows, None] / var[rows, comps]) * resid[rows, comps]
         eigvecs = self.eigvecs[comps]  # (A, D, D)
         post_mean = self.end_means[comps] + torch.einsum("ade,ae->ad", eigvecs, gain)  # (A, D)
@@ -193,8 +215,17 @@ class MixtureOptimalControl:
         return torch.cat([torch.logsumexp(self._terms(tc, yc)[0].flatten(1), 1) for tc, yc in chunks])
 
     @torch.no_grad()
+    def initial_value(self, n: int, seed: int = 0) -> Estimate:
+        """``J*_0 = kl_coef E[log h(0, Y_0)]``, ``Y_0 ~ N(0, I)``, in continuous time: the optimum over path
+        measures with the env's initial law, from ``n`` draws of ``Y_0`` (the quadrature of ``log h``
+        is the rule's; its Monte Carlo error over ``Y_0`` is the standard error)."""
+        gen = torch.Generator(device=self.model.means.device).manual_seed(seed)
+        y0 = torch.randn(n, self.model.event_shape[0], generator=gen, dtype=torch.float64, device=gen.device)
+        return Estimate.of(self.kl_coef * self.log_h(0.0, y0))
+
+    @torch.no_grad()
     def __call__(self, t: Tensor | float, y: Tensor) -> Tensor:
-        """``delta*(t, y)``, shaped and typed like ``y``."""
+        """``delta*(t, y) = grad log h(t, y) / correction_weight``, shaped and typed like ``y``."""
         t = torch.as_tensor(t, dtype=torch.float64, device=y.device).expand(y.shape[0])
         out = []
         for tc, yc in zip(t.split(self.chunk), y.split(self.chunk), strict=True):
@@ -203,4 +234,4 @@ class MixtureOptimalControl:
             spread = torch.einsum("aq,aqd->ad", p[rows, comps], offsets)
             stein = torch.zeros_like(grad_log_pi[:, 0]).index_add_(0, rows, spread)
             out.append(torch.einsum("bk,bkd->bd", p.sum(2), grad_log_pi) + gain[:, None] * stein)
-        return torch.cat(out).to(y.dtype)
+        return (torch.cat(out) / self.correction_weight).to(y.dtype)

@@ -14,6 +14,16 @@ best policy of the env's own action class on its grid (a dynamic programme, 2-D 
 :mod:`diffusion_gym.dynamic_programming`), and J_oracle(N), the continuous-time optimal control
 applied on the grid (Gaussian-mixture tasks: :mod:`diffusion_gym.optimal_control`).
 ``J_oracle <= J_best <= J*``.
+
+**The optimum for the env's initial law.** The env draws ``Y_0 ~ N(0, I)`` (and a condition) itself,
+so over the path measures a policy can reach the optimum is Donsker-Varadhan's given ``Y_0``,
+
+    J*_0 = kl_coef E_{Y_0}[ log E_pre[exp(r(Y_N) / kl_coef) | Y_0] ] <= J*,
+
+with equality where ``Y_N`` is independent of ``Y_0`` (:func:`initial_law_optimum`, by nested Monte
+Carlo on the env's own chain; ``J_best <= J*_0`` exactly). On the VP tasks at T = 1 (``alpha_T ~
+0.0065``) and on the flow SDE at noise level ``sqrt(2)`` (memoryless) the two agree; on the flow SDE
+at a small noise level the sample is nearly a function of the noise and ``J*_0`` falls towards J(pre).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffusion_gym import kernel
 from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.evaluation import Estimate, rollout
@@ -117,6 +128,111 @@ def optimum_from_rewards(rewards: Tensor, kl_coef: float) -> Optimum:
 def optimal_objective(env: DiffusionSDEVectorEnv, n_samples: int = 65_536, seed: int = 0) -> Optimum:
     """J* and J(pre) by Monte Carlo over the pretrained sampler (zero action) of ``env``."""
     return optimum_from_rewards(rollout(env, None, n_samples, seed).terminal_reward, env.kl_coef)
+
+
+@dataclass(frozen=True)
+class InitialLawOptimum:
+    """``J*_0`` by nested Monte Carlo (:func:`initial_law_optimum`).
+
+    Attributes:
+        j_star_0: the jackknifed estimate, its standard error over the outer draws.
+        plain: the plain nested estimate ``kl_coef mean_i log mean_j w_ij`` (biased low).
+        bias: ``plain - j_star_0``: the plain estimate's bias as the jackknife estimates it, about
+            ``-kl_coef E[Var(w | Y_0) / E[w | Y_0]^2] / (2 L)``; the jackknife's own leftover is of order ``1 / L^2``.
+        half: the jackknifed estimate from the first half of each row's inner draws (a check: it
+            should agree with ``j_star_0`` within their errors where the leftover bias is negligible).
+        n_outer: initial states drawn.
+        n_inner: pretrained continuations of each.
+    """
+
+    j_star_0: Estimate
+    plain: float
+    bias: float
+    half: float
+    n_outer: int
+    n_inner: int
+
+    def row(self) -> dict[str, float]:
+        """The estimates as flat numbers (results files, shipped tables)."""
+        return {
+            "j_star_0": self.j_star_0.mean,
+            "j_star_0_se": self.j_star_0.se,
+            "j_star_0_plain": self.plain,
+            "j_star_0_bias": self.bias,
+            "j_star_0_half": self.half,
+            "j_star_0_outer": self.n_outer,
+            "j_star_0_inner": self.n_inner,
+        }
+
+
+def _jackknifed_log_mean(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row of ``z`` (M, L): ``log mean exp(z)`` and its leave-one-out jackknife
+    ``L theta - (L - 1) mean_j theta_{-j}`` (the O(1/L) bias of a log of a mean removed), float64."""
+    z = z.double()
+    n = z.shape[1]
+    top = z.amax(1, keepdim=True)
+    w = torch.exp(z - top)
+    total = w.sum(1, keepdim=True)
+    plain = torch.log(total[:, 0] / n) + top[:, 0]
+    # A row whose weight sits in one draw leaves a zero sum out: its leave-one-out term is then -inf,
+    # and the jackknife says (rightly) that L is too small there; clamp at the float64 floor.
+    leave_one_out = torch.log(((total - w) / (n - 1)).clamp_min(1e-300)) + top
+    return plain, n * plain - (n - 1) * leave_one_out.mean(1)
+
+
+@torch.no_grad()
+def initial_law_optimum(
+    env: DiffusionSDEVectorEnv, n_outer: int, n_inner: int, seed: int = 0, rows: int | None = None
+) -> InitialLawOptimum:
+    """``J*_0 = kl_coef E_{Y_0}[log E_pre[exp(r(Y_N) / kl_coef) | Y_0]]`` on ``env``'s grid by nested Monte
+    Carlo: ``n_outer`` initial states (and conditions, for a conditional model: they are drawn by the
+    env too), each continued by ``n_inner`` pretrained chains (the env's own transitions, through its
+    :meth:`~diffusion_gym.envs.vector.DiffusionSDEVectorEnv.pretrained_mean` and the kernel).
+
+    The log of an inner mean is biased low by about ``Var(w | Y_0) / (2 L E[w | Y_0]^2)`` (``w = exp(r /
+    kl_coef)``, ``L = n_inner``); each row's leave-one-out jackknife removes that term, leaving one of
+    order ``1 / L^2``. The estimated bias and a half-``L`` estimate are reported beside it
+    (:class:`InitialLawOptimum`), so that a table shows whether ``L`` was large enough. The standard
+    error is that of the outer mean of the jackknifed rows.
+
+    Args:
+        env: the task's batched env (its grid, integrator, models and kl_coef; its batch is not used).
+        n_outer: initial states M (>= 2).
+        n_inner: continuations L of each (>= 4, even).
+        seed: seeds one generator for every draw.
+        rows: chains stepped at once (default: the env's batch, at least one outer state's worth).
+    """
+    env = getattr(env, "unwrapped", env)
+    if env.kl_coef <= 0:
+        raise ValueError(f"J*_0 needs kl_coef > 0, got {env.kl_coef}")
+    if n_outer < 2 or n_inner < 4 or n_inner % 2:
+        raise ValueError(f"need n_outer >= 2 and an even n_inner >= 4, got {n_outer} and {n_inner}")
+    gen = torch.Generator(device=env.device).manual_seed(seed)
+    per_chunk = max(1, (rows or env.num_envs) // n_inner)
+    plain, jack, half = [], [], []
+    for start in range(0, n_outer, per_chunk):
+        m = min(per_chunk, n_outer - start)
+        y0 = torch.randn((m, *env.event_shape), generator=gen, device=env.device, dtype=env.dtype)
+        cond = None
+        if env.conditions is not None:
+            pick = torch.randint(len(env.conditions), (m,), generator=gen, device=env.device)
+            cond = env.conditions[pick].repeat_interleave(n_inner)
+        y = y0.repeat_interleave(n_inner, 0)
+        for k in range(env.n_steps):
+            noise = torch.randn(y.shape, generator=gen, device=env.device, dtype=env.dtype)
+            y = kernel.step_sample(env.discretization, k, env.pretrained_mean(k, y, cond), noise)
+        z = (env.reward_model(y, cond).double() / env.kl_coef).view(m, n_inner)
+        row_plain, row_jack = _jackknifed_log_mean(z)
+        plain.append(row_plain)
+        jack.append(row_jack)
+        half.append(_jackknifed_log_mean(z[:, : n_inner // 2])[1])
+    kl = env.kl_coef
+    jackknifed = kl * torch.cat(jack)
+    est = Estimate.of(jackknifed)
+    plain_mean = kl * torch.cat(plain).mean().item()
+    return InitialLawOptimum(
+        est, plain_mean, plain_mean - est.mean, kl * torch.cat(half).mean().item(), n_outer, n_inner
+    )
 
 
 @torch.no_grad()

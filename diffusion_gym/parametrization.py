@@ -19,8 +19,9 @@ that predicts x0 or the velocity itself.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 Parametrization = Literal["score", "eps", "x0", "velocity"]
@@ -63,3 +64,15 @@ def convert(
         return output
     x0, eps = to_pair(source, output, x, alpha, sigma)
     return from_pair(target, x0, eps, sigma)
+
+
+def prediction(model: Any, s: Tensor, x: Tensor, target: Parametrization) -> Tensor:
+    """``model``'s prediction at diffusion time ``s`` (a scalar) as form ``target``: from its ``score``
+    or, where it declares another :attr:`parametrization`, its ``predict``, converted on its own
+    schedule's path. (The env converts with its precomputed path: :meth:`~diffusion_gym.envs.vector.
+    DiffusionSDEVectorEnv.predict`; this is for code that steps a model off the env, e.g. the
+    dynamic programme's float64 copy.)"""
+    kind: Parametrization = getattr(model, "parametrization", "score")
+    out = model.score(s, x) if kind == "score" else model.predict(s, x)
+    st = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+    return convert(out, x, model.schedule.alpha(st), model.schedule.sigma(st), kind, target)

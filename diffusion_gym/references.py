@@ -1,7 +1,9 @@
 """The references a policy is scored against on its grid, owned in one place (docs/design.md, section 1).
 
 One grid's references are J* and J(pre) (:class:`~diffusion_gym.optimum.Optimum`: Monte Carlo over
-the pretrained sampler), J_best (the dynamic programme, 2-D tasks) and J_oracle (the continuous-time
+the pretrained sampler), J*_0, the optimum for the env's fixed initial law (nested Monte Carlo on the
+grid, :func:`~diffusion_gym.optimum.initial_law_optimum`, and in continuous time ``kl_coef E[log h(0,
+Y_0)]`` where the optimal control is exact), J_best (the dynamic programme, 2-D tasks) and J_oracle (the continuous-time
 optimal control applied on the grid, Gaussian-mixture tasks). This module decides which of them a
 grid has and computes them (:func:`compute_references`), serialises them (:meth:`References.to_row`
 / :meth:`References.from_row`: train, tune, the benchmarks and the report read the same row),
@@ -33,11 +35,15 @@ import torch
 
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.evaluation import Estimate, Rollouts, rollout
-from diffusion_gym.optimum import Optimum, normalized_gap, optimum_from_rewards
+from diffusion_gym.optimum import Optimum, initial_law_optimum, normalized_gap, optimum_from_rewards
 from diffusion_gym.scoring import derive_seed, estimates
 
 BATCH_MEANS = 32
 """Batches of J_oracle's batch-means standard error."""
+INITIAL_LAW_INNER = 256
+"""Pretrained continuations of each initial state in J*_0's nested Monte Carlo: its jackknifed
+estimate's leftover bias is then below its standard error on every mixture task (the shipped tables
+record the jackknife's bias estimate and a half-L estimate beside it)."""
 
 _LEGACY_NAMES = {"j_best_error": "j_best_se", "j_best_cells": "j_best_n"}
 """Row keys of results written before the references had one owner, and their names now."""
@@ -71,6 +77,9 @@ class References:
 
     Attributes:
         optimum: J* and J(pre) (their covariance and the effective sample size behind J*).
+        initial_law: J*_0 by nested Monte Carlo (:meth:`~diffusion_gym.optimum.InitialLawOptimum.row`:
+            the estimate, its plain version, bias, half-L check and sizes), and in continuous time
+            (``j_star_0_continuous``, ``_se``) where the optimal control is exact; None where not computed.
         j_best: J_best(N) from the dynamic programme, its ``se`` the numerical error estimate and its
             ``n`` the spatial grid's cell count (2-D tasks; None elsewhere).
         j_best_pretrained: J(pre) by the same recursion without the maximisation (a check).
@@ -88,9 +97,23 @@ class References:
     oracle: Mapping[str, Any] | None = None
     command: str | None = None
     oracle_command: str | None = None
+    initial_law: Mapping[str, Any] | None = None
 
     REACHABLE: ClassVar[tuple[str, ...]] = ("j_best", "j_oracle")
     """The reachable references in order of preference (J_oracle <= J_best <= J*)."""
+
+    @property
+    def j_star_0(self) -> Estimate | None:
+        """J*_0 on the grid (nested Monte Carlo), or None where not computed."""
+        row = self.initial_law
+        return None if row is None else Estimate(row["j_star_0"], row["j_star_0_se"], row["j_star_0_outer"])
+
+    @property
+    def ceiling(self) -> tuple[Estimate, float]:
+        """What the gap is measured against, with its covariance with J(pre): J*_0 where computed (no
+        policy of the env can beat it; independent samples), else J*."""
+        j_star_0 = self.j_star_0
+        return (self.optimum.j_star, self.optimum.covariance) if j_star_0 is None else (j_star_0, 0.0)
 
     @property
     def reachable_name(self) -> str | None:
@@ -109,8 +132,10 @@ class References:
         return None if self.reachable_name is None else getattr(self, self.reachable_name)
 
     def gap(self, j: Estimate) -> Estimate:
-        """``(J* - J) / (J* - J(pre))``: how far ``j`` is from the optimum over all path measures."""
-        return self.optimum.normalized_gap(j)
+        """``(J*_0 - J) / (J*_0 - J(pre))``: how far ``j`` is from the optimum over the path measures with
+        the env's initial law (J* in place of J*_0 where that is not computed: :attr:`ceiling`)."""
+        ceiling, cov = self.ceiling
+        return normalized_gap(j, ceiling, self.optimum.j_pretrained, cov)
 
     def reachable_gap(self, j: Estimate) -> Estimate | None:
         """``(J_ref - J) / (J_ref - J(pre))`` with the reachable reference (independent of J(pre)'s
@@ -123,7 +148,7 @@ class References:
         them (``_se_policy``: the references' share is common to every policy scored on the grid)."""
         pre = self.optimum.j_pretrained.mean
         gap = self.gap(j)
-        out = {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": j.se / (self.optimum.j_star.mean - pre)}
+        out = {"gap": gap.mean, "gap_se": gap.se, "gap_se_policy": j.se / (self.ceiling[0].mean - pre)}
         reachable = self.reachable_gap(j)
         if reachable is not None and self.reachable is not None:
             out |= {"reachable_gap": reachable.mean, "reachable_gap_se": reachable.se}
@@ -142,7 +167,7 @@ class References:
         ``"reachable_gap"``): what every policy's gap on this grid shares."""
         pre = self.optimum.j_pretrained
         if key == "gap":
-            ref, cov = self.optimum.j_star, self.optimum.covariance
+            ref, cov = self.ceiling
         elif self.reachable is not None:
             ref, cov = self.reachable, 0.0
         else:
@@ -165,6 +190,8 @@ class References:
             row["command"] = self.command
         if self.oracle_command is not None:
             row["j_oracle_command"] = self.oracle_command
+        if self.initial_law is not None:
+            row |= dict(self.initial_law)
         return row
 
     @classmethod
@@ -180,6 +207,8 @@ class References:
         def estimate(name: str) -> Estimate | None:
             return Estimate(row[name], row[f"{name}_se"], row.get(f"{name}_n", row["n"])) if name in row else None
 
+        initial_law = {k: v for k, v in row.items() if k.startswith("j_star_0")} or None
+
         return cls(
             Optimum.from_row(row),
             estimate("j_best"),
@@ -188,6 +217,7 @@ class References:
             row.get("oracle"),
             row.get("command"),
             oracle_command,
+            initial_law,
         )
 
 
@@ -209,6 +239,24 @@ def oracle_row(env: DiffusionSDEVectorEnv, n: int, seed: int) -> tuple[Estimate,
     return j_oracle, row | errors
 
 
+def initial_law_row(env: DiffusionSDEVectorEnv, n: int, seed: int) -> dict[str, Any]:
+    """J*_0 of ``env``'s grid from about ``n`` pretrained chains (:func:`~diffusion_gym.optimum.initial_law_optimum`),
+    and where the optimal control is exact, ``kl_coef E[log h(0, Y_0)]`` in continuous time. At t = 0 the
+    posterior of ``Y_T`` is a whole component of the terminal law, which the control's 4-node rule
+    integrates poorly (0.06 low in 2-D), so this uses a rich one: Gauss-Hermite 16 per axis in 2-D
+    (within 1e-3 of the quadrature J* there), 16,384 antithetic draws above (0.01 from 512 in 8-D);
+    64 draws of ``Y_0`` suffice, ``log h(0, .)`` being all but constant (the chain forgets its start)."""
+    from diffusion_gym.optimal_control import MixtureOptimalControl
+
+    inner = min(INITIAL_LAW_INNER, max(4, 2 * (n // 4)))
+    row: dict[str, Any] = initial_law_optimum(env, max(2, n // inner), inner, seed).row()
+    if MixtureOptimalControl.applies(env):
+        control = MixtureOptimalControl.for_env(env, gauss_hermite=16, max_nodes=16_384, chunk=16)
+        continuous = control.initial_value(64, seed)
+        row |= {"j_star_0_continuous": continuous.mean, "j_star_0_continuous_se": continuous.se}
+    return row
+
+
 def compute_references(
     env: DiffusionSDEVectorEnv,
     *,
@@ -220,6 +268,7 @@ def compute_references(
     pretrained: Rollouts | None = None,
     oracle_env: DiffusionSDEVectorEnv | None = None,
     seeds: str = "",
+    initial_n: int = 0,
 ) -> References:
     """Decide which references ``env``'s grid has and compute them (or read the shipped ones).
 
@@ -236,6 +285,8 @@ def compute_references(
         pretrained: pretrained rollouts on this grid to estimate J* and J(pre) from (default: drawn here).
         oracle_env: the env (another batch) the optimal control's episodes run on (default: ``env``).
         seeds: ``""`` for a run's references, ``"shipped"`` for a task's table: which seeds they draw.
+        initial_n: pretrained chains for J*_0's nested Monte Carlo (``initial_n // INITIAL_LAW_INNER``
+            initial states, :data:`INITIAL_LAW_INNER` continuations each); 0: J*_0 only where shipped.
     """
     from diffusion_gym.dynamic_programming import best_policy, solvable
     from diffusion_gym.optimal_control import MixtureOptimalControl
@@ -254,6 +305,15 @@ def compute_references(
         solution = best_policy(env, n_grid=best_grid)
         j_best = Estimate(solution.j_best, solution.error, solution.n_grid**2)
         refs = replace(refs, j_best=j_best, j_best_pretrained=solution.j_pretrained)
+    if shipped_refs is not None and shipped_refs.initial_law is not None:
+        refs = replace(refs, initial_law=shipped_refs.initial_law)
+    elif initial_n > 0:
+        refs = replace(
+            refs,
+            initial_law=initial_law_row(
+                env, initial_n, derive_seed(f"{seeds}_initial" if seeds else "initial", n_steps)
+            ),
+        )
     if shipped_refs is not None and shipped_refs.j_oracle is not None:
         refs = replace(
             refs, j_oracle=shipped_refs.j_oracle, oracle=shipped_refs.oracle, oracle_command=shipped_refs.oracle_command

@@ -15,10 +15,19 @@ from diffusion_gym.evaluation import Estimate, Rollouts, rollout
 if TYPE_CHECKING:
     from diffusion_gym.references import References
 
-SEED_PURPOSES = {"optimum": 1, "curve": 2, "final": 3, "oracle": 4, "shipped": 5, "shipped_oracle": 6}
+SEED_PURPOSES = {
+    "optimum": 1,
+    "curve": 2,
+    "final": 3,
+    "oracle": 4,
+    "shipped": 5,
+    "shipped_oracle": 6,
+    "initial": 7,
+    "shipped_initial": 8,
+}
 """What a derived seed is for: the references' pretrained samples, a learning-curve point, a final
-score, the optimal control's episodes, and the pretrained samples and optimal-control episodes of
-references shipped with a task."""
+score, the optimal control's episodes, J*_0's nested chains, and the same three of references
+shipped with a task."""
 
 
 def derive_seed(purpose: str, *keys: int) -> int:

@@ -20,14 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
-Integrator = Literal["euler_maruyama", "ddpm", "exponential", "flow_sde"]
+Integrator = Literal["euler_maruyama", "ddpm", "exponential", "flow_sde", "flow_exponential"]
 ActionScale = float | Callable[[Tensor], Tensor]
 """``delta = action_scale(t) * action``: a constant, or a function of the environment-time tensor."""
 VP_INTEGRATORS: tuple[str, ...] = ("euler_maruyama", "ddpm", "exponential")
-FLOW_INTEGRATORS: tuple[str, ...] = ("flow_sde",)
+FLOW_INTEGRATORS: tuple[str, ...] = ("flow_sde", "flow_exponential")
 INTEGRATORS: tuple[str, ...] = VP_INTEGRATORS + FLOW_INTEGRATORS
 DEFAULT_NOISE_LEVEL = 0.7
 """Flow-GRPO's noise level ``a`` of the marginal-preserving flow SDE (arXiv 2505.05470)."""
@@ -332,6 +333,17 @@ class Discretization:
     output: str
     """The form of the base model's prediction ``b_k`` multiplies (:mod:`diffusion_gym.parametrization`):
     the score for the VP integrators, the velocity for the flow ones."""
+    correction_weight: float
+    """The drift's weight of the score correction per unit of diffusion variance, in continuous time:
+    the correction moves the drift by ``correction_weight * g^2 * delta`` (1 on the VP reverse SDE,
+    whose drift holds ``g^2`` times the score; 1/2 on the flow SDE, whose drift holds ``g^2 / 2``
+    times it). Doob's optimal correction is then ``grad log h / correction_weight``."""
+    time_reversal: bool
+    """Whether the pretrained SDE is the time reversal of the path's Gaussian forward process (every VP
+    integrator; the flow SDE at noise level ``sqrt(2)``, its memoryless schedule): then ``Y_T | Y_t``
+    is the data posterior and Doob's optimal control has the closed form of
+    :mod:`diffusion_gym.optimal_control`. At another noise level the marginals are the same but the
+    bridges are not."""
 
     @property
     def n_steps(self) -> int:
@@ -386,13 +398,14 @@ def discretize(
     (the factor ``sigma_{s'}^2 / sigma_s^2``), so under "ddpm" a correction there costs far more
     KL on a coarse grid: its path KL reaches the Girsanov integral only once ``dt << eps``.
 
-    On a rectified-flow path (:class:`RectifiedFlowSchedule`) the integrator is "flow_sde" (see
-    :func:`_flow_sde`), its transitions written in the velocity.
+    On a rectified-flow path (:class:`RectifiedFlowSchedule`) the integrators are "flow_sde" and
+    "flow_exponential" (see :func:`_flow_sde`), their transitions written in the velocity.
 
     Args:
         schedule: the base model's path (VP schedule or rectified flow).
         grid: environment times from :func:`time_grid`.
-        integrator: "euler_maruyama", "ddpm" or "exponential" (VP); "flow_sde" (rectified flow).
+        integrator: "euler_maruyama", "ddpm" or "exponential" (VP); "flow_sde" or "flow_exponential"
+            (rectified flow).
         action_scale: ``delta = action_scale(t) * action`` (a float, or a function of the time tensor).
         noise_level: the flow SDE's ``a`` (default :data:`DEFAULT_NOISE_LEVEL`); flow integrators only.
     """
@@ -405,7 +418,8 @@ def discretize(
         path = "a rectified-flow" if flow else "a VP"
         raise ValueError(f"integrator {integrator!r} does not step {path} path; expected one of {allowed}")
     if flow:
-        return _flow_sde(schedule, g, action_scale, DEFAULT_NOISE_LEVEL if noise_level is None else noise_level)
+        a = DEFAULT_NOISE_LEVEL if noise_level is None else noise_level
+        return _flow_sde(schedule, g, action_scale, a, exact=integrator == "flow_exponential")
     if noise_level is not None:
         raise ValueError("noise_level is the flow SDE's; a VP integrator's noise is fixed by its schedule")
     s = schedule.T - g[:-1]
@@ -439,7 +453,7 @@ def discretize(
         drift_scale = torch.exp(-log_a)
         score_scale = 2.0 * torch.expm1(-log_a)
         var = torch.expm1(-2.0 * log_a)
-    return _gaussian_steps(g, schedule.T, drift_scale, score_scale, score_scale, var, action_scale, "score")
+    return _gaussian_steps(g, schedule.T, drift_scale, score_scale, score_scale, var, action_scale, "score", 1.0, True)
 
 
 def _gaussian_steps(
@@ -451,6 +465,8 @@ def _gaussian_steps(
     var: Tensor,
     action_scale: ActionScale,
     output: str,
+    correction_weight: float,
+    time_reversal: bool,
 ) -> Discretization:
     """The :class:`Discretization` of Gaussian steps ``N(a y + b f + c delta, v I)`` on the grid ``g``:
     the noise s.d., the KL weight ``c^2 / (2 v)``, the action scale and the float constants derived."""
@@ -469,21 +485,39 @@ def _gaussian_steps(
         constants=constants,
         control_scale=control_scale,
         output=output,
+        correction_weight=correction_weight,
+        time_reversal=time_reversal,
     )
 
 
-def _flow_sde(schedule: RectifiedFlowSchedule, g: Tensor, action_scale: ActionScale, a: float) -> Discretization:
-    """Euler-Maruyama of the marginal-preserving reverse SDE of a rectified flow (Flow-GRPO, arXiv
-    2505.05470, eq. 8; docs/design.md, section 2), with sigma decreasing by ``h_k = sigma_k - sigma_{k+1}``:
+def _flow_sde(
+    schedule: RectifiedFlowSchedule, g: Tensor, action_scale: ActionScale, a: float, exact: bool = False
+) -> Discretization:
+    """The marginal-preserving reverse SDE of a rectified flow (Flow-GRPO, arXiv 2505.05470, eq. 8;
+    docs/design.md, section 2), with sigma decreasing by ``h_k = sigma_k - sigma_{k+1}``:
 
         dx = [v + (g^2 / (2 sigma)) (x + (1 - sigma) v) + (g^2 / 2) delta] dsigma + g dW,
-        g = a sqrt(sigma / (1 - sigma)),
+        g = a sqrt(sigma / (1 - sigma)).
 
-    so one step is Gaussian with ``a_k = 1 - g^2 h / (2 sigma)``, ``b_k = -(1 + g^2 (1 - sigma) / (2 sigma)) h``
-    on the velocity, ``c_k = g^2 h / 2`` on the score correction and ``v_k = g^2 h``: the step's KL is
-    ``g^2 h ||delta||^2 / 8``, whose sum converges to Girsanov's integral (the ``h`` Flow-GRPO's code drops).
-    ``g`` diverges at sigma = 1, where the grid starts: on a step from sigma = 1 the denominator is
-    ``1 - sigma_{k+1}``, as in Flow-GRPO's ``sd3_sde_with_logprob`` (``sigma_max = sigmas[1]``).
+    "flow_sde" is its Euler-Maruyama step, ``a_k = 1 - g^2 h / (2 sigma)``, ``b_k = -(1 + g^2 (1 - sigma) /
+    (2 sigma)) h`` on the velocity, ``c_k = g^2 h / 2`` on the score correction and ``v_k = g^2 h``: the
+    step's KL is ``g^2 h ||delta||^2 / 8``, whose sum converges to Girsanov's integral (the ``h``
+    Flow-GRPO's code drops). ``g`` diverges at sigma = 1, where the grid starts: on a step from sigma = 1
+    the denominator is ``1 - sigma_{k+1}``, as in Flow-GRPO's ``sd3_sde_with_logprob`` (``sigma_max =
+    sigmas[1]``), so the field's sampler is reproduced step for step. ``g^2`` is not integrable at
+    sigma = 1, so the first steps have variances of order ``a^2`` (``a^2``, ``a^2 (1 - h)``, about
+    ``a^2 / 2``, ...) whatever N: the Euler chain is not uniformly of weak order 1. Its terminal error
+    halves with N at ``a = 0.3`` and falls faster at ``sqrt 2`` (strong contraction forgets the first
+    steps), but at ``a = 0.7`` it stalls near 2e-3 in the covariance of a Gaussian (tests/test_initial_law.py).
+
+    "flow_exponential" takes the exact step everywhere: with the model's ``x0`` prediction and the
+    correction frozen at the step's start the SDE is linear, and its solution is the coefficient-preserving
+    step ``x' = alpha' x0 + Phi sigma eps + sqrt(sigma'^2 - (Phi sigma)^2) xi`` (``eps = x + alpha v``, the
+    form of Flow-CPS, arXiv 2509.05952, whose noise ``sigma' sin(a pi / 2)`` is another choice) with
+    ``Phi sigma = sigma' (sigma' (1 - sigma) / (sigma (1 - sigma')))^(a^2 / 2)``; the correction's coefficient
+    is ``c = int_{sigma'}^{sigma} Phi(sigma' <- u) g(u)^2 / 2 du`` by Gauss-Legendre quadrature. It is
+    finite at sigma = 1, where the step forgets its start (``Phi = 0``: ``Y_1 ~ N(h E[x0 | Y_0], sigma_1^2)``),
+    as the SDE does at every ``a > 0``, and the chain is of weak order 1 at every ``a``.
     """
     if not (math.isfinite(a) and a > 0):
         raise ValueError(
@@ -493,11 +527,41 @@ def _flow_sde(schedule: RectifiedFlowSchedule, g: Tensor, action_scale: ActionSc
     s, s_next = schedule.T - g[:-1], schedule.T - g[1:]
     sigma, sigma_next = schedule.sigma(s), schedule.sigma(s_next)
     h = sigma - sigma_next
-    denominator = torch.where(sigma >= 1.0, 1.0 - sigma_next, 1.0 - sigma)
-    g2 = a**2 * sigma / denominator
+    g2 = a**2 * sigma / torch.where(sigma >= 1.0, 1.0 - sigma_next, 1.0 - sigma)
     drift_scale = 1.0 - g2 * h / (2.0 * sigma)
     velocity_scale = -(1.0 + g2 * (1.0 - sigma) / (2.0 * sigma)) * h
-    return _gaussian_steps(g, schedule.T, drift_scale, velocity_scale, 0.5 * g2 * h, g2 * h, action_scale, "velocity")
+    control_scale, var = 0.5 * g2 * h, g2 * h
+    if exact:
+        drift_scale, velocity_scale, control_scale, var = _exact_flow_steps(sigma, sigma_next, a)
+    reversal = math.isclose(a * a, 2.0, rel_tol=1e-9)  # g^2 = 2 sigma / (1 - sigma)
+    return _gaussian_steps(
+        g, schedule.T, drift_scale, velocity_scale, control_scale, var, action_scale, "velocity", 0.5, reversal
+    )
+
+
+def _exact_flow_steps(sigma: Tensor, sigma_next: Tensor, a: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(a_k, b_k, c_k, v_k)`` of the flow SDE solved exactly over each step from ``sigma`` to ``sigma_next``
+    with ``x0 = x - sigma v`` and the correction frozen (see :func:`_flow_sde`), float64.
+
+    With ``r = a^2 / 2`` the linear part's transition is ``Phi = (sigma' / sigma)^(1 + r) ((1 - sigma) / (1 -
+    sigma'))^r``; the mean ``Phi x + (alpha' - Phi alpha) x0`` (which sends ``N(alpha x0, sigma^2)`` to
+    ``N(alpha' x0, sigma'^2)``, the marginal-preserving property) is ``(alpha' + Phi sigma) x + sigma (Phi
+    alpha - alpha') v``, its variance ``sigma'^2 - (Phi sigma)^2``. ``c = sigma'^(1 + r) (1 - sigma')^(-r)
+    int u^(-r) (1 - u)^(r - 1) r du`` over ``[sigma', sigma]``; in ``w = (1 - u)^r`` the integrand is
+    ``(1 - w^(1/r))^(-r)``, smooth on the step, and 32 Gauss-Legendre nodes give it to float64 precision.
+    """
+    r = a * a / 2
+    alpha, alpha_next = 1.0 - sigma, 1.0 - sigma_next
+    phi_sigma = sigma_next * (sigma_next * alpha / (sigma * alpha_next)) ** r  # 0 from sigma = 1
+    drift = alpha_next + phi_sigma
+    velocity = phi_sigma * alpha - alpha_next * sigma
+    var = sigma_next**2 - phi_sigma**2
+    nodes, weights = (torch.as_tensor(v, dtype=torch.float64) for v in np.polynomial.legendre.leggauss(32))
+    w_lo, w_hi = alpha**r, alpha_next**r
+    w = (w_lo + w_hi)[:, None] / 2 + (w_hi - w_lo)[:, None] / 2 * nodes
+    integral = ((1.0 - w ** (1.0 / r)) ** (-r) * weights).sum(1) * (w_hi - w_lo) / 2
+    control = sigma_next ** (1.0 + r) * alpha_next ** (-r) * integral
+    return drift, velocity, control, var
 
 
 def girsanov_kl_rate(schedule: VPSchedule, t: Tensor) -> Tensor:

@@ -114,13 +114,16 @@ def tiny_run(tmp_path_factory):
 def test_shipped_suites_parse_on_both_devices():
     for device in ("cpu", "cuda"):
         quick = load_suite("quick", device)
-        assert set(quick.tasks) == {"mixture8", "digits"}
+        assert set(quick.tasks) == {"mixture8", "flow8", "digits"}
         assert quick.tasks["mixture8"].env_kwargs["dim"] == 8
+        assert quick.tasks["flow8"].env == "DiffusionSDE-FlowMixture-v0"
+        assert quick.tasks["flow8"].env_kwargs == {"dim": 8, "noise_level": 0.7}
         assert quick.seeds == [0, 1]
         learners = {name for name, (cls, _) in AGENTS.items() if cls.trains}  # the oracle is a reference row
         assert {agent for agent, _ in quick.agents.values()} == learners | {"sb3"}
-        on_digits = quick.tasks["digits"].agents
-        assert set(on_digits) == learners and len(quick.runs()) == (len(quick.agents) + len(on_digits)) * 2
+        on_digits, on_flow = quick.tasks["digits"].agents, quick.tasks["flow8"].agents
+        assert set(on_digits) == set(on_flow) == learners
+        assert len(quick.runs()) == (len(quick.agents) + len(on_digits) + len(on_flow)) * 2
         assert {r.label for r in quick.runs() if r.task.key == "digits"} == set(on_digits)
         full = load_suite("full", device)
         assert len(full.seeds) > 2
@@ -129,6 +132,8 @@ def test_shipped_suites_parse_on_both_devices():
             8,
             32,
         }
+        flow = {(t.env_kwargs["dim"], t.env_kwargs["noise_level"]) for t in full.tasks.values() if "Flow" in t.env}
+        assert flow == {(2, 0.7), (2, math.sqrt(2)), (8, 0.7)}
         assert "digits" in full.tasks and full.throughput
     cpu, cuda = load_suite("full", "cpu"), load_suite("full", "cuda")
     assert cpu.tasks["mixture8"].reward_queries < cuda.tasks["mixture8"].reward_queries

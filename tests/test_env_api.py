@@ -17,16 +17,22 @@ from diffusion_gym.tasks.mixture2d.env import make_env, make_vector_env
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
 
 
-def test_gymnasium_check_env_passes_without_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_env(gym.make("DiffusionSDE-v0").unwrapped)
+CHECKED = [("DiffusionSDE-v0", {}), ("DiffusionSDE-FlowMixture-v0", {"dim": 2, "n_steps": 10})]
+"""The VP task at its defaults and the flow task (its velocity model, the flow SDE)."""
 
 
-def test_sb3_check_env_passes_without_warnings():
+@pytest.mark.parametrize("env_id, kwargs", CHECKED)
+def test_gymnasium_check_env_passes_without_warnings(env_id, kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sb3_check_env(gym.make("DiffusionSDE-v0"))
+        check_env(gym.make(env_id, **kwargs).unwrapped)
+
+
+@pytest.mark.parametrize("env_id, kwargs", CHECKED)
+def test_sb3_check_env_passes_without_warnings(env_id, kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sb3_check_env(gym.make(env_id, **kwargs))
 
 
 def test_namespaced_make_and_spaces():

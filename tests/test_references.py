@@ -15,6 +15,7 @@ from diffusion_gym.evaluation import rollout
 from diffusion_gym.optimal_control import MixtureOptimalControl
 from diffusion_gym.optimum import optimal_objective
 from diffusion_gym.references import compute_references
+from diffusion_gym.sde import FLOW_INTEGRATORS, RectifiedFlowSchedule
 from diffusion_gym.tasks.mixture2d.env import make_vector_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")
@@ -35,11 +36,21 @@ class Quadratic(torch.nn.Module):
 MU, LAM, Q, B, KL = [0.5, 1.0], [0.3, 0.6], [0.5, 0.8], [1.0, -0.5], 0.7
 
 
-def lq_env(n_steps: int, integrator: str, num_envs: int = 8) -> DiffusionSDEVectorEnv:
-    """A Gaussian base N(MU, diag(LAM)) with a quadratic reward; the action box far out of reach."""
-    model = GaussianMixtureScore(torch.ones(1), torch.tensor([MU]), torch.diag(torch.tensor(LAM))[None])
+def lq_env(n_steps: int, integrator: str, num_envs: int = 8, noise_level: float | None = None) -> DiffusionSDEVectorEnv:
+    """A Gaussian base N(MU, diag(LAM)) with a quadratic reward; the action box far out of reach. On
+    the flow integrator the base is the same Gaussian's exact velocity on the rectified-flow path."""
+    flow = integrator in FLOW_INTEGRATORS
+    schedule, kind = (RectifiedFlowSchedule(), "velocity") if flow else (None, "score")
+    model = GaussianMixtureScore(torch.ones(1), torch.tensor([MU]), torch.diag(torch.tensor(LAM))[None], schedule, kind)
     return DiffusionSDEVectorEnv(
-        num_envs, model, Quadratic(Q, B), n_steps=n_steps, integrator=integrator, kl_coef=KL, action_scale=100.0
+        num_envs,
+        model,
+        Quadratic(Q, B),
+        n_steps=n_steps,
+        integrator=integrator,
+        kl_coef=KL,
+        action_scale=100.0,
+        noise_level=noise_level,
     )
 
 
@@ -60,7 +71,11 @@ def lq_closed_form(env: DiffusionSDEVectorEnv) -> tuple[float, list[tuple[np.nda
             alpha, sigma2 = env.schedule.alpha(s).item(), env.schedule.sigma2(s).item()
             v, a, cs = d.noise_std[k].item() ** 2, d.drift_scale[k].item(), d.score_scale[k].item()
             var_s = alpha**2 * LAM[dim] + sigma2
-            slope, offset = a - cs / var_s, cs * alpha * MU[dim] / var_s
+            if d.output == "velocity":  # v(y) = (sigma - alpha LAM) (y - alpha MU) / var_s - MU
+                gain = (math.sqrt(sigma2) - alpha * LAM[dim]) / var_s
+                slope, offset = a + cs * gain, -cs * (gain * alpha * MU[dim] + MU[dim])
+            else:  # the score -(y - alpha MU) / var_s
+                slope, offset = a - cs / var_s, cs * alpha * MU[dim] / var_s
             steps.append((p / (p + KL / v), c))
             e -= p * v / 2
             p, c = slope**2 / (1 / p + v / KL), (c - offset) / slope
@@ -71,11 +86,14 @@ def lq_closed_form(env: DiffusionSDEVectorEnv) -> tuple[float, list[tuple[np.nda
     return total, shifts
 
 
-@pytest.mark.parametrize("integrator", ["exponential", "euler_maruyama", "ddpm"])
-def test_dp_matches_the_linear_quadratic_closed_form(integrator):
+@pytest.mark.parametrize(
+    "integrator, noise_level",
+    [("exponential", None), ("euler_maruyama", None), ("ddpm", None), ("flow_sde", 0.3), ("flow_sde", math.sqrt(2))],
+)
+def test_dp_matches_the_linear_quadratic_closed_form(integrator, noise_level):
     """J_best within 1e-3 relative of the closed form (measured 3e-6), and the DP's optimal shifts
-    within 1e-3 relative on the pretrained terminal law's bulk."""
-    env = lq_env(20, integrator)
+    within 1e-3 relative on the pretrained terminal law's bulk; on VP and on the flow SDE."""
+    env = lq_env(20, integrator, noise_level=noise_level)
     exact, shifts = lq_closed_form(env)
     solution = best_policy(env, n_grid=192, half_width=12.0, keep_shifts=True)
     assert solution.j_best == pytest.approx(exact, rel=1e-3)

@@ -19,13 +19,21 @@ from diffusion_gym.checkpoints import MANIFEST, sha256
 from diffusion_gym.tasks.spec import TASKS, TaskSpec, get_task
 
 
+def package_tasks(task: TaskSpec) -> list[TaskSpec]:
+    """The registered tasks that share ``task``'s package (one manifest covers them all: the VP and
+    the flow mixture tasks ship the same proxies and a table each)."""
+    return [t for t in TASKS.values() if t.package == task.package] or [task]
+
+
 def shipped_files(task: TaskSpec) -> list[Path]:
-    """What ``task``'s package ships: every file of its ``weights/`` folder and its references table."""
+    """What ``task``'s package ships: every file of its ``weights/`` folder and the references table of
+    every task in it."""
     root = Path(str(files(task.package)))
     found = sorted(p for p in (root / "weights").glob("*") if p.is_file())
-    if task.references is not None:
-        table = root / task.references.partition(":")[2]
-        found += [table] if table.is_file() else []
+    for spec in package_tasks(task):
+        if spec.references is not None:
+            table = root / spec.references.partition(":")[2]
+            found += [table] if table.is_file() else []
     return found
 
 
@@ -42,7 +50,7 @@ def record(task: TaskSpec, command: str | None = None) -> dict[str, Any]:
         if kept is None:
             raise ValueError(f"{name} of task {task.name} is new: give --command, the command that regenerates it")
         entries[name] = {"sha256": sha256(item), "command": kept}
-    table = {"task": task.name, "files": entries}
+    table = {"task": ", ".join(t.name for t in package_tasks(task)), "files": entries}
     path.write_text(json.dumps(table, indent=1) + "\n")
     return table
 
@@ -55,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--command", default=None, help="the regenerating command of files not yet listed")
     args = parser.parse_args(argv)
     tasks = [get_task(args.task)] if args.task else [t for t in TASKS.values() if shipped_files(t)]
+    tasks = list({t.package: t for t in tasks}.values())  # one manifest per package
     for task in tasks:
         table = record(task, args.command)
         print(f"{task.name}: {len(table['files'])} files recorded")

@@ -8,6 +8,14 @@ bumps, in a gap between two modes, on the rare mode and (low) on the heaviest mo
 the components' spread (:mod:`.rewards`). The proxy ships for D = 2, 8 and 32; ``reward="gold"``
 trains on the gold in any dimension >= 2. The optimal control (J_oracle) is closed form, as for every
 Gaussian-mixture task; J_best's dynamic programme is for 2-D only.
+
+``DiffusionSDE-FlowMixture-v0`` is the same task with a flow-matching base model (docs/design.md,
+section 3): the exact velocity of the same mixture on the rectified-flow path (``shift=`` as
+diffusers' static shift, default 1), sampled by the marginal-preserving flow SDE
+(``integrator="flow_sde"``, its noise level ``noise_level=``, default 0.7), with the same data, gold
+and proxies (functions of the data alone). Its own env id, not a ``model=`` keyword, because its
+integrator, its default and its references differ. Its optimal control is exact at
+``noise_level = sqrt(2)`` only (the time reversal); J*_0 is its yardstick elsewhere.
 """
 
 from pathlib import Path
@@ -29,3 +37,16 @@ TASK = register_task(
         references="diffusion_gym.tasks.mixture:references.json",
     )
 )
+
+FLOW_TASK = register_task(
+    TaskSpec(
+        name="flow_mixture",
+        env_id="DiffusionSDE-FlowMixture-v0",
+        models="diffusion_gym.tasks.mixture.env:flow_task_models",
+        defaults={"integrator": "flow_sde", "noise_level": 0.7},
+        throughput=((4096, 100), (65_536, 20)),
+        references="diffusion_gym.tasks.mixture:flow_references.json",
+    )
+)
+"""``DiffusionSDE-FlowMixture-v0``: the same mixture, data, proxy and gold with a flow-matching base model
+(exact velocity on the rectified-flow path) sampled by the flow SDE."""

@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 
 from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
 from diffusion_gym.rewards.protocol import RewardModel
+from diffusion_gym.sde import RectifiedFlowSchedule
 from diffusion_gym.tasks.mixture import TASK
 from diffusion_gym.tasks.mixture.model import mixture
 from diffusion_gym.tasks.mixture.rewards import SHIPPED_DIMS, GaussianBumpsUtility, gold_utility, load_proxy
-from diffusion_gym.validation import Range, validated
+from diffusion_gym.validation import PositiveFloat, Range, validated
 
 
 @validated
@@ -33,6 +34,20 @@ def task_models(
         )
     gold = gold_utility(dim)
     return mixture(dim), (load_proxy(dim) if reward == "proxy" else gold_utility(dim)), gold
+
+
+@validated
+def flow_task_models(
+    dim: Annotated[int, Range(ge=2)] = 8, reward: Literal["proxy", "gold"] = "proxy", shift: PositiveFloat = 1.0
+) -> tuple[GaussianMixtureScore, RewardModel, GaussianBumpsUtility]:
+    """The flow task's (base model, terminal reward, gold utility): :func:`task_models`' with the mixture's
+    exact velocity on the rectified-flow path of time shift ``shift`` (diffusers' static shift).
+
+    Raises:
+        ValueError: as :func:`task_models`, or ``shift`` is not a finite number > 0.
+    """
+    _, terminal_reward, gold = task_models(dim, reward)
+    return mixture(dim, RectifiedFlowSchedule(shift), "velocity"), terminal_reward, gold
 
 
 make_env = TASK.make_env

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from diffusion_gym.base_models.gaussian_mixture import GaussianMixtureScore
-from diffusion_gym.sde import VPSchedule
+from diffusion_gym.parametrization import Parametrization
+from diffusion_gym.sde import Schedule
 
 WEIGHTS = (0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.04)
 """The mixture weights, heaviest first; the last component is the rare mode."""
@@ -77,7 +78,9 @@ def mixture_parameters(dim: int) -> tuple[Tensor, Tensor, Tensor]:
     return weights, means, covariances
 
 
-def mixture(dim: int, schedule: VPSchedule | None = None) -> GaussianMixtureScore:
+def mixture(
+    dim: int, schedule: Schedule | None = None, parametrization: Parametrization = "score"
+) -> GaussianMixtureScore:
     """The D-dimensional 8-component mixture of ``DiffusionSDE-Mixture-v0`` (docs/design.md, section 3).
 
     Deterministic for each ``dim``: built in float64 from ``torch.Generator().manual_seed(20240000 + dim)``.
@@ -91,9 +94,10 @@ def mixture(dim: int, schedule: VPSchedule | None = None) -> GaussianMixtureScor
 
     Args:
         dim: the dimension D (an integer >= 2).
-        schedule: the VP schedule; defaults to the linear one.
+        schedule: the path: a VP schedule (default: the linear one) or the rectified flow.
+        parametrization: what the model predicts (``"velocity"`` for a flow-matching model).
 
     Raises:
         ValueError: ``dim`` is not an integer >= 2.
     """
-    return GaussianMixtureScore(*mixture_parameters(dim), schedule)
+    return GaussianMixtureScore(*mixture_parameters(dim), schedule, parametrization)

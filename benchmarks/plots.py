@@ -69,6 +69,8 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
             if ys.mean(0)[-1] < low:
                 below.append(f"{agent} (final J {ys.mean(0)[-1]:.3g})")
         ax.axhline(j_star, color="k", ls="--", lw=1, label="J*")
+        if "j_star_0" in opt:
+            ax.axhline(opt["j_star_0"], color="0.2", ls=(0, (5, 1, 1, 1)), lw=1, label="J*_0 (initial law fixed)")
         if "j_best" in opt:
             ax.axhline(opt["j_best"], color="0.35", ls="-.", lw=1, label="J_best (best policy on the grid)")
         if "j_oracle" in opt:

@@ -352,7 +352,11 @@ def _references_source(task: dict[str, Any]) -> str:
         parts.append(f"J_oracle shipped at {grids(oracle_shipped)}")
     if own_oracle := [n for n in oracle if n not in oracle_shipped]:
         parts.append(f"J_oracle from this run's episodes of the optimal control at {grids(own_oracle)}")
+    if initial := [n for n, r in rows.items() if r.j_star_0 is not None]:
+        parts.append(f"J*_0 shipped at {grids(initial)}")
+    extra = {(r.initial_law or {}).get("j_star_0_command") for r in rows.values()}
     commands = sorted({c for r in rows.values() for c in (r.command, r.oracle_command) if c is not None})
+    commands += sorted(c for c in extra if c is not None and c not in commands)
     return "; ".join(parts) + ("".join(f"; `{c}`" for c in commands))
 
 
@@ -513,7 +517,7 @@ def render(results: dict[str, Any]) -> str:
         f'"Significant" is a two-sided test at {LEVEL:.0%}: '
         "Welch's t where the spread over seeds sets an error, normal where Monte Carlo errors do. Gaps are "
         "normalized and estimated against references on the grid the policy is scored at: 1 is the "
-        "pretrained model, 0 the reference. The gap (J*) is (J*_0 - J) / (J*_0 - J(pre)), J*_0 the optimum "
+        "pretrained model, 0 the reference. The gap (J*_0, or J*) is (J*_0 - J) / (J*_0 - J(pre)), J*_0 the optimum "
         "over the path measures with the env's initial law (Y_0 ~ N(0, I) is drawn by the env, no policy "
         "moves it; J*_0 <= J*, the optimum over all path measures, and equal where the chain forgets its "
         "start), or J* itself on grids where J*_0 is not computed; no policy of the env reaches it on a coarse "
@@ -662,7 +666,8 @@ def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_trai
     has_gold = any("gold" in r["final"][str(n_train)] for rs in runs.values() for r in rs if str(n_train) in r["final"])
     has_image = any(r.get("image") for rs in runs.values() for r in rs)
     has_gpu = any(r.get("peak_gpu_mib") is not None for rs in runs.values() for r in rs)
-    head = ["agent", "seeds", "queries", "gap (J*)"] + (["reachable gap"] if reachable else []) + ["J", "proxy"]
+    ceiling = "J*_0" if References.from_row(task["optimum"][str(n_train)]).j_star_0 is not None else "J*"
+    head = ["agent", "seeds", "queries", f"gap ({ceiling})"] + (["reachable gap"] if reachable else []) + ["J", "proxy"]
     head += (["gold"] if has_gold else []) + ["KL"]
     for g in thresholds:
         head += [f"queries to {gap_name} {g}", f"s to {gap_name} {g}"]

@@ -5,7 +5,9 @@ SDE's terminal law (its weak order from exact moments, a chi-square test of its 
 Tolerances are stated per test; sample sizes are fixed, seeds too.
 """
 
+import json
 import math
+from importlib.resources import files
 
 import gymnasium as gym
 import numpy as np
@@ -26,6 +28,7 @@ from diffusion_gym.optimum import (
 )
 from diffusion_gym.references import compute_references
 from diffusion_gym.sde import RectifiedFlowSchedule
+from diffusion_gym.tasks import get_task
 from diffusion_gym.tasks.mixture.model import mixture
 
 SQRT2 = math.sqrt(2)
@@ -72,6 +75,24 @@ def test_j_star_0_is_j_star_where_the_chain_forgets_its_start_and_below_where_it
     else:
         assert j0.mean < j_star.mean - 5 * se
     assert abs(law.half - j0.mean) < 3 * j0.se  # half the inner draws: no leftover bias in sight
+
+
+def test_the_shipped_j_star_0_against_j_star():
+    """Every shipped mixture entry (VP and flow): J*_0 <= J* + 3 s.e.; equal within 3 s.e. on the VP tasks
+    and on the flow SDE at ``a = sqrt 2``; the jackknife's correction below 0.05 and its half-L check
+    within 3 s.e."""
+    checked = 0
+    for name in ("mixture", "flow_mixture"):
+        package, _, table = get_task(name).references.partition(":")
+        for entry in json.loads((files(package) / table).read_text())["entries"]:
+            se = math.hypot(entry["j_star_se"], entry["j_star_0_se"])
+            assert entry["j_star_0"] <= entry["j_star"] + 3 * se, entry["config"]
+            level = entry["config"].get("noise_level")
+            if level is None or math.isclose(level, SQRT2):
+                assert abs(entry["j_star_0"] - entry["j_star"]) <= 3 * se, entry["config"]
+            assert abs(entry["j_star_0_bias"]) < 0.05 and abs(entry["j_star_0_half"] - entry["j_star_0"]) < 3 * se
+            checked += 1
+    assert checked == 20
 
 
 def test_the_references_are_ordered_on_the_memoryless_flow_sde_and_j_best_approaches_j_star_0():

@@ -5,7 +5,8 @@
     python -m benchmarks.env_throughput --device cuda --compile       # the env step under torch.compile
 
 Both run full Euler-Maruyama episodes of the task's base model from the same seed (``mixture2d``:
-``DiffusionSDE-v0``'s mixture score; ``digits``: the digits UNet with guidance, every class) and
+``DiffusionSDE-v0``'s mixture score; ``digits``: the digits UNet with guidance, every class; a flow
+task, e.g. ``flow_mixture``: its velocity on Flow-GRPO's SDE) and
 end with the same queries: the terminal reward and the gold utility of the final samples. The env
 steps with zero actions (validation, clipping, KL, rewards, observations and infos included); the
 raw loop has nothing but the score, the update with its per-step constants precomputed, and those
@@ -28,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
+from diffusion_gym.sde import DEFAULT_NOISE_LEVEL, FLOW_INTEGRATORS
 from diffusion_gym.tasks import TASKS, get_task
 from diffusion_gym.validation import PositiveInt, argument
 
@@ -43,8 +45,13 @@ def raw_loop(env: DiffusionSDEVectorEnv, seed: int, rewards: bool = True) -> tor
     """Euler-Maruyama sampling of the env's base model, written out by hand from its schedule, then
     (``rewards``) the terminal reward and the gold of the final samples.
 
-    ``Y <- Y + (beta Y / 2 + beta score) dt + sqrt(beta dt) xi`` with ``beta = beta(T - t_k)``.
+    VP: ``Y <- Y + (beta Y / 2 + beta score) dt + sqrt(beta dt) xi`` with ``beta = beta(T - t_k)``.
+    Flow (the model predicts the velocity ``v``; Flow-GRPO's step, sigma falling by ``h``):
+    ``Y <- Y - (v + g^2 (Y + (1 - sigma) v) / (2 sigma)) h + sqrt(g^2 h) xi``, ``g^2 = a^2 sigma / (1 - sigma)``
+    (``1 - sigma_1`` in the denominator on the step from sigma = 1).
     """
+    if env.integrator == "flow_sde":
+        return _raw_flow_loop(env, seed, rewards)
     score, schedule = env.score_fn, env.schedule  # the env's own score callable (compiled with --compile)
     t = env.grid
     s = schedule.T - t[:-1]
@@ -58,6 +65,29 @@ def raw_loop(env: DiffusionSDEVectorEnv, seed: int, rewards: bool = True) -> tor
         for k, bdt in enumerate(beta_dt):
             noise = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
             x = (1 + 0.5 * bdt) * x + bdt * score(s_dev[k], x, cond) + bdt**0.5 * noise
+        if rewards:
+            _queries(env, x, cond)
+    return x
+
+
+def _raw_flow_loop(env: DiffusionSDEVectorEnv, seed: int, rewards: bool) -> torch.Tensor:
+    """:func:`raw_loop` of a flow-matching model on the flow SDE (its velocity, Flow-GRPO's Euler step)."""
+    velocity, schedule = env.score_fn, env.schedule  # the model's own prediction: the velocity
+    a = DEFAULT_NOISE_LEVEL if env.noise_level is None else env.noise_level
+    t = env.grid
+    s = schedule.T - t[:-1]
+    sigma, sigma_next = schedule.sigma(s).tolist(), schedule.sigma(schedule.T - t[1:]).tolist()
+    s_dev = s.to(env.device, env.dtype)
+    gen = torch.Generator(device=env.device).manual_seed(seed)
+    shape = (env.num_envs, *env.event_shape)
+    cond = _cond(env)
+    with torch.no_grad():
+        x = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
+        for k, (sig, sig_next) in enumerate(zip(sigma, sigma_next, strict=True)):
+            noise = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
+            g2, h = a**2 * sig / ((1 - sig_next) if sig >= 1 else (1 - sig)), sig - sig_next
+            v = velocity(s_dev[k], x, cond)
+            x = x - (v + g2 * (x + (1 - sig) * v) / (2 * sig)) * h + (g2 * h) ** 0.5 * noise
         if rewards:
             _queries(env, x, cond)
     return x
@@ -113,7 +143,7 @@ def measure(
         num_envs=batch,
         vectorization_mode="vector_entry_point",
         n_steps=steps,
-        integrator="euler_maruyama",
+        integrator="flow_sde" if spec.defaults.get("integrator") in FLOW_INTEGRATORS else "euler_maruyama",
         device=device,
         dtype=dtype,
         compile=compile,

@@ -364,7 +364,7 @@ def test_kl_front_of_gaussian_rewards_has_the_closed_form():
     assert len(kl_small) == 0
 
 
-@pytest.mark.parametrize(("task", "batch"), [("mixture2d", 512), ("digits", 20)])
+@pytest.mark.parametrize(("task", "batch"), [("mixture2d", 512), ("digits", 20), ("flow_mixture", 512)])
 def test_throughput_compares_the_env_with_a_raw_loop_of_the_same_model(task, batch):
     """Same seed, same model: the env and the hand-written loop end at the same samples (float32)."""
     m = measure(task, batch=batch, steps=5, repeats=1)

@@ -146,9 +146,11 @@ def plot_reward_kl(results: dict[str, Any], out: Path, path: Path) -> None:
         runs = runs_by_agent(results, key, n)
         colors = _colors(list(runs))
         pre = results["tasks"][key]["pretrained"][str(n)]
-        samples = torch.load(out / pre["samples"], weights_only=True)
         kl_coef = results["tasks"][key]["optimum"][str(n)]["kl_coef"]
-        kl, reward = kl_front(samples["terminal_reward"], kl_coef * np.logspace(-1.5, 1.5, 60))
+        kl, reward = np.zeros(0), np.zeros(0)  # no front where the pretrained samples are not in out
+        if (out / pre["samples"]).is_file():
+            samples = torch.load(out / pre["samples"], weights_only=True)
+            kl, reward = kl_front(samples["terminal_reward"], kl_coef * np.logspace(-1.5, 1.5, 60))
         max_kl = 0.0
         for agent, rs in runs.items():
             kls, proxy = _curve_mean(rs, "kl"), _curve_mean(rs, "proxy")
@@ -176,12 +178,25 @@ def _tile(x: np.ndarray, cond: np.ndarray) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-def plot_samples(results: dict[str, Any], out: Path, key: str, n: int, path: Path) -> None:
-    """The pretrained model's samples beside each agent's (first seed), at the training grid."""
+def _sample_panels(results: dict[str, Any], key: str, n: int) -> list[tuple[str, str]]:
+    """``(title, samples file)`` of the pretrained model and of each agent's first seed at grid n."""
     runs = runs_by_agent(results, key, n)
     first = {agent: min(rs, key=lambda r: r["seed"]) for agent, rs in runs.items()}
     panels = [("pretrained", results["tasks"][key]["pretrained"][str(n)]["samples"])]
-    panels += [(f"{agent} (seed {r['seed']})", r["samples"]) for agent, r in first.items() if r.get("samples")]
+    return panels + [(f"{agent} (seed {r['seed']})", r["samples"]) for agent, r in first.items() if r.get("samples")]
+
+
+def _samples_saved(results: dict[str, Any], out: Path, key: str, n: int) -> bool:
+    """Whether every sample file the picture of task ``key`` at grid n is drawn from is in ``out``."""
+    return all((out / rel).is_file() for _, rel in _sample_panels(results, key, n))
+
+
+def plot_samples(results: dict[str, Any], out: Path, key: str, n: int, path: Path) -> None:
+    """The pretrained model's samples beside each agent's (first seed), at the training grid; panels
+    whose samples are not in ``out`` are left out."""
+    panels = [(title, rel) for title, rel in _sample_panels(results, key, n) if (out / rel).is_file()]
+    if not panels:
+        return
     fig, axes = _axes(len(panels), 3.2, 3.6)
     for ax, (title, rel) in zip(axes, panels, strict=True):
         s = torch.load(out / rel, weights_only=True)
@@ -215,6 +230,10 @@ def write_plots(out: str | Path) -> list[str]:
     for key, n in _groups(results):
         if any(r["task"] == key and r["n_train"] == n for r in results["runs"]):
             path = plots / f"samples_{key}_N{n}.png"
-            plot_samples(results, out, key, n, path)
-            written.append(path)
+            if _samples_saved(results, out, key, n) or not path.exists():
+                plot_samples(results, out, key, n, path)
+            # else: the runs' samples are gone (results.json is all a clean checkout has) and the picture
+            # drawn from them is kept
+            if path.exists():
+                written.append(path)
     return [str(p.relative_to(out)) for p in written]

@@ -13,7 +13,7 @@ dependence of ``Y_T`` on ``Y_0``. Two references that a policy of the env can re
 best policy of the env's own action class on its grid (a dynamic programme, 2-D tasks:
 :mod:`diffusion_gym.dynamic_programming`), and J_oracle(N), the continuous-time optimal control
 applied on the grid (Gaussian-mixture tasks: :mod:`diffusion_gym.optimal_control`).
-``J_oracle <= J_best <= J*``.
+``J_oracle <= J_best <= J*_0 <= J*`` (J*_0 below).
 
 **The optimum for the env's initial law.** The env draws ``Y_0 ~ N(0, I)`` (and a condition) itself,
 so over the path measures a policy can reach the optimum is Donsker-Varadhan's given ``Y_0``,

@@ -100,7 +100,7 @@ class References:
     initial_law: Mapping[str, Any] | None = None
 
     REACHABLE: ClassVar[tuple[str, ...]] = ("j_best", "j_oracle")
-    """The reachable references in order of preference (J_oracle <= J_best <= J*)."""
+    """The reachable references in order of preference (J_oracle <= J_best <= J*_0 <= J*)."""
 
     @property
     def j_star_0(self) -> Estimate | None:

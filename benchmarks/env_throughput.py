@@ -50,47 +50,52 @@ def raw_loop(env: DiffusionSDEVectorEnv, seed: int, rewards: bool = True) -> tor
     ``Y <- Y - (v + g^2 (Y + (1 - sigma) v) / (2 sigma)) h + sqrt(g^2 h) xi``, ``g^2 = a^2 sigma / (1 - sigma)``
     (``1 - sigma_1`` in the denominator on the step from sigma = 1).
     """
-    if env.integrator == "flow_sde":
-        return _raw_flow_loop(env, seed, rewards)
-    score, schedule = env.score_fn, env.schedule  # the env's own score callable (compiled with --compile)
+    model, schedule = env.score_fn, env.schedule  # the env's own callable (compiled with --compile)
     t = env.grid
     s = schedule.T - t[:-1]
-    beta_dt = (schedule.beta(s) * (t[1:] - t[:-1])).tolist()
+    update = _flow_update(env) if env.integrator == "flow_sde" else _vp_update(env)
     s_dev = s.to(env.device, env.dtype)
     gen = torch.Generator(device=env.device).manual_seed(seed)
     shape = (env.num_envs, *env.event_shape)
     cond = _cond(env)
     with torch.no_grad():
         x = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
-        for k, bdt in enumerate(beta_dt):
+        for k in range(env.n_steps):
             noise = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
-            x = (1 + 0.5 * bdt) * x + bdt * score(s_dev[k], x, cond) + bdt**0.5 * noise
+            x = update(k, x, model(s_dev[k], x, cond), noise)
         if rewards:
             _queries(env, x, cond)
     return x
 
 
-def _raw_flow_loop(env: DiffusionSDEVectorEnv, seed: int, rewards: bool) -> torch.Tensor:
-    """:func:`raw_loop` of a flow-matching model on the flow SDE (its velocity, Flow-GRPO's Euler step)."""
-    velocity, schedule = env.score_fn, env.schedule  # the model's own prediction: the velocity
+Update = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``update(k, x, prediction, noise) -> x'``: one hand-written step, its constants precomputed."""
+
+
+def _vp_update(env: DiffusionSDEVectorEnv) -> Update:
+    """The VP Euler-Maruyama step of :func:`raw_loop` on the score."""
+    t, schedule = env.grid, env.schedule
+    beta_dt = (schedule.beta(schedule.T - t[:-1]) * (t[1:] - t[:-1])).tolist()
+
+    def update(k: int, x: torch.Tensor, score: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        bdt = beta_dt[k]
+        return (1 + 0.5 * bdt) * x + bdt * score + bdt**0.5 * noise
+
+    return update
+
+
+def _flow_update(env: DiffusionSDEVectorEnv) -> Update:
+    """Flow-GRPO's Euler step of :func:`raw_loop` on the velocity."""
+    t, schedule = env.grid, env.schedule
     a = DEFAULT_NOISE_LEVEL if env.noise_level is None else env.noise_level
-    t = env.grid
-    s = schedule.T - t[:-1]
-    sigma, sigma_next = schedule.sigma(s).tolist(), schedule.sigma(schedule.T - t[1:]).tolist()
-    s_dev = s.to(env.device, env.dtype)
-    gen = torch.Generator(device=env.device).manual_seed(seed)
-    shape = (env.num_envs, *env.event_shape)
-    cond = _cond(env)
-    with torch.no_grad():
-        x = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
-        for k, (sig, sig_next) in enumerate(zip(sigma, sigma_next, strict=True)):
-            noise = torch.randn(shape, generator=gen, device=env.device, dtype=env.dtype)
-            g2, h = a**2 * sig / ((1 - sig_next) if sig >= 1 else (1 - sig)), sig - sig_next
-            v = velocity(s_dev[k], x, cond)
-            x = x - (v + g2 * (x + (1 - sig) * v) / (2 * sig)) * h + (g2 * h) ** 0.5 * noise
-        if rewards:
-            _queries(env, x, cond)
-    return x
+    sigma, sigma_next = schedule.sigma(schedule.T - t[:-1]).tolist(), schedule.sigma(schedule.T - t[1:]).tolist()
+
+    def update(k: int, x: torch.Tensor, v: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        sig, sig_next = sigma[k], sigma_next[k]
+        g2, h = a**2 * sig / ((1 - sig_next) if sig >= 1 else (1 - sig)), sig - sig_next
+        return x - (v + g2 * (x + (1 - sig) * v) / (2 * sig)) * h + (g2 * h) ** 0.5 * noise
+
+    return update
 
 
 def env_loop(env: DiffusionSDEVectorEnv, seed: int) -> torch.Tensor:

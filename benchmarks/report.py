@@ -25,6 +25,7 @@ from scipy import stats
 from benchmarks.results_file import read_results
 from diffusion_gym.evaluation import Estimate
 from diffusion_gym.references import References
+from diffusion_gym.tasks import get_task
 
 LEVEL = 0.05
 """Two-sided level of the tests behind "significant"."""
@@ -570,8 +571,6 @@ def twin_groups(results: dict[str, Any]) -> list[list[str]]:
     """Tasks of the results on the same data and reward: tasks whose env ids belong to one task package
     (the VP mixture and its flow-matching twin ship from one folder) with the same env keywords but
     for the sampler's (:data:`TWIN_NEUTRAL`) and a training grid in common; groups of two or more."""
-    from diffusion_gym.tasks import get_task
-
     groups: dict[str, list[str]] = {}
     for key, task in results["tasks"].items():
         kwargs = {k: v for k, v in task["env_kwargs"].items() if k not in TWIN_NEUTRAL}
@@ -632,8 +631,6 @@ def _twin_tables(results: dict[str, Any]) -> list[str]:
 def _sampler(task: dict[str, Any]) -> str:
     """A task's sampler as the twin tables name it: its integrator and, for the flow SDE, its noise level."""
     kwargs = task["env_kwargs"]
-    from diffusion_gym.tasks import get_task
-
     defaults = get_task(task["env"]).defaults
     integrator = kwargs.get("integrator", defaults.get("integrator", "euler_maruyama"))
     level = kwargs.get("noise_level", defaults.get("noise_level"))

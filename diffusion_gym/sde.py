@@ -527,12 +527,13 @@ def _flow_sde(
     s, s_next = schedule.T - g[:-1], schedule.T - g[1:]
     sigma, sigma_next = schedule.sigma(s), schedule.sigma(s_next)
     h = sigma - sigma_next
-    g2 = a**2 * sigma / torch.where(sigma >= 1.0, 1.0 - sigma_next, 1.0 - sigma)
-    drift_scale = 1.0 - g2 * h / (2.0 * sigma)
-    velocity_scale = -(1.0 + g2 * (1.0 - sigma) / (2.0 * sigma)) * h
-    control_scale, var = 0.5 * g2 * h, g2 * h
     if exact:
         drift_scale, velocity_scale, control_scale, var = _exact_flow_steps(sigma, sigma_next, a)
+    else:
+        g2 = a**2 * sigma / torch.where(sigma >= 1.0, 1.0 - sigma_next, 1.0 - sigma)
+        drift_scale = 1.0 - g2 * h / (2.0 * sigma)
+        velocity_scale = -(1.0 + g2 * (1.0 - sigma) / (2.0 * sigma)) * h
+        control_scale, var = 0.5 * g2 * h, g2 * h
     reversal = math.isclose(a * a, 2.0, rel_tol=1e-9)  # g^2 = 2 sigma / (1 - sigma)
     return _gaussian_steps(
         g, schedule.T, drift_scale, velocity_scale, control_scale, var, action_scale, "velocity", 0.5, reversal

@@ -1,5 +1,6 @@
-"""The agent zoo: continuous-time PPO and q-learning ("Scores as Actions"), DDPO, DPOK, any SB3 agent, and
-the continuous-time optimal control of Gaussian-mixture tasks as a reference (``oracle``), all behind
+"""The agent zoo: continuous-time PPO and q-learning ("Scores as Actions"), DDPO, DPOK, GRPO, the
+reward-gradient methods (DRaFT-K, AlignProp), Adjoint Matching, DiffusionNFT, any SB3 agent, and the
+continuous-time optimal control of Gaussian-mixture tasks as a reference (``oracle``), all behind
 one API (:class:`agents.common.agent.Agent`): ``Agent(env, config)``, ``learn``, ``policy``,
 ``evaluate``, ``save`` / ``load``.
 
@@ -13,19 +14,27 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from agents.adjoint_matching import AdjointMatching, AdjointMatchingConfig
 from agents.common.agent import Agent, AgentConfig
 from agents.ct_ppo import CTPPO, CTPPOConfig
 from agents.ct_q_learning import CTQLearning, CTQLearningConfig
 from agents.ddpo import DDPO, DDPOConfig
 from agents.dpok import DPOK, DPOKConfig
+from agents.grpo import GRPO, GRPOConfig
+from agents.nft import NFT, NFTConfig
 from agents.oracle import Oracle, OracleConfig
+from agents.reward_gradient import RewardGradient, RewardGradientConfig
 
 AGENTS: dict[str, tuple[type[Agent], type[AgentConfig]]] = {
+    "adjoint_matching": (AdjointMatching, AdjointMatchingConfig),
     "ct_ppo": (CTPPO, CTPPOConfig),
     "ct_q_learning": (CTQLearning, CTQLearningConfig),
     "ddpo": (DDPO, DDPOConfig),
     "dpok": (DPOK, DPOKConfig),
+    "grpo": (GRPO, GRPOConfig),
+    "nft": (NFT, NFTConfig),
     "oracle": (Oracle, OracleConfig),
+    "reward_gradient": (RewardGradient, RewardGradientConfig),
 }
 
 

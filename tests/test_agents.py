@@ -52,7 +52,7 @@ def assert_ratios_are_one(agent, traj):
     torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["ct_ppo", "ddpo", "dpok"])
+@pytest.mark.parametrize("name", ["ct_ppo", "ddpo", "dpok", "grpo"])
 def test_recomputed_log_probs_match_the_rollouts(name):
     """Before any update, the exact transition log-densities recomputed from the agent's own policy
     equal those of the deltas it applied: every ratio is 1 within 1e-5."""

@@ -195,3 +195,18 @@ def test_recorded_transitions_are_the_step_math_and_change_nothing():
     state = recorded.rng_state()
     first, again = run(recorded, state), run(recorded, state)
     assert all(torch.equal(u[0], v[0]) for u, v in zip(first, again, strict=True))
+
+
+def test_reset_takes_the_initial_states_it_is_given():
+    """``reset(options={"y0": x})`` starts the episode at ``x`` (a copy) and draws nothing for it; a
+    wrong shape, an integer tensor or a non-finite entry is refused naming the option."""
+    env = make_vector_env(4, n_steps=3, integrator="exponential")
+    y0 = torch.arange(8, dtype=torch.float32).view(4, 2)
+    obs, _ = env.reset(seed=0, options={"y0": y0})
+    assert torch.equal(obs["x"], y0) and obs["x"].data_ptr() != y0.data_ptr()
+    state = env.rng_state()
+    env.reset(options={"y0": y0})
+    assert torch.equal(env.rng_state(), state)  # no draw
+    for bad in (torch.zeros(3, 2), torch.zeros(4, 2, dtype=torch.int64), torch.full((4, 2), float("nan"))):
+        with pytest.raises(ValueError, match=r"options\['y0'\]"):
+            env.reset(options={"y0": bad})

@@ -147,7 +147,7 @@ class QuadraticReward(torch.nn.Module):
 
 
 @pytest.mark.parametrize("integrator", ["flow_sde", "flow_exponential"])
-@pytest.mark.parametrize("name", ["ct_ppo", "ct_q_learning", "ddpo", "dpok"])
+@pytest.mark.parametrize("name", ["ct_ppo", "ct_q_learning", "ddpo", "dpok", "grpo", "nft"])
 def test_every_agent_trains_on_a_flow_model_with_exact_ratios(name, integrator):
     """The zoo, unchanged, on both flow integrators: an update runs, and after it the agent's recomputed
     transition densities of fresh trajectories equal those of the corrections applied (ratio 1 within
@@ -173,6 +173,29 @@ def test_every_agent_trains_on_a_flow_model_with_exact_ratios(name, integrator):
     assert agent.policy(0.5, torch.zeros(4, 2, dtype=torch.float64)).abs().max() > 0  # it moved
     if name != "ct_q_learning":  # q-learning's behaviour policy explores around its mean
         assert_ratios_are_one(agent, collect(env, agent.behaviour_action))
+
+
+@pytest.mark.parametrize("integrator", ["flow_sde", "flow_exponential"])
+@pytest.mark.parametrize("name", ["reward_gradient", "adjoint_matching"])
+def test_the_gradient_agents_learn_on_a_flow_model(name, integrator):
+    """The reward-gradient agents on both flow integrators (adjoint matching at its memoryless noise
+    level): twelve iterations raise the deterministic policy's J by > 5 s.e. (measured 11-20 s.e.)."""
+    from agents import AGENTS
+
+    env = DiffusionSDEVectorEnv(
+        256,
+        flow_mixture(2),
+        QuadraticReward(),
+        n_steps=5,
+        integrator=integrator,
+        noise_level=math.sqrt(2),
+        dtype="float64",
+    )
+    agent_cls, config_cls = AGENTS[name]
+    agent = agent_cls(env, config_cls(progress=False, lr=1e-2))
+    before = agent.evaluate(n=8192)["objective"]
+    after = agent.learn(256 * 12).evaluate(n=8192)["objective"]
+    assert after.mean - before.mean > 5 * math.hypot(after.se, before.se)
 
 
 def test_a_checkpoint_of_one_noise_level_refuses_another(tmp_path):

@@ -94,7 +94,9 @@ class Agent:
     Subclasses build their networks and optimisers in ``__init__`` (registering what a checkpoint
     must hold in ``self.modules`` and ``self.optimizers``), implement :meth:`mean_action` (the
     deterministic policy, an action in (-1, 1)) and :meth:`update` (one iteration's learning from
-    fresh trajectories), and may override :meth:`behaviour_action` to explore.
+    fresh trajectories), and may override :meth:`behaviour_action` to explore,
+    :meth:`collect_trajectories` to collect otherwise (groups of one condition) or
+    :meth:`train_iteration` to learn from something else than stored episodes.
     """
 
     name = "agent"
@@ -199,12 +201,12 @@ class Agent:
                 factor = max(0.1, 1.0 - self.reward_queries / reward_queries)
                 for group in groups:
                     group["lr"] = group["initial_lr"] * factor
-            traj = collect(self.env, self.behaviour_action)
-            stats = distributed.reduce_stats(to_floats(self.update(traj) | self._episode_stats(traj)))
+            iteration_stats, episodes = self.train_iteration()
+            stats = distributed.reduce_stats(to_floats(iteration_stats))
             self.iteration += 1
-            self.reward_queries += traj.batch * self.world_size
+            self.reward_queries += episodes * self.world_size
             self._log(stats)
-            bar.update(traj.batch * self.world_size)
+            bar.update(episodes * self.world_size)
             bar.set_postfix(objective=f"{stats['objective']:.3f}", kl=f"{stats['kl']:.3f}")
             if checkpoint is not None and (
                 self.iteration % checkpoint_every == 0 or self.reward_queries >= reward_queries
@@ -216,6 +218,18 @@ class Agent:
         if self._writer is not None:
             self._writer.flush()
         return self
+
+    def collect_trajectories(self) -> Trajectories:
+        """One batch of fresh episodes for :meth:`update` (default: one episode of every env row with
+        :meth:`behaviour_action`)."""
+        return collect(self.env, self.behaviour_action)
+
+    def train_iteration(self) -> tuple[Stats, int]:
+        """One iteration: fresh episodes and the update on them; returns the scalars to log (with the
+        episodes' objective, proxy, gold and KL) and the number of episodes (this rank's reward queries).
+        An agent that does not learn from stored episodes (a reward-gradient method) overrides it."""
+        traj = self.collect_trajectories()
+        return self.update(traj) | self._episode_stats(traj), traj.batch
 
     def _episode_stats(self, traj: Trajectories) -> Stats:
         stats: Stats = {"objective": traj.objective.mean(), "proxy": traj.terminal_reward.mean()}

@@ -308,12 +308,15 @@ class DiffusionSDEVectorEnv(VectorEnv):
             seed: seeds the env's one torch generator (all rows draw from it). Without a seed, the
                 first reset draws fresh entropy and later ones continue the stream.
             options: ``{"cond": c}`` fixes the episode's conditions (an int for all rows, or one per
-                row) for a conditional model.
+                row) for a conditional model; ``{"y0": x}`` the initial states, shape
+                ``(num_envs, *event_shape)`` (e.g. one noise shared within a group of rows), in place
+                of the draw ``Y_0 ~ N(0, I)`` (nothing is drawn for them).
         """
         options = options or {}
-        unknown = set(options) - {"cond"}
+        unknown = set(options) - {"cond", "y0"}
         if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; expected 'cond'")
+            raise ValueError(f"unknown reset options {sorted(unknown)}; expected 'cond' or 'y0'")
+        y0 = None if options.get("y0") is None else self._initial_states(options["y0"])
         if not self.sync_checks and self._k >= 0 and bool(self._nonfinite):
             self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
             raise ValueError("actions contained NaN or inf during the episode this reset abandons")
@@ -324,14 +327,27 @@ class DiffusionSDEVectorEnv(VectorEnv):
             self._generator.manual_seed(int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1))
         self._seeded = True
         self._cond = self._episode_conditions(options.get("cond"))
-        self._x = torch.randn(
-            (self.num_envs, *self.event_shape), generator=self._generator, device=self.device, dtype=self.dtype
-        )
+        if y0 is None:
+            y0 = torch.randn(
+                (self.num_envs, *self.event_shape), generator=self._generator, device=self.device, dtype=self.dtype
+            )
+        self._x = y0
         self._k = 0
         self._episode_start = time.perf_counter()
         self._kl_total = torch.zeros(self.num_envs, device=self.device, dtype=self.dtype)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         return self._observation(torch.full((self.num_envs, 1), self._t0, device=self.device, dtype=self.dtype)), {}
+
+    def _initial_states(self, y0: Any) -> Tensor:
+        """``options["y0"]`` as a fresh finite tensor of the batch's shape on the env's device and dtype."""
+        x = torch.as_tensor(y0)
+        expected = (self.num_envs, *self.event_shape)
+        if tuple(x.shape) != expected or not x.is_floating_point():
+            got = f"{tuple(x.shape)}, {x.dtype}"
+            raise ValueError(f"options['y0'] must be a float tensor of shape {expected}, got {got}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("options['y0'] must be finite")
+        return x.to(device=self.device, dtype=self.dtype).clone()
 
     def _episode_conditions(self, cond: Any) -> Tensor | None:
         if self.num_conditions is None or self.conditions is None:

@@ -27,6 +27,8 @@ class JpegSize(nn.Module):
         bytes_per_unit: the reward's unit in bytes (1000: kilobytes).
     """
 
+    differentiable = False  # Pillow's encoder: no gradient in the pixels
+
     def __init__(self, sign: int = -1, quality: int = 95, upsample: int = 1, bytes_per_unit: float = 1000.0) -> None:
         super().__init__()
         if sign not in (-1, 1):

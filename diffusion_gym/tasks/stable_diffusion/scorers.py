@@ -171,6 +171,8 @@ class ImageRewardScorer(nn.Module):
     tokenizer ``bert-base-uncased`` by name, which must therefore be in the local Hugging Face cache.
     """
 
+    differentiable = False  # its images go through PIL
+
     def __init__(
         self,
         model_path: str | Path | None = None,

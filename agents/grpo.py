@@ -11,9 +11,9 @@ eq. 5), the same for all its steps:
 
 with ``rho_k`` the exact per-step transition ratio, ``KL_k = w_k ||delta_theta(t_k, Y_k)||^2`` the env's
 own KL of step k to the pretrained transition (Flow-GRPO's eq. 6 with the exact Gaussian KL, its
-``|dt|`` in ``w_k``), and ``S`` the steps trained this iteration: all of them, a random fraction per
-iteration (Flow-GRPO's ``timestep_fraction``) or a window of consecutive steps that slides along the
-chain as training proceeds (MixGRPO). ``beta = None`` prices the KL as the env's objective does, in the
+``|dt|`` in ``w_k``), and ``S`` the steps trained: all of them, the first fraction of them (Flow-GRPO's
+``timestep_fraction``) or a window of consecutive steps that slides along the chain as training
+proceeds (MixGRPO). ``beta = None`` prices the KL as the env's objective does, in the
 advantages' units (``kl_coef / std_G``); a number is Flow-GRPO's fixed coefficient. With
 ``shared_noise`` the episodes of a group start from one ``Y_0`` (DanceGRPO), so their rewards differ
 by the chain's noise alone. Unlike DDPO's advantage (the episode's whole return, KL included) the
@@ -48,7 +48,7 @@ class GRPOConfig(AgentConfig):
             0: the episodes that drew the same condition form a group. An unconditional task's group
             is the whole batch unless ``shared_noise`` asks for groups of G.
         beta: the KL coefficient; None: the env's ``kl_coef`` divided by the group's reward s.d.
-        timestep_fraction: the fraction of the N steps trained per iteration, drawn afresh each time.
+        timestep_fraction: the fraction of the N steps trained, the first ones (Flow-GRPO's).
         window: MixGRPO's window of consecutive steps trained (0: no window).
         window_shift_every: iterations between moves of the window by ``window_stride`` steps (it wraps
             around to the chain's start after its end).
@@ -90,17 +90,18 @@ def group_advantages(rewards: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
     return (rewards - means) / std, std
 
 
-def trained_steps(config: GRPOConfig, n_steps: int, iteration: int, generator: torch.Generator) -> Tensor:
-    """The mask (N,) of the steps trained at ``iteration``: all; a random ``timestep_fraction`` of them;
-    or MixGRPO's window, moved by ``window_stride`` every ``window_shift_every`` iterations."""
+def trained_steps(config: GRPOConfig, n_steps: int, iteration: int) -> Tensor:
+    """The mask (N,) of the steps trained at ``iteration``: all; the first ``int(timestep_fraction * N)``
+    (Flow-GRPO's ``timestep_fraction``: 0.99 of 10 steps trains steps 0-8); or MixGRPO's window of
+    consecutive steps, moved by ``window_stride`` every ``window_shift_every`` iterations and rolled back
+    to the start after the chain's end."""
     mask = torch.zeros(n_steps, dtype=torch.bool)
     if config.window:
         width = min(config.window, n_steps)
         start = (iteration // config.window_shift_every * config.window_stride) % (n_steps - width + 1)
         mask[start : start + width] = True
-    elif config.timestep_fraction < 1:
-        count = max(1, round(config.timestep_fraction * n_steps))
-        mask[torch.randperm(n_steps, generator=generator, device=generator.device)[:count].cpu()] = True
+    elif config.timestep_fraction < 1:  # Flow-GRPO: the first steps, in order (the last ones are dropped)
+        mask[: max(1, int(config.timestep_fraction * n_steps))] = True
     else:
         mask[:] = True
     return mask
@@ -163,7 +164,7 @@ class GRPO(FieldAgent):
                 beta = env.kl_coef / torch.where(std > 1e-8, std, batch_std)
             else:
                 beta = torch.full_like(advantages, cfg.beta)
-        mask = trained_steps(cfg, traj.n_steps, self.iteration, self.generator).to(env.device)[:, None]  # (N, 1)
+        mask = trained_steps(cfg, traj.n_steps, self.iteration).to(env.device)[:, None]  # (N, 1)
 
         def loss(sub: Trajectories, idx: Tensor, deltas: Tensor, ratio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
             trained = torch.where(mask, ratio, ratio.detach())  # untrained steps: no gradient, no objective

@@ -122,7 +122,8 @@ def test_shipped_suites_parse_on_both_devices():
         learners = {name for name, (cls, _) in AGENTS.items() if cls.trains}  # the oracle is a reference row
         assert {agent for agent, _ in quick.agents.values()} == learners | {"sb3"}
         on_digits, on_flow = quick.tasks["digits"].agents, quick.tasks["flow8"].agents
-        assert set(on_digits) == set(on_flow) == learners
+        # the policy-gradient agents; the families of issue 23 run on mixture8 only (the 15 minutes)
+        assert set(on_digits) == set(on_flow) == {"ct_ppo", "ct_q_learning", "ddpo", "dpok"}
         assert len(quick.runs()) == (len(quick.agents) + len(on_digits) + len(on_flow)) * 2
         assert {r.label for r in quick.runs() if r.task.key == "digits"} == set(on_digits)
         full = load_suite("full", device)

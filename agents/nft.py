@@ -30,10 +30,9 @@ import torch
 from torch import Tensor
 
 from agents.common.agent import AgentConfig, FieldAgent, Stats
-from agents.common.policies import correction
-from agents.common.trajectories import Trajectories, policy_deltas, running_kl
+from agents.common.trajectories import Trajectories, field_deltas, policy_deltas, running_kl
 from agents.grpo import group_advantages
-from diffusion_gym import distributed, kernel
+from diffusion_gym import distributed
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 from diffusion_gym.validation import NonNegativeFloat, PositiveFloat, PositiveInt
 
@@ -93,13 +92,10 @@ def noised_samples(agent: FieldAgent, traj: Trajectories) -> NoisedSamples:
     alpha, sigma = env.schedule.alpha(disc.s).view(shape), env.schedule.sigma(disc.s).view(shape)
     eps = torch.randn((env.n_steps, *y.shape), generator=agent.generator, device=env.device, dtype=env.dtype)
     x = alpha * y + sigma * eps
-    olds, deltas = [], []
     with torch.no_grad():
-        for k in range(env.n_steps):
-            delta = correction(env, agent.mean_action, disc.t[k], x[k], traj.cond)
-            olds.append(-sigma[k] * (env.score(k, x[k], traj.cond) + delta) - eps[k])
-            deltas.append(delta)
-    return NoisedSamples(x, eps, sigma, torch.stack(olds), torch.stack(deltas))
+        delta = field_deltas(agent, x, traj.cond)
+        score = torch.stack([env.score(k, x[k], traj.cond) for k in range(env.n_steps)])
+    return NoisedSamples(x, eps, sigma, -sigma * (score + delta) - eps, delta)
 
 
 def nft_loss(noised: NoisedSamples, delta: Tensor, p: Tensor, beta: float, idx: Tensor | slice = slice(None)) -> Tensor:
@@ -129,16 +125,10 @@ class NFT(FieldAgent):
             groups = torch.zeros_like(rewards, dtype=torch.int64) if cond is None else cond
             p = distributed.local_part(optimality_probability(rewards, groups, cfg.adv_clip))
             noised = noised_samples(self, traj)
-        t = env.discretization.t[:-1]
         total, count = torch.zeros((), device=env.device), 0
         for _ in range(cfg.epochs):
             for idx in self.minibatches(traj.batch, cfg.minibatches):
-                x = noised.x[:, idx]
-                cond = None if traj.cond is None else traj.cond[idx]
-                actions = self.mean_action(
-                    t.repeat_interleave(len(idx)), x.flatten(0, 1), None if cond is None else cond.repeat(env.n_steps)
-                )
-                delta = kernel.path_delta(env.discretization, actions.view(x.shape))
+                delta = field_deltas(self, noised.x[:, idx], None if traj.cond is None else traj.cond[idx])
                 loss = nft_loss(noised, delta, p[idx], cfg.beta, idx)
                 if cfg.kl_price > 0:
                     loss = (

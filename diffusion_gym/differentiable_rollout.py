@@ -77,24 +77,6 @@ def check_differentiable_reward(env: DiffusionSDEVectorEnv, who: str) -> None:
         )
 
 
-def draw_conditions(env: DiffusionSDEVectorEnv, generator: torch.Generator) -> Tensor | None:
-    """The episodes' conditions as the env's reset draws them (uniform over ``env.conditions``), or None."""
-    if env.conditions is None:
-        return None
-    pick = torch.randint(len(env.conditions), (env.num_envs,), generator=generator, device=env.device)
-    return env.conditions[pick]
-
-
-def draw_start(
-    env: DiffusionSDEVectorEnv, generator: torch.Generator, cond: Tensor | None = None
-) -> tuple[Tensor, Tensor | None]:
-    """``(Y_0, c)`` as the env's reset draws them from ``generator`` (conditions first, unless given)."""
-    if cond is None:
-        cond = draw_conditions(env, generator)
-    y0 = torch.randn((env.num_envs, *env.event_shape), generator=generator, device=env.device, dtype=env.dtype)
-    return y0, cond
-
-
 def differentiable_rollout(
     env: DiffusionSDEVectorEnv,
     action: ActionFn,
@@ -130,20 +112,23 @@ def differentiable_rollout(
     shape = (env.num_envs, *env.event_shape)
     if (y0 is None or noise is None or (cond is None and env.conditions is not None)) and generator is None:
         raise ValueError("differentiable_rollout needs a generator for what y0, noise and cond leave out")
+    if cond is None:  # drawn in the env's order: the conditions, then Y_0
+        cond = env.draw_conditions(generator)  # type: ignore[arg-type]
     if y0 is None:
-        y0, cond = draw_start(env, generator, cond)  # type: ignore[arg-type]
-    elif cond is None and env.conditions is not None:
-        cond = draw_conditions(env, generator)  # type: ignore[arg-type]
+        y0 = env.draw_initial_states(generator)  # type: ignore[arg-type]
     if tuple(y0.shape) != shape:
         raise ValueError(f"y0 must have shape {shape}, got {tuple(y0.shape)}")
     if noise is not None and tuple(noise.shape) != (n, *shape):
         raise ValueError(f"noise must have shape {(n, *shape)}, got {tuple(noise.shape)}")
 
-    def step(k: int, y: Tensor, xi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        t = disc.t[k].expand(env.num_envs)
-        delta = kernel.step_delta(disc, k, action(t, y, cond).clamp(-1.0, 1.0))
-        mean = env.pretrained_mean(k, y, cond)
-        return kernel.step_sample(disc, k, kernel.step_shift(disc, k, mean, delta), xi), delta, mean
+    def step(k: int, y: Tensor, xi: Tensor, through_state: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Step k; without ``through_state`` the model runs without a graph and the next state does not
+        depend on ``delta`` (a constant state), which keeps its direct gradient for the KL."""
+        delta = kernel.step_delta(disc, k, action(disc.t[k].expand(env.num_envs), y, cond).clamp(-1.0, 1.0))
+        with torch.set_grad_enabled(through_state and torch.is_grad_enabled()):
+            mean = env.pretrained_mean(k, y, cond)
+        shift = delta if through_state else delta.detach()
+        return kernel.step_sample(disc, k, kernel.step_shift(disc, k, mean, shift), xi), delta, mean
 
     states, deltas, means, xis = [y0], [], [], []
     y = y0
@@ -154,10 +139,7 @@ def differentiable_rollout(
             else torch.randn(shape, generator=generator, device=env.device, dtype=env.dtype)
         )
         if k < n - k_grad:  # a constant state: the chain's graph starts at Y_{N-K}
-            with torch.no_grad():
-                mean = env.pretrained_mean(k, y, cond)
-            delta = kernel.step_delta(disc, k, action(disc.t[k].expand(env.num_envs), y, cond).clamp(-1.0, 1.0))
-            y = kernel.step_sample(disc, k, kernel.step_shift(disc, k, mean, delta.detach()), xi)
+            y, delta, mean = step(k, y, xi, through_state=False)
         elif checkpoint and torch.is_grad_enabled():
             y, delta, mean = checkpointed(step, k, y, xi, use_reentrant=False)
         else:

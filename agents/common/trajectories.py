@@ -124,10 +124,17 @@ def collect(env: DiffusionSDEVectorEnv, act: ActFn, options: dict | None = None)
 
 def policy_deltas(agent: Any, traj: Trajectories) -> Tensor:
     """The agent's current (differentiable) deltas at every stored state, (N, B, *event_shape)."""
+    return field_deltas(agent, traj.states[:-1], traj.cond)
+
+
+def field_deltas(agent: Any, states: Tensor, cond: Tensor | None) -> Tensor:
+    """The agent's (differentiable) deltas at states ``states[k]`` (N, B, ...) at grid time ``t_k``, in
+    one call of its policy over all N * B rows, (N, B, *event_shape)."""
     env = agent.env
-    t, x, cond = traj.step_inputs(env)
-    actions = agent.mean_action(t, x, cond).view(traj.n_steps, traj.batch, *env.event_shape)
-    return kernel.path_delta(env.discretization, actions)
+    n, b = states.shape[:2]
+    t = env.discretization.t[:n].repeat_interleave(b)
+    actions = agent.mean_action(t, states.flatten(0, 1), None if cond is None else cond.repeat(n))
+    return kernel.path_delta(env.discretization, actions.view(states.shape))
 
 
 def transition_log_probs(

@@ -327,16 +327,25 @@ class DiffusionSDEVectorEnv(VectorEnv):
             self._generator.manual_seed(int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1))
         self._seeded = True
         self._cond = self._episode_conditions(options.get("cond"))
-        if y0 is None:
-            y0 = torch.randn(
-                (self.num_envs, *self.event_shape), generator=self._generator, device=self.device, dtype=self.dtype
-            )
-        self._x = y0
+        self._x = self.draw_initial_states(self._generator) if y0 is None else y0
         self._k = 0
         self._episode_start = time.perf_counter()
         self._kl_total = torch.zeros(self.num_envs, device=self.device, dtype=self.dtype)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         return self._observation(torch.full((self.num_envs, 1), self._t0, device=self.device, dtype=self.dtype)), {}
+
+    def draw_conditions(self, generator: torch.Generator) -> Tensor | None:
+        """An episode's conditions as reset draws them, uniform over ``conditions`` (None if unconditional):
+        also for code that runs the chain off the env from its own generator (the differentiable rollout)."""
+        if self.conditions is None:
+            return None
+        pick = torch.randint(len(self.conditions), (self.num_envs,), generator=generator, device=self.device)
+        return self.conditions[pick]
+
+    def draw_initial_states(self, generator: torch.Generator) -> Tensor:
+        """``Y_0 ~ N(0, I)`` for every row, as reset draws it (after the conditions)."""
+        shape = (self.num_envs, *self.event_shape)
+        return torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
 
     def _initial_states(self, y0: Any) -> Tensor:
         """``options["y0"]`` as a fresh finite tensor of the batch's shape on the env's device and dtype."""
@@ -355,8 +364,7 @@ class DiffusionSDEVectorEnv(VectorEnv):
                 raise ValueError("options['cond'] was given but the score model is unconditional")
             return None
         if cond is None:
-            pick = torch.randint(len(self.conditions), (self.num_envs,), generator=self._generator, device=self.device)
-            return self.conditions[pick]
+            return self.draw_conditions(self._generator)
         c = torch.as_tensor(cond)
         if c.is_floating_point() or c.dtype == torch.bool or c.ndim > 1 or c.numel() not in (1, self.num_envs):
             raise ValueError(f"options['cond'] must be one int or {self.num_envs} ints, got {cond!r}")

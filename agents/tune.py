@@ -4,7 +4,7 @@
     python -m agents.tune --env DiffusionSDE-Digits-v0 --agents ct_ppo,ct_ppo_reward,ct_ppo_reward_pretrained
 
 Every agent tries the settings of its grid with the same reward-query budget, seed and grid (N = 20,
-the exponential integrator); the grids and budgets are the task's tuning file,
+the task's integrator, the env keywords of its tuning budget); the grids and budgets are the task's tuning file,
 ``agents/tuning/<env id>.toml`` (:mod:`agents.tuning`). Each run is scored by the
 normalized gap against J* and, where the task has one, against the reachable reference (J_best,
 else J_oracle; docs/design.md, section 1), and by the reward queries its learning curve needs to
@@ -31,7 +31,7 @@ import torch
 from agents.common.agent import Agent
 from agents.common.build import build_agent, config_fields, make_config, make_env
 from agents.common.curve import LearningCurve
-from agents.tuning import BUDGET_KEYS, Search, budget, searches
+from agents.tuning import SIZE_KEYS, Search, budget, searches
 from diffusion_gym import distributed
 from diffusion_gym.evaluation import crossing
 from diffusion_gym.output_paths import check_output_dir
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--num-envs", type=argument(PositiveInt), default=None, help="default: the task's tuning budget"
     )
     parser.add_argument("--n-steps", type=argument(PositiveInt), default=20)
-    parser.add_argument("--integrator", default="exponential")
+    parser.add_argument("--integrator", default=None, help="default: the tuning budget's env_kwargs, else the task's")
     parser.add_argument(
         "--reward-queries", type=argument(PositiveInt), default=None, help="default: the task's tuning budget"
     )
@@ -93,10 +93,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     task_searches = searches(args.env)
     if not task_searches:
         parser.error(f"task {args.env} has no searches (agents/tuning/{args.env}.toml)")
-    for key, value in budget(args.env).items():
+    task_budget = budget(args.env)
+    budget_env_kwargs = dict(task_budget.pop("env_kwargs", {}))
+    for key, value in task_budget.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if missing := [k for k in BUDGET_KEYS if getattr(args, k) is None and k != "policy_net"]:
+    if missing := [k for k in SIZE_KEYS if getattr(args, k) is None]:
         flags = ", ".join("--" + k.replace("_", "-") for k in missing)
         parser.error(f"{args.env} has no [budget] in agents/tuning/{args.env}.toml: give {flags}")
     args.policy_net = args.policy_net or "auto"
@@ -114,14 +116,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for label, rows in settings.items():
             for overrides in rows:
                 make_config(task_searches[label].agent, overrides)
-        for key in BUDGET_KEYS:
-            if key != "policy_net":
-                coerce(getattr(args, key), PositiveInt, f"agents/tuning/{args.env}.toml [budget] {key}")
+        for key in SIZE_KEYS:
+            coerce(getattr(args, key), PositiveInt, f"agents/tuning/{args.env}.toml [budget] {key}")
         check_output_dir(args.out, "--out")
     except ValueError as err:
         parser.error(str(err))
 
-    env_kwargs = {"n_steps": args.n_steps, "integrator": args.integrator, "device": args.device}
+    integrator = (
+        args.integrator or budget_env_kwargs.get("integrator") or get_task(args.env).configuration({}).get("integrator")
+    )
+    env_kwargs = {"n_steps": args.n_steps} | budget_env_kwargs | {"integrator": integrator, "device": args.device}
     refs = compute_references(
         make_env(args.env, eval_batch(args.optimum_n, args.device), **env_kwargs),
         n_samples=args.optimum_n,
@@ -134,7 +138,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     kept: list[dict[str, Any]] = []
     if args.agents and path.exists():
         old = read_record(path)
-        same = all(old["meta"].get(k) == meta[k] for k in ("num_envs", "seed", "reward_queries", "eval_n"))
+        same = all(
+            old["meta"].get(k) == meta[k] for k in ("env_kwargs", "num_envs", "seed", "reward_queries", "eval_n")
+        )
         kept = [r for r in old["runs"] if same and r["label"] not in labels]
 
     runs = []

@@ -314,6 +314,32 @@ def test_tune_records_every_run_of_the_grid(tmp_path):
         tune_main(args[:3] + ["nope"] + args[4:])
 
 
+def test_tune_makes_the_task_with_its_budgets_env_kwargs(tmp_path, monkeypatch):
+    """A tuning file's [budget] env_kwargs (here D = 8) make the searched env and are recorded; a rerun of
+    one search keeps the other's runs only when they were made with the same env keywords."""
+    import json
+
+    import agents.tuning
+    from agents.tune import main as tune_main
+
+    budget = "num_envs = 64\nreward_queries = 128\neval_n = 128\noptimum_n = 256\ncurve_points = 1\ncurve_n = 64\n"
+    grids = "[searches.ddpo]\ngrid = { lr = [1e-3] }\n[searches.dpok]\ngrid = { lr = [1e-3] }\n"
+    monkeypatch.setattr(agents.tuning, "TUNING_DIR", tmp_path)
+    args = ["--env", "DiffusionSDE-Mixture-v0", "--n-steps", "4", "--out", str(tmp_path / "out")]
+    (tmp_path / "DiffusionSDE-Mixture-v0.toml").write_text("[budget]\nenv_kwargs = { dim = 8 }\n" + budget + grids)
+    tune_main(args)
+    record = json.loads((tmp_path / "out" / "DiffusionSDE-Mixture-v0.json").read_text())
+    assert record["meta"]["env_kwargs"] == {"n_steps": 4, "dim": 8, "integrator": "exponential", "device": "cpu"}
+    assert len(record["runs"]) == 2
+    (tmp_path / "DiffusionSDE-Mixture-v0.toml").write_text("[budget]\nenv_kwargs = { dim = 2 }\n" + budget + grids)
+    tune_main(args + ["--agents", "ddpo"])
+    record = json.loads((tmp_path / "out" / "DiffusionSDE-Mixture-v0.json").read_text())
+    assert [r["label"] for r in record["runs"]] == ["ddpo"]  # dpok's D = 8 run is not this budget's
+    (tmp_path / "DiffusionSDE-Mixture-v0.toml").write_text("[budget]\nenv_kwargs = 3\n" + budget + grids)
+    with pytest.raises(ValueError, match=r"\[budget\] env_kwargs must be a table"):
+        tune_main(args)
+
+
 def test_tune_picks_the_lowest_gap_and_breaks_ties_by_queries():
     from agents.tune import select
 

@@ -5,7 +5,8 @@ One TOML file per task, ``agents/tuning/<env id>.toml``, beside the recorded sea
 (``<env id>.json`` / ``.md``, written by ``python -m agents.tune``):
 
 - ``[budget]``: envs per batch, reward queries per run, final-evaluation episodes, the pretrained
-  samples for J* and J(pre), the learning curve's points and episodes, the policy network;
+  samples for J* and J(pre), the learning curve's points and episodes, the policy network, and the
+  ``env_kwargs`` the searches make the task with (a suite task's: ``{ dim = 8 }`` searches mixture8);
 - ``[searches.LABEL]``: the zoo ``agent`` (default: LABEL), the ``grid`` (every combination is a run),
   ``fixed`` settings every run of the search shares, and the ``family`` whose searches compete for
   one default (variants of one agent).
@@ -28,7 +29,18 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 TUNING_DIR = Path(__file__).parent
-BUDGET_KEYS = ("num_envs", "reward_queries", "eval_n", "optimum_n", "curve_points", "curve_n", "policy_net")
+BUDGET_KEYS = (
+    "num_envs",
+    "reward_queries",
+    "eval_n",
+    "optimum_n",
+    "curve_points",
+    "curve_n",
+    "policy_net",
+    "env_kwargs",
+)
+SIZE_KEYS = BUDGET_KEYS[:6]
+"""The budget's sizes, each a positive integer that every task's search must state."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,8 @@ def _load(env_id: str) -> dict[str, Any]:
         raise ValueError(f"{path}: unknown tables {sorted(unknown)}; expected [budget] and [searches.LABEL]")
     if unknown := set(table.get("budget", {})) - set(BUDGET_KEYS):
         raise ValueError(f"{path}: [budget] has unknown keys {sorted(unknown)}; known: {list(BUDGET_KEYS)}")
+    if not isinstance(table.get("budget", {}).get("env_kwargs", {}), Mapping):
+        raise ValueError(f"{path}: [budget] env_kwargs must be a table of env keywords, e.g. {{ dim = 8 }}")
     return table
 
 

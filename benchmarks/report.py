@@ -208,8 +208,61 @@ def claims(results: dict[str, Any], task: str, n_train: int) -> list[str]:
             return ["These results predate a suite's [claims]: `python -m benchmarks rescore DIR` records them."]
         return ["The suite names no claims ([claims] in its file); none is tested."]
     lines: list[str] = []
-    for baseline in spec["baselines"]:
+    compared = list(spec["baselines"])
+    for family, members in spec.get("families", {}).items():
+        best = strongest(results, task, n_train, [a for a in members if a != spec["ours"]])
+        if best is None:
+            lines.append(f"The suite ran no agent of the {family} family other than {spec['ours']} on this task.")
+        elif best not in compared:
+            lines.append(f"The strongest of the {family} family here (the lowest final gap): {best}.")
+            compared.append(best)
+    for baseline in compared:
         lines += _claims_against(results, task, n_train, spec["ours"], baseline, spec["threshold"])
+    return lines
+
+
+def strongest(results: dict[str, Any], task: str, n_train: int, agents: list[str]) -> str | None:
+    """The agent of ``agents`` with the lowest mean final gap (the claims' gap) at ``n_train`` on
+    ``task``, among those the suite ran there (None: it ran none)."""
+    runs = runs_by_agent(results, task, n_train)
+    gap_key = claim_gap(results["tasks"][task])
+    finals = {a: _final(runs[a], n_train, gap_key).mean for a in agents if a in runs}
+    finals = {a: g for a, g in finals.items() if math.isfinite(g)}
+    return min(finals, key=finals.__getitem__) if finals else None
+
+
+def family_table(results: dict[str, Any], task: str, n_train: int) -> list[str]:
+    """The families of the suite's ``[claims]`` side by side on one task: per agent, the reward
+    queries to the claims' gap threshold and the final gap, each family's strongest in bold (empty
+    where the claims name no families)."""
+    spec = suite_claims(results) or {}
+    families = spec.get("families") or {}
+    if not families:
+        return []
+    runs = runs_by_agent(results, task, n_train)
+    task_row = results["tasks"][task]
+    gap_key = claim_gap(task_row)
+    gap_name = "reachable gap" if gap_key == "reachable_gap" else "gap"
+    threshold = spec["threshold"]
+    lines = [
+        "",
+        f"The algorithm families side by side ([claims] families; bold: each family's lowest final {gap_name}):",
+        "",
+        f"| family | agent | seeds | queries to {gap_name} {threshold} | final {gap_name} |",
+        "|---|---|---|---|---|",
+    ]
+    placed = {a for members in families.values() for a in members}
+    groups = [(f, m, True) for f, m in families.items()] + [("(none)", [a for a in runs if a not in placed], False)]
+    for family, members, is_family in groups:
+        ran = [a for a in members if a in runs]
+        best = strongest(results, task, n_train, ran) if is_family else None
+        for agent in sorted(ran, key=lambda a: _final(runs[a], n_train, gap_key).mean):
+            rs = runs[agent]
+            final = fmt(_gap_with_references(task_row, n_train, _final(rs, n_train, gap_key), gap_key))
+            name = f"**{agent}**" if agent == best and len(ran) > 1 else agent
+            lines.append(
+                f"| {family} | {name} | {len(rs)} | {_to_gap(rs, threshold, 'reward_queries', gap_key)} | {final} |"
+            )
     return lines
 
 
@@ -508,6 +561,7 @@ def render(results: dict[str, Any]) -> str:
         + "".join(
             f" Rescored on {r['date']} by `{r['command']}` against the references the tasks ship"
             f" ({', '.join(r['grids']) or 'no grid shipped'}): every gap and crossing follows from them."
+            + (" The claims are those of the suite's file then." if r.get("claims") else "")
             for r in results.get("rescores", [])
         ),
         "",
@@ -745,6 +799,7 @@ def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_trai
             if all(get(r) is not None for r in by_grid):
                 cells = [fmt(get(r).mean, get(r).se) for r in by_grid]
                 lines.append(f"| {name} | " + " | ".join(cells) + " | | | | |")
+    lines += family_table(results, key, n_train)
     lines += ["", "**The suite's claims on this task.**", ""] + [f"- {c}" for c in claims(results, key, n_train)]
     lines += [""] + [f"- {c}" if i else c for i, c in enumerate(discrimination(results, key, n_train))]
     return lines

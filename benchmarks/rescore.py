@@ -8,8 +8,10 @@ whose configuration ships references (:meth:`~diffusion_gym.tasks.spec.TaskSpec.
 this replaces J*, J(pre) and, where shipped, J*_0 (which the gap is then measured against), J_oracle
 and the optimal control's row with the shipped ones (J_best, computed by the run's dynamic
 programme, is kept), then recomputes every gap, every queries-to-gap crossing and the task's
-reachable reference, records the suite's ``[claims]`` if the results predate them, and says so in
-``results["rescores"]`` (the report's header repeats it). Objectives, rewards, KL, timings and samples are untouched.
+reachable reference, takes the ``[claims]`` of the suite's file where it is usable and every agent
+they name ran (claims are computed from the results, so a suite's claims can be extended after its
+runs, e.g. by ``families``), and says so in ``results["rescores"]`` (the report's header repeats it).
+Objectives, rewards, KL, timings and samples are untouched.
 """
 
 from __future__ import annotations
@@ -86,27 +88,30 @@ def rescore(results: dict[str, Any], command: str) -> list[str]:
             if task["reachable"]
             else None
         )
-    if results.get("claims") is None:
-        results["claims"] = _suite_claims(results)
+    claims = _suite_claims(results)
+    adopted = claims is not None and claims != results.get("claims")
+    if adopted:
+        results["claims"] = claims
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    results.setdefault("rescores", []).append({"date": date, "command": command, "grids": changed})
+    results.setdefault("rescores", []).append({"date": date, "command": command, "grids": changed, "claims": adopted})
     results["schema_version"] = SCHEMA_VERSION
     return changed
 
 
 def _suite_claims(results: dict[str, Any]) -> dict[str, Any] | None:
     """The ``[claims]`` of the suite the results name, where its file is found and every agent it names
-    ran; else None, with a warning saying why."""
+    ran; else None, with a warning saying why (the claims recorded stay)."""
     try:
         suite = load_suite(results["suite"], results.get("device_type", "cpu"))
     except (FileNotFoundError, ValueError) as err:
-        warnings.warn(f"suite {results['suite']!r} predates [claims]; its file is not usable: {err}", stacklevel=3)
+        message = f"suite {results['suite']!r}: its file is not usable, the claims recorded stay: {err}"
+        warnings.warn(message, stacklevel=3)
         return None
     if suite.claims is None:
         return None
     claims = asdict(suite.claims)
     ran = set(results.get("agents", {}))
-    if missing := [a for a in [claims["ours"], *claims["baselines"], *claims["stable"]] if a not in ran]:
+    if missing := [a for a in suite.claims.members() if a not in ran]:
         warnings.warn(f"the suite's [claims] name agents these results did not run: {missing}", stacklevel=3)
         return None
     return claims

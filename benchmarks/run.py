@@ -237,6 +237,16 @@ def run_fingerprint(spec: RunSpec) -> dict[str, Any]:
     )
 
 
+TASK_RUN_FIELDS = ("agents", "agent_settings")
+"""Fields of a task's spec that say what runs on it: each run's :func:`run_fingerprint` covers them."""
+
+
+def task_fingerprint(spec: dict[str, Any]) -> dict[str, Any]:
+    """What makes a task's references and scores reusable by ``--resume``: its spec (as recorded) less
+    :data:`TASK_RUN_FIELDS`, so that agents can join a finished suite."""
+    return {k: v for k, v in spec.items() if k not in TASK_RUN_FIELDS}
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -359,11 +369,12 @@ def run_suite(
                 f"processes, not {suite.name!r} on {results['device']!r} x {results['nproc']}: resume only the "
                 "same suite on the same device and number of processes, or choose another --out"
             )
+        specs = {key: _jsonable(asdict(task)) for key, task in suite.tasks.items()}
         for key, task in old["tasks"].items():
-            if key in suite.tasks and task.get("spec") != _jsonable(asdict(suite.tasks[key])):
+            if key in specs and task_fingerprint(task.get("spec", {})) != task_fingerprint(specs[key]):
                 raise ValueError(f"task {key!r} changed since {path} was written; rerun it without --resume")
         current = {spec.run_id: run_fingerprint(spec) for spec in suite.runs()}
-        results["tasks"] = {k: v for k, v in old["tasks"].items() if k in suite.tasks}
+        results["tasks"] = {k: v | {"spec": specs[k]} for k, v in old["tasks"].items() if k in suite.tasks}
         results["runs"] = [r for r in old["runs"] if current.get(r["id"]) == r.get("spec")]
         results["started"], previous_seconds = old["started"], old.get("seconds", 0.0)
         before = old.get("machine", results["machine"])

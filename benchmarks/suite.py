@@ -7,7 +7,9 @@ A run is one agent x task x seed x N_train. The file (see ``benchmarks/suites/qu
   ``include`` (TOML files, relative to this one, whose tables this file's are merged over: settings
   two suites share, written once; ``suites/shared/``);
 - ``[claims]``: what the report tests (:class:`Claims`): ``ours``, the agent whose claims are
-  tested, ``baselines``, the agents it is compared with, ``stable``, the agents whose learning curve
+  tested, ``baselines``, the agents it is compared with, ``families`` (family -> agents: on each task
+  ours is also compared with the strongest agent of each family there, and the report sets the
+  families side by side), ``stable``, the agents whose learning curve
   must stay above J(pre) (``stability_se`` standard errors, default 3), and ``threshold``, the gap
   whose reward queries measure sample efficiency (default 0.5); every name one of ``agents``;
 - ``[agent_settings.NAME]``: the registered agent NAME is (``agent = "..."``; default: NAME itself)
@@ -20,7 +22,8 @@ A run is one agent x task x seed x N_train. The file (see ``benchmarks/suites/qu
   episodes of the optimal control, default ``eval_n``; ``best_grid``: cells per axis of J_best's
   dynamic programme, default 256), ``policy_net``, ``agents`` (the subset of the suite's agents
   that run on this task; default: all) and, under
-  ``[tasks.KEY.agent_settings.NAME]``, per-task config overrides.
+  ``[tasks.KEY.agent_settings.NAME]``, per-task config overrides (``tuned`` there: that task's pick,
+  over the agent's settings for every task).
 
 Any table may hold ``[cpu]`` / ``[cuda]`` sub-tables, merged over it on that device: one suite
 file describes the GPU run and its smaller CPU counterpart.
@@ -47,6 +50,7 @@ SUITES_DIR = Path(__file__).parent / "suites"
 DEVICE_TABLES = ("cpu", "cuda")
 RUN_BUDGET = ("num_envs", "reward_queries")
 """Keys of an agent's settings that set its run's budget instead of its config."""
+
 
 @dataclass(frozen=True)
 class SuiteTask:
@@ -116,22 +120,35 @@ class Claims:
     """What the report tests on every task (see the module docstring)."""
 
     ours: str
-    baselines: list[str]
+    baselines: list[str] = field(default_factory=list)
+    families: dict[str, list[str]] = field(default_factory=dict)
     stable: list[str] = field(default_factory=list)
     threshold: Literal[GAP_THRESHOLDS] = GAP_THRESHOLDS[0]  # type: ignore[valid-type]
     stability_se: PositiveFloat = 3.0
 
     def __post_init__(self) -> None:
         validate_fields(self)
-        if not self.baselines or self.ours in self.baselines:
-            raise ValueError("baselines must name at least one agent other than ours")
+        if self.ours in self.baselines:
+            raise ValueError("baselines must not name ours")
+        if not self.baselines and not any(set(members) - {self.ours} for members in self.families.values()):
+            raise ValueError("baselines or families must name at least one agent other than ours")
+        seen: dict[str, str] = {}
+        for family, members in self.families.items():
+            for agent in members:
+                if agent in seen:
+                    raise ValueError(f"families: {agent!r} is in both {seen[agent]!r} and {family!r}")
+                seen[agent] = family
+
+    def members(self) -> list[str]:
+        """Every agent the claims name."""
+        return [self.ours, *self.baselines, *(a for m in self.families.values() for a in m), *self.stable]
 
 
 def _claims(path: Path, table: dict[str, Any] | None, agents: dict[str, Any]) -> Claims | None:
     if table is None:
         return None
     claims = from_table(Claims, table, f"{path}: [claims]")
-    names = [claims.ours, *claims.baselines, *claims.stable]
+    names = claims.members()
     if unknown := [n for n in names if n not in agents]:
         raise ValueError(f"{path}: [claims] names agents the suite does not run: {unknown}; it runs {list(agents)}")
     return claims
@@ -243,15 +260,7 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
     registry = {name: config for name, (_, config) in all_agents().items()}
     agents: dict[str, tuple[str, dict[str, Any]]] = {}
     for label in raw.get("agents", []):
-        table = _on_device(settings.get(label, {}), device_type)
-        if "tuned" in table:  # the pick of the agent's recorded search on that task, under the table's own keys
-            from agents.tuning import picked
-
-            try:
-                agent, base = picked(table.pop("tuned"), label)
-            except ValueError as err:
-                raise ValueError(f"{path}: [agent_settings.{label}] tuned: {err}") from None
-            table = base | {"agent": agent} | table
+        table = _tuned(path, f"[agent_settings.{label}]", label, _on_device(settings.get(label, {}), device_type))
         agent = table.pop("agent", label)
         if agent not in registry:
             raise ValueError(f"{path}: agent {label!r} is {agent!r}, unknown; known: {sorted(registry)}")
@@ -265,6 +274,9 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
         if unknown_agents := set(overrides) - set(agents):
             raise ValueError(f"{path}: task {key!r} overrides agents not in the suite: {sorted(unknown_agents)}")
         for label, t in overrides.items():
+            t = overrides[label] = _tuned(path, f"[tasks.{key}.agent_settings.{label}]", label, t)
+            if t.pop("agent", agents[label][0]) != agents[label][0]:
+                raise ValueError(f"{path}: [tasks.{key}.agent_settings.{label}] picks another agent than {label!r} is")
             _check_settings(path, label, registry[agents[label][0]], t)
         if unknown_agents := set(table.get("agents", [])) - set(agents):
             raise ValueError(f"{path}: task {key!r} names agents not in the suite: {sorted(unknown_agents)}")
@@ -289,6 +301,21 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
         throughput=raw.get("throughput"),
         claims=_claims(path, raw.get("claims"), agents),
     )
+
+
+def _tuned(path: Path, where: str, label: str, table: dict[str, Any]) -> dict[str, Any]:
+    """``table`` with its ``tuned = "<env id>"`` replaced by the pick of ``label``'s recorded search on
+    that task (the table's own keys over it, the pick's agent as ``agent``)."""
+    if "tuned" not in table:
+        return table
+    from agents.tuning import picked
+
+    table = dict(table)
+    try:
+        agent, base = picked(table.pop("tuned"), label)
+    except ValueError as err:
+        raise ValueError(f"{path}: {where} tuned: {err}") from None
+    return base | {"agent": agent} | table
 
 
 def _check_settings(path: Path, label: str, config_cls: type, settings: dict[str, Any]) -> None:

@@ -108,7 +108,11 @@ def describe(hint: Any) -> str:
     if origin is collections.abc.Callable:
         return "a function"
     if origin in (dict, Mapping) or hint is dict:
-        return "a table (dict)"
+        return (
+            f"a table (dict) whose values are {describe(args[1])}"
+            if len(args) == 2 and args[1] is not Any
+            else "a table (dict)"
+        )
     return {
         bool: "a boolean (true/false, yes/no, on/off, 1/0)",
         int: "an integer",
@@ -163,6 +167,8 @@ def _coerce(value: Any, hint: Any) -> Any:
     if origin in (dict, Mapping) or hint is dict:
         if not isinstance(value, Mapping):
             raise _Mismatch
+        if len(args) == 2:
+            return {_coerce(k, args[0]): _coerce(v, args[1]) for k, v in value.items()}
         return dict(value)
     if origin is collections.abc.Callable:
         if callable(value):

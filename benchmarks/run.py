@@ -189,6 +189,7 @@ def run_one(
             samples = str(path.relative_to(out))
             if distributed.is_main():
                 image = image_metrics(task.env, r.x, r.cond, cache)
+                path.parent.mkdir(exist_ok=True)  # a resumed suite may hold results.json alone
                 torch.save(_saved_samples(r), path)
     eval_seconds = time.perf_counter() - t0 + curve.eval_seconds
     pts = curve.curve

@@ -99,12 +99,14 @@ def rescore(results: dict[str, Any], command: str) -> list[str]:
 
 
 def _suite_claims(results: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``[claims]`` of the suite the results name, where its file is found and every agent it names
-    ran; else None, with a warning saying why (the claims recorded stay)."""
+    """The ``[claims]`` of the suite the results name (its file as recorded, or a shipped suite of its
+    name), where that file is found and every agent it names ran; else None, with a warning saying why
+    (the claims recorded stay)."""
+    source = results.get("suite_file", results["suite"])
     try:
-        suite = load_suite(results["suite"], results.get("device_type", "cpu"))
+        suite = load_suite(source, results.get("device_type", "cpu"))
     except (FileNotFoundError, ValueError) as err:
-        message = f"suite {results['suite']!r}: its file is not usable, the claims recorded stay: {err}"
+        message = f"suite {source!r}: its file is not usable, the claims recorded stay: {err}"
         warnings.warn(message, stacklevel=3)
         return None
     if suite.claims is None:

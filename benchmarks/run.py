@@ -341,6 +341,7 @@ def run_suite(
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "suite": suite.name,
+        "suite_file": suite.source,
         "description": suite.description,
         "command": command or " ".join(["python", "-m", "benchmarks", *map(shlex.quote, sys.argv[1:])]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),

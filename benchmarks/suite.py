@@ -167,6 +167,12 @@ class Suite:
     throughput: dict[str, Any] | None = None
     claims: Claims | None = None
 
+    @property
+    def source(self) -> str:
+        """What finds this suite's file again: its name where it is a shipped suite, else its path."""
+        shipped = self.path.resolve().parent == SUITES_DIR.resolve()
+        return self.name if shipped else str(self.path.resolve())
+
     def runs(self) -> list[RunSpec]:
         """Every agent x task x seed x N_train, tasks outermost (a task's optimum is computed once)."""
         from agents.common.build import config_fields

@@ -522,6 +522,7 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
     pre = Estimate(o["j_pretrained"], o["j_pretrained_se"], o["n"])
     spec = suite_claims(results) or {}
     bound = spec.get("stability_se", 3.0)
+    lines += below_pretrained(runs, n_train, pre, bound)
     for agent in spec.get("stable", []):
         rs = runs.get(agent, [])
         if not rs:
@@ -533,6 +534,48 @@ def discrimination(results: dict[str, Any], key: str, n_train: int) -> list[str]
             f"from J(pre) (the bound J >= J(pre) - {bound:g} s.e. at every point {holds}; the minimum over all "
             f"points and seeds, so a chance dip of {bound:g} s.e. is possible among many points)."
         )
+    return lines
+
+
+def below_pretrained(runs: dict[str, list[dict[str, Any]]], n_train: int, pre: Estimate, bound: float) -> list[str]:
+    """For each agent whose final J is below J(pre) by more than ``bound`` s.e.: where its seed-mean
+    learning curve is lowest and how its proxy and KL moved to get there, and where it ends: the
+    measured shape of an unlearning run, which a reader needs before trusting its row."""
+    lines = []
+    for agent, rs in runs.items():
+        j = _final(rs, n_train, "objective")
+        z = (j.mean - pre.mean) / math.hypot(j.se, pre.se) if rs and math.isfinite(j.mean) else math.nan
+        if not z < -bound:
+            continue
+        grid = [p["reward_queries"] for p in rs[0]["curve"]]
+        line = (
+            f"{agent} ends below J(pre): J {fmt(j)} against {fmt(pre.mean, pre.se)} ({z:.1f} s.e.) at its "
+            f"{rs[0]['reward_queries']:,} queries"
+        )
+        if len(grid) > 1 and all([p["reward_queries"] for p in r["curve"]] == grid for r in rs):
+            curve = {
+                name: [statistics.fmean(r["curve"][i][name] for r in rs) for i in range(len(grid))]
+                for name in ("objective", "proxy", "kl")
+            }
+            j_curve, kl = curve["objective"], curve["kl"]
+            low = min(range(len(grid)), key=j_curve.__getitem__)
+            if low == 0:
+                line += (
+                    f"; its seed-mean learning curve starts at its lowest, J {j_curve[0]:.3f} with KL {kl[0]:.2f} nats "
+                    f"before any training, and ends at J {j_curve[-1]:.3f}"
+                )
+            else:
+                moved = f"proxy {curve['proxy'][low] - curve['proxy'][0]:+.3f}, KL {kl[low] - kl[0]:+.2f} nats"
+                shape = (
+                    "still there at the end"
+                    if low == len(grid) - 1
+                    else f"climbing back to J {j_curve[-1]:.3f} at the end (KL {kl[-1]:.2f} nats)"
+                )
+                line += (
+                    f"; its seed-mean learning curve is lowest at {grid[low]:,} queries (J {j_curve[low]:.3f}: "
+                    f"{moved} from its first point), {shape}"
+                )
+        lines.append(line + ".")
     return lines
 
 

@@ -19,6 +19,7 @@ from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.env_throughput import measure
 from benchmarks.plots import kl_front
 from benchmarks.report import (
+    below_pretrained,
     claims,
     detectable_difference,
     discrimination,
@@ -552,6 +553,34 @@ def test_the_report_flags_q_learning_below_the_pretrained_model():
             for p in r["curve"]
         )
         assert f"{worst:.1f} standard errors" in q_line and ("DOES NOT HOLD" in q_line) == (worst < -3)
+
+
+def test_the_report_describes_the_curve_of_an_agent_that_ends_below_the_pretrained_model():
+    """An agent whose final J is more than 3 s.e. below J(pre) gets a line with the seed-mean curve's
+    lowest point, the proxy and KL moves that led there and where it ends; one within 3 s.e. gets none.
+    On the committed quick results SB3 PPO on mixture8 is such an agent, and the report says so."""
+    from pathlib import Path
+
+    def run(objectives: list[float], final: float) -> dict:
+        curve = [
+            {"reward_queries": 100 * i, "objective": j, "proxy": 1.0 + 0.1 * i, "kl": 0.5 * i}
+            for i, j in enumerate(objectives)
+        ]
+        return {"reward_queries": 200, "curve": curve, "final": {"5": {"objective": final, "objective_se": 0.01}}}
+
+    pre = Estimate(1.0, 0.01, 1000)
+    low = {"a": [run([1.0, 0.4, 0.70], 0.70), run([1.0, 0.6, 0.72], 0.72)], "b": [run([1.0, 1.1, 1.2], 0.99)] * 2}
+    (line,) = below_pretrained(low, 5, pre, 3.0)
+    z = (0.71 - 1.0) / math.hypot(0.01, 0.01)
+    assert line.startswith(f"a ends below J(pre): J 0.710 ± 0.010 against 1.000 ± 0.010 ({z:.1f} s.e.) at its 200")
+    assert "lowest at 100 queries (J 0.500: proxy +0.100, KL +0.50 nats" in line
+    assert "climbing back to J 0.710 at the end (KL 1.00 nats)" in line
+    assert below_pretrained({"a": [run([1.0, 0.99, 0.99], 0.99)] * 2}, 5, pre, 3.0) == []
+
+    results = json.loads((Path(__file__).parents[1] / "benchmarks/results/quick-cpu/results.json").read_text())
+    report = (Path(__file__).parents[1] / "benchmarks/results/quick-cpu/report.md").read_text()
+    lines = [x for x in discrimination(results, "mixture8", 20) if "ends below J(pre)" in x]
+    assert [x.split()[0] for x in lines] == ["sb3_ppo"] and f"- {lines[0]}" in report
 
 
 def test_the_report_states_the_detectable_difference_in_final_gap_on_every_task():

@@ -12,6 +12,11 @@ the prediction type (``x_s = alpha x_0 + sigma eps``):
 Conditions are integer indices (a class, or a row of a prompt-embedding table); classifier-free
 guidance (Ho & Salimans 2022) mixes the conditional and unconditional noise predictions,
 ``eps = eps_u + w (eps_c - eps_u)``, in one batched UNet call.
+
+A flow-matching UNet (:class:`DiffusersVelocity`) predicts the velocity ``eps - x0`` of the
+rectified-flow path instead, at diffusers' flow timestep ``1000 sigma``; the guidance mixes the
+velocities, which is the same mix of the noise predictions (the map between them is affine in the
+output at fixed ``x``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from diffusion_gym.sde import DiscreteVPSchedule
+from diffusion_gym.parametrization import convert
+from diffusion_gym.sde import DiscreteVPSchedule, RectifiedFlowSchedule
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
@@ -119,7 +125,10 @@ class DiffusersScore(nn.Module):
     def predict_noise(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """The (guided) noise prediction ``eps(x_s)``."""
         s = self._times(s, x)
-        timestep = self.schedule.timestep(s).expand(x.shape[0])
+        return self._to_noise(s, x, self._guided(x, self.schedule.timestep(s).expand(x.shape[0]), cond))
+
+    def _guided(self, x: Tensor, timestep: Tensor, cond: Tensor | None) -> Tensor:
+        """The UNet's output at ``timestep``, conditional on ``cond`` and guided."""
         if self.conditioning is None:
             out = self._unet(x, timestep, {})
         elif cond is None:
@@ -132,7 +141,7 @@ class DiffusersScore(nn.Module):
             both = {k: torch.cat([cond_kwargs[k], null_kwargs[k]]) for k in cond_kwargs}
             out_c, out_u = self._unet(torch.cat([x, x]), torch.cat([timestep, timestep]), both).chunk(2)
             out = out_u + self.guidance_scale * (out_c - out_u)
-        return self._to_noise(s, x, out)
+        return out
 
     def _to_noise(self, s: Tensor, x: Tensor, out: Tensor) -> Tensor:
         if self.prediction_type == "epsilon":
@@ -160,3 +169,38 @@ class DiffusersScore(nn.Module):
         """``-eps(x_s) / sigma_s``."""
         s = self._times(s, x)
         return -self.predict_noise(s, x, cond) / self._alpha_sigma(s, x)[1]
+
+
+class DiffusersVelocity(DiffusersScore):
+    """A flow-matching diffusers UNet: the velocity ``v = E[eps - x0 | x_s]`` of the rectified-flow
+    path ``x_s = (1 - sigma_s) x0 + sigma_s eps`` (:class:`~diffusion_gym.sde.RectifiedFlowSchedule`),
+    the UNet called at ``timestep_scale * sigma_s`` (diffusers' ``FlowMatchEulerDiscreteScheduler``:
+    1000). Declares ``parametrization = "velocity"``: the env steps its flow integrators with
+    :meth:`predict` and converts exactly where it needs another form."""
+
+    parametrization = "velocity"
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        schedule: RectifiedFlowSchedule,
+        conditioning: Conditioning | None = None,
+        guidance_scale: float = 1.0,
+        timestep_scale: float = 1000.0,
+        event_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        if not isinstance(schedule, RectifiedFlowSchedule):
+            raise TypeError(f"a velocity model needs a RectifiedFlowSchedule, got {type(schedule).__name__}")
+        super().__init__(unet, schedule, "epsilon", conditioning, guidance_scale, event_shape)  # type: ignore[arg-type]
+        self.timestep_scale = float(timestep_scale)
+
+    def predict(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The (guided) velocity at diffusion time ``s``."""
+        s = self._times(s, x)
+        return self._guided(x, (self.timestep_scale * self.schedule.sigma(s)).expand(x.shape[0]), cond)
+
+    def predict_noise(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``E[eps | x_s] = x_s + alpha_s v``."""
+        s = self._times(s, x)
+        alpha, sigma = self._alpha_sigma(s, x)
+        return convert(self.predict(s, x, cond), x, alpha, sigma, "velocity", "eps")

@@ -1,12 +1,18 @@
-"""Train the digits base model: a class-conditional UNet2DModel on the 8x8 digits (``"train"`` split).
+"""Train a digits base model: a class-conditional UNet2DModel on the 8x8 digits (``"train"`` split).
 
-    python -m diffusion_gym.tasks.digits.train_unet              # rewrites the shipped weights (~15 min, 2 cores)
-    python -m diffusion_gym.tasks.digits.train_unet --out DIR    # or writes them elsewhere
+    python -m diffusion_gym.tasks.digits.train_unet                 # the shipped DDPM weights (~15 min, 2 cores)
+    python -m diffusion_gym.tasks.digits.train_unet --model flow    # the flow-matching model's
+    python -m diffusion_gym.tasks.digits.train_unet --out DIR       # or writes them elsewhere
 
-Continuous-time denoising score matching (Song et al. 2021; Ho et al. 2020, eq. 14 with s uniform
-on [1/1000, 1]): ``x_s = alpha_s x_0 + sigma_s eps``, loss ``||eps_theta(x_s, s, c) - eps||^2``, the
-UNet seeing the fractional timestep ``1000 s - 1``. The class is dropped to the null label with
-probability 0.1 (classifier-free guidance). The weights shipped are an exponential moving average.
+``--model ddpm``: continuous-time denoising score matching (Song et al. 2021; Ho et al. 2020, eq. 14
+with s uniform on [1/1000, 1]): ``x_s = alpha_s x_0 + sigma_s eps``, loss
+``||eps_theta(x_s, s, c) - eps||^2``, the UNet seeing the fractional timestep ``1000 s - 1``.
+``--model flow``: conditional flow matching on the linear path (Lipman et al. 2023, its OT path
+with sigma_min = 0; Liu et al. 2023): ``x_s = (1 - s) x_0 + s eps`` with s uniform on [0, 1], loss
+``||v_theta(x_s, s, c) - (eps - x_0)||^2``, the UNet seeing diffusers' flow timestep ``1000 s``
+(``FlowMatchEulerDiscreteScheduler``'s ``sigma * 1000``). Same UNet, data, optimiser and steps. The
+class is dropped to the null label with probability 0.1 (classifier-free guidance). The weights
+shipped are an exponential moving average.
 Besides the final model it saves the EMA weights after 10% of the steps (``*_10pct``), the
 under-trained model against which the Frechet-distance test is calibrated. A checkpoint is written
 atomically every 500 steps (and at ``--stop-after``); rerunning with the same training arguments
@@ -33,7 +39,7 @@ from tqdm.auto import tqdm
 from diffusion_gym.checkpoints import load_checkpoint
 from diffusion_gym.tasks.digits import WEIGHTS_DIR
 from diffusion_gym.tasks.digits.data import digits
-from diffusion_gym.tasks.digits.unet import NULL_CLASS, UNET_CONFIG, WEIGHTS_NAME, digits_schedule
+from diffusion_gym.tasks.digits.unet import FLOW_TIMESTEPS, NULL_CLASS, UNET_CONFIG, WEIGHTS_NAMES, digits_schedule
 from diffusion_gym.validation import PositiveFloat, PositiveInt, Range, Seed, argument
 
 
@@ -53,6 +59,7 @@ def _atomic_save(obj: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the package's weights)")
+    parser.add_argument("--model", choices=sorted(WEIGHTS_NAMES), default="ddpm", help="the model family")
     parser.add_argument("--steps", type=argument(PositiveInt), default=10_000)
     parser.add_argument("--batch-size", type=argument(PositiveInt), default=128)
     parser.add_argument("--lr", type=argument(PositiveFloat), default=1e-3)
@@ -66,10 +73,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--device", default="cpu", help="where the UNet trains (random draws stay on the CPU)")
     args = parser.parse_args(argv)
     run = {k: v for k, v in vars(args).items() if k in ("steps", "batch_size", "lr", "ema", "seed")}
+    flow = args.model == "flow"
+    if flow:  # the DDPM run's record keeps its keys, so that its checkpoint and JSON stay as they were
+        run["model"] = "flow"
+    name = WEIGHTS_NAMES[args.model]
 
     out = args.out if args.out is not None else WEIGHTS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / f"{WEIGHTS_NAME}_checkpoint.pt"
+    ckpt_path = out / f"{name}_checkpoint.pt"
     x_train, y_train = digits("train")
     schedule = digits_schedule()
     s_min = 1.0 / schedule.n_timesteps
@@ -96,22 +107,35 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             torch.set_rng_state(state["torch_rng"])
             start, losses = state["step"], state["losses"]
 
-    meta = {"unet_config": UNET_CONFIG, "schedule": "DDPMScheduler() defaults", "args": run}
+    meta = {
+        "unet_config": UNET_CONFIG,
+        "schedule": "rectified flow, x = (1 - s) x0 + s eps, timestep 1000 s" if flow else "DDPMScheduler() defaults",
+        "args": run,
+    }
+    if flow:
+        meta["prediction"] = "velocity"
     early_step = max(1, args.steps // 10)
     t0 = time.perf_counter()
     end = args.steps if args.stop_after is None else min(args.steps, start + args.stop_after)
-    bar = tqdm(range(start, end), desc="digits UNet", disable=args.quiet, initial=start, total=args.steps)
+    desc = f"digits UNet ({args.model})"
+    bar = tqdm(range(start, end), desc=desc, disable=args.quiet, initial=start, total=args.steps)
     for step in bar:
         idx = torch.randint(len(y_train), (args.batch_size,), generator=gen)
         x0, labels = x_train[idx], y_train[idx].clone()
         labels[torch.rand(args.batch_size, generator=gen) < 0.1] = NULL_CLASS
-        s = s_min + (1 - s_min) * torch.rand(args.batch_size, generator=gen, dtype=torch.float64)
-        alpha = schedule.alpha(s).float().view(-1, 1, 1, 1)
-        sigma = schedule.sigma(s).float().view(-1, 1, 1, 1)
+        if flow:
+            s = torch.rand(args.batch_size, generator=gen, dtype=torch.float64)
+            alpha, sigma = (1 - s).float().view(-1, 1, 1, 1), s.float().view(-1, 1, 1, 1)
+            timestep = FLOW_TIMESTEPS * s.float()
+        else:
+            s = s_min + (1 - s_min) * torch.rand(args.batch_size, generator=gen, dtype=torch.float64)
+            alpha = schedule.alpha(s).float().view(-1, 1, 1, 1)
+            sigma = schedule.sigma(s).float().view(-1, 1, 1, 1)
+            timestep = schedule.timestep(s).float()
         noise = torch.randn(x0.shape, generator=gen)
-        x_s, timestep = (alpha * x0 + sigma * noise).to(device), schedule.timestep(s).float().to(device)
+        x_s, timestep = (alpha * x0 + sigma * noise).to(device), timestep.to(device)
         pred = unet(x_s, timestep, class_labels=labels.to(device)).sample
-        loss = F.mse_loss(pred, noise.to(device))
+        loss = F.mse_loss(pred, (noise - x0 if flow else noise).to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -124,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if (step + 1) % 100 == 0:
             bar.set_postfix(loss=sum(losses[-100:]) / 100)
         if step + 1 == early_step:
-            save_weights(ema, out / f"{WEIGHTS_NAME}_10pct.safetensors", meta | {"steps_trained": step + 1})
+            save_weights(ema, out / f"{name}_10pct.safetensors", meta | {"steps_trained": step + 1})
         if ((step + 1) % args.checkpoint_every == 0 or step + 1 == end) and step + 1 < args.steps:
             _atomic_save(
                 {
@@ -146,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return {"step": float(end), "seconds": elapsed}
     final_loss = sum(losses[-500:]) / max(1, len(losses[-500:]))
     meta |= {"steps_trained": args.steps, "final_loss": final_loss}
-    save_weights(ema, out / f"{WEIGHTS_NAME}.safetensors", meta)
+    save_weights(ema, out / f"{name}.safetensors", meta)
     ckpt_path.unlink(missing_ok=True)
     print(f"trained {args.steps} steps in {elapsed:.0f} s this run; final loss {final_loss:.4f}; saved to {out}")
     return {"final_loss": final_loss, "seconds": elapsed}

@@ -3,7 +3,9 @@
 
 It predicts noise on DDPMScheduler's default (linear, 1,000-step) schedule, trained in continuous
 time (fractional timesteps, see :class:`~diffusion_gym.sde.DiscreteVPSchedule`) so that any grid
-is in-distribution, with 10% label dropout to the null class 10 for classifier-free guidance.
+is in-distribution, with 10% label dropout to the null class 10 for classifier-free guidance. Its
+flow-matching sibling (``model="flow"``) is the same UNet trained on the same data to predict the
+velocity of the linear path (:func:`digits_flow_model`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ from typing import Any
 
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffusion_gym.base_models.diffusers_unet import ClassLabels, DiffusersScore
+from diffusion_gym.base_models.diffusers_unet import ClassLabels, DiffusersScore, DiffusersVelocity
 from diffusion_gym.checkpoints import load_weights_into, read_metadata
-from diffusion_gym.sde import DiscreteVPSchedule
+from diffusion_gym.sde import DiscreteVPSchedule, RectifiedFlowSchedule
 from diffusion_gym.tasks.digits import WEIGHTS_DIR
 from diffusion_gym.tasks.digits.data import NUM_CLASSES
 
-WEIGHTS_NAME = "digits_unet"
+WEIGHTS_NAMES: dict[str, str] = {"ddpm": "digits_unet", "flow": "digits_flow_unet"}
+"""The shipped weights of each model family (``model=`` of the task), in ``WEIGHTS_DIR``."""
 NULL_CLASS = NUM_CLASSES
+FLOW_TIMESTEPS = 1000.0
+"""The flow model's UNet sees ``1000 s`` at time s, as diffusers' ``FlowMatchEulerDiscreteScheduler``
+feeds ``sigma * num_train_timesteps`` (its sigma is s on the unshifted linear path)."""
 
 UNET_CONFIG: dict[str, Any] = {
     "sample_size": 8,
@@ -41,9 +47,10 @@ def digits_schedule() -> DiscreteVPSchedule:
     return DiscreteVPSchedule(DDPMScheduler().alphas_cumprod)
 
 
-def load_digits_unet(path: Path | None = None) -> UNet2DModel:
-    """The shipped UNet (or the safetensors file at ``path``, with its JSON beside it), eval mode, frozen."""
-    path = Path(path) if path is not None else WEIGHTS_DIR / f"{WEIGHTS_NAME}.safetensors"
+def load_digits_unet(path: Path | None = None, model: str = "ddpm") -> UNet2DModel:
+    """The shipped UNet of family ``model`` (or the safetensors file at ``path``, with its JSON beside
+    it), eval mode, frozen."""
+    path = Path(path) if path is not None else WEIGHTS_DIR / f"{WEIGHTS_NAMES[model]}.safetensors"
     meta = read_metadata(path, "the digits UNet", keys=["unet_config"])
     unet = load_weights_into(UNet2DModel(**meta["unet_config"]), path, "the digits UNet")
     return unet.eval().requires_grad_(False)
@@ -57,4 +64,16 @@ def digits_score_model(guidance_scale: float = 1.0, path: Path | None = None) ->
         prediction_type="epsilon",
         conditioning=ClassLabels(NUM_CLASSES, NULL_CLASS),
         guidance_scale=guidance_scale,
+    )
+
+
+def digits_flow_model(guidance_scale: float = 1.0, path: Path | None = None) -> DiffusersVelocity:
+    """The flow-matching digits model as a velocity model on the unshifted linear path; condition i
+    is digit class i."""
+    return DiffusersVelocity(
+        load_digits_unet(path, "flow"),
+        RectifiedFlowSchedule(),
+        conditioning=ClassLabels(NUM_CLASSES, NULL_CLASS),
+        guidance_scale=guidance_scale,
+        timestep_scale=FLOW_TIMESTEPS,
     )

@@ -271,3 +271,78 @@ def test_a_task_whose_references_are_missing_warns(toy_task):
     spec = replace(TOY, name="toy_missing", env_id="ToyMissing-v0", references="diffusion_gym.tasks.mixture:nope.json")
     with pytest.warns(UserWarning, match="nope.json, which is missing"):
         assert spec.shipped_references({}) is None
+
+
+PACKAGE = """
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diffusion_gym.sde import LinearVPSchedule
+
+
+class Base(nn.Module):
+    event_shape = (3,)
+
+    def __init__(self):
+        super().__init__()
+        self.schedule = LinearVPSchedule()
+
+    def score(self, s, x, cond=None):
+        return -x
+
+
+class Bump(nn.Module):
+    def __init__(self, centre):
+        super().__init__()
+        self.register_buffer("centre", torch.tensor(centre))
+
+    def forward(self, x, cond=None):
+        return -0.5 * (x - self.centre).square().sum(1)
+
+
+def models(proxy: str = "a"):
+    centre = json.loads((Path(__file__).parent / "weights" / f"{proxy}.json").read_text())["centre"]
+    return Base(), Bump(centre), None
+"""
+
+
+def test_shipped_references_go_stale_with_the_weights_their_configuration_loads(tmp_path, monkeypatch):
+    """An entry records the sha256 of the weights its configuration loads (the env identity's): a file
+    added beside them, or another configuration's proxy retrained, leaves it valid; its own proxy
+    retrained makes it stale."""
+    import sys
+
+    from diffusion_gym.envs.identity import env_identity
+
+    root = tmp_path / "toy_refs_pkg"
+    (root / "weights").mkdir(parents=True)
+    (root / "__init__.py").write_text(PACKAGE)
+    for proxy, centre in (("a", 1.0), ("b", 2.0)):
+        (root / "weights" / f"{proxy}.json").write_text(json.dumps({"centre": centre}))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = TaskSpec(
+        name="toy_refs",
+        env_id="ToyRefs-v0",
+        models="toy_refs_pkg:models",
+        defaults={"n_steps": 6, "integrator": "exponential"},
+        references="toy_refs_pkg:references.json",
+    )
+    entries = [
+        {"config": spec.configuration({"proxy": p}), "j_star": 1.0, "models_sha256": spec.models_sha256({"proxy": p})}
+        for p in ("a", "b")
+    ]
+    (root / "references.json").write_text(json.dumps({"entries": entries}))
+    assert spec.models_sha256({"proxy": "a"}) != spec.models_sha256({"proxy": "b"})
+    assert spec.models_sha256({"proxy": "a"}) == env_identity(spec.make_vector_env(2, proxy="a"))["weights_sha256"]
+    assert spec.shipped_references({"proxy": "a"})["j_star"] == 1.0
+
+    (root / "weights" / "c.json").write_text(json.dumps({"centre": 3.0}))  # a model added beside them
+    (root / "weights" / "b.json").write_text(json.dumps({"centre": 2.25}))  # another configuration's, retrained
+    assert spec.shipped_references({"proxy": "a"}) is not None
+    assert spec.shipped_references({"proxy": "b"}) is None
+    (root / "weights" / "a.json").write_text(json.dumps({"centre": 1.25}))
+    assert spec.shipped_references({"proxy": "a"}) is None
+    sys.modules.pop("toy_refs_pkg", None)

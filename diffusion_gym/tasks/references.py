@@ -31,7 +31,7 @@ from diffusion_gym.optimal_control import MixtureOptimalControl
 from diffusion_gym.references import References, compute_references
 from diffusion_gym.scoring import eval_batch
 from diffusion_gym.tasks.manifest import record
-from diffusion_gym.tasks.spec import TaskSpec, get_task, weights_fingerprint
+from diffusion_gym.tasks.spec import TaskSpec, get_task
 from diffusion_gym.validation import PositiveInt, argument
 
 
@@ -70,7 +70,7 @@ def shipped_entry(
     entry = dict(existing or {}) | {"config": task.configuration(kwargs)}
     if refs.j_oracle is not None:
         entry["control"] = task.control_configuration(kwargs)
-    return entry | refs.to_row() | {"weights_sha256": weights_fingerprint(task.package)}
+    return entry | refs.to_row() | {"models_sha256": task.models_sha256(kwargs)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ heavy (diffusers, a UNet's weights).
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
 import importlib
 import importlib.resources
 import inspect
@@ -175,8 +175,9 @@ class TaskSpec:
         """The shipped references of the configuration ``kwargs`` names (J*, J(pre) with their errors,
         covariance, sample count, effective sample size and the command that computed them; J_oracle
         and the optimal control's row only where the action box matches too), or None when the task
-        ships none for it, or when the task's ``weights/`` folder is no longer the one they were
-        computed with (``weights_sha256``: a retrained model or proxy makes them stale).
+        ships none for it, or when the weights that configuration loads are no longer the ones they
+        were computed with (``models_sha256``, :meth:`models_sha256`: a retrained base model or proxy
+        makes its own entries stale, and a model added beside it none).
 
         Warns when the task names a table that is missing (every runner reads it through here).
 
@@ -206,11 +207,19 @@ class TaskSpec:
         if not matches:
             return None
         entry = next((e for e in matches if e.get("control") == control), matches[0])
-        if "weights_sha256" in entry and entry["weights_sha256"] != weights_fingerprint(package):
+        if entry["models_sha256"] != self.models_sha256(kwargs):
             return None
         if entry.get("control") != control:
             entry = {k: v for k, v in entry.items() if not k.startswith("j_oracle") and k not in ("oracle", "control")}
         return entry
+
+    def models_sha256(self, kwargs: Mapping[str, Any]) -> str:
+        """The sha256 of the weights the configuration ``kwargs`` loads, its base model, terminal
+        reward and gold utility (:func:`~diffusion_gym.envs.identity.weights_sha256`, what a
+        checkpoint's env identity records), computed once per configuration and version of the
+        task's ``weights/`` files."""
+        config = json.dumps(self.configuration(kwargs), sort_keys=True)
+        return _models_sha256(self.models, config, _weights_stamp(self.package))
 
     def same_configuration(self, shipped: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
         """Whether a shipped entry's configuration is ``config`` (:meth:`configuration`): equal on every
@@ -248,14 +257,21 @@ def env_configuration(env: Any) -> dict[str, Any] | None:
     return task.configuration(kwargs) | task.control_configuration(kwargs)
 
 
-def weights_fingerprint(package: str) -> str:
-    """The sha256 of every file in ``package``'s ``weights/`` folder (names and bytes, sorted)."""
-    digest = hashlib.sha256()
-    folder = importlib.resources.files(package) / "weights"
-    for item in sorted(folder.iterdir(), key=lambda p: p.name) if folder.is_dir() else []:
-        if item.is_file():
-            digest.update(item.name.encode() + b"\0" + item.read_bytes())
-    return digest.hexdigest()
+def _weights_stamp(package: str) -> tuple[tuple[str, int, int], ...]:
+    """``(name, mtime_ns, size)`` of each file in ``package``'s ``weights/`` folder: a retrained file
+    changes it, so :func:`_models_sha256`'s cache does not outlive the weights it hashed."""
+    folder = Path(str(importlib.resources.files(package))) / "weights"
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
+
+
+@functools.lru_cache(maxsize=64)
+def _models_sha256(models: str, config: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    from diffusion_gym.envs.identity import weights_sha256
+
+    build = resolve(models)
+    params = inspect.signature(build).parameters
+    return weights_sha256(*build(**{k: v for k, v in json.loads(config).items() if k in params}))
 
 
 def _comparable(value: Any) -> Any:

@@ -728,7 +728,7 @@ def _twin_tables(results: dict[str, Any]) -> list[str]:
 def _sampler(task: dict[str, Any]) -> str:
     """A task's sampler as the twin tables name it: its integrator and, for the flow SDE, its noise level."""
     kwargs = task["env_kwargs"]
-    defaults = get_task(task["env"]).defaults
+    defaults = get_task(task["env"]).defaults_for(kwargs)
     integrator = kwargs.get("integrator", defaults.get("integrator", "euler_maruyama"))
     level = kwargs.get("noise_level", defaults.get("noise_level"))
     return integrator if level is None else f"{integrator}, a = {level:.3g}"

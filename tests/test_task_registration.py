@@ -102,6 +102,21 @@ def test_a_registered_task_is_a_gym_env_with_its_defaults_and_kwargs(toy_task):
     register_task(TOY, override=True)
 
 
+def test_variant_defaults_follow_the_task_keyword_they_depend_on():
+    """A default that depends on one of the task's own keywords (digits' integrator on ``model``):
+    applied for that value only, under an explicit keyword, in the env and in the configuration
+    shipped references are keyed by."""
+    spec = replace(TOY, variant_defaults={"centre": {2.0: {"n_steps": 4, "integrator": "ddpm"}}})
+    assert spec.defaults_for({}) == TOY.defaults == spec.defaults_for({"centre": 0.5})
+    assert spec.defaults_for({"centre": 2.0}) == {**TOY.defaults, "n_steps": 4, "integrator": "ddpm"}
+    env = spec.make_vector_env(2, centre=2.0)
+    assert (env.n_steps, env.integrator) == (4, "ddpm")
+    assert spec.make_vector_env(2, centre=2.0, n_steps=5).n_steps == 5
+    assert spec.configuration({"centre": 2.0})["n_steps"] == 4 and spec.configuration({})["n_steps"] == 6
+    assert get_task("digits").configuration({"model": "flow"})["integrator"] == "flow_sde"
+    assert get_task("digits").configuration({})["integrator"] == "exponential"
+
+
 @pytest.mark.filterwarnings("ignore:Euler-Maruyama step:UserWarning")  # the throughput benchmark's 6 coarse steps
 def test_a_registered_task_runs_a_tiny_suite_and_the_runners(toy_task, tmp_path):
     from benchmarks.run import run_suite

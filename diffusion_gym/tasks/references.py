@@ -9,7 +9,7 @@ Carlo with its jackknife's bias estimate; in continuous time too where the contr
 tasks with an optimal control, J_oracle and the control's row (:func:`~diffusion_gym.references.compute_references`
 with the seeds kept for shipped tables), keyed by the task's law configuration and the action box
 (:meth:`~diffusion_gym.tasks.spec.TaskSpec.configuration`, ``control_configuration``), stamped with
-the sha256 of the task's weights and the command that made it. The runners read them through
+the sha256 of the weights the configuration loads (``models_sha256``) and the command that made it. The runners read them through
 :meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_references`. (The digits table's entries were made
 by this computation's former home, ``diffusion_gym/tasks/digits/references.py`` at de99b4a, with a
 batch of 1,024.)
@@ -48,7 +48,7 @@ def shipped_entry(
     """One entry of a task's shipped table: the references of configuration ``kwargs`` at ``n_steps``
     (J*, J(pre) from ``n_samples`` pretrained episodes; J*_0 from ``initial_n`` (default ``n_samples``)
     nested chains; J_oracle from ``oracle_n`` episodes of the optimal control where the task has one),
-    keyed by the configuration and stamped with the sha256 of the task's weights. With ``existing`` (an
+    keyed by the configuration and stamped with the sha256 of the weights it loads. With ``existing`` (an
     entry of the table for this configuration), its references are kept and only what it lacks is
     computed."""
     kwargs = kwargs | {"n_steps": n_steps}

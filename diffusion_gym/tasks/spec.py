@@ -54,6 +54,9 @@ class TaskSpec:
             ``(score model, terminal reward, gold or None)``. Every other keyword of ``gym.make`` goes
             to the env (:class:`~diffusion_gym.envs.vector.DiffusionSDEVectorEnv`).
         defaults: env keyword defaults of this task (e.g. its N and integrator).
+        variant_defaults: env keyword defaults that depend on one of the task's own keywords, as
+            ``{keyword: {value: {env keyword: default}}}`` over ``defaults`` (digits:
+            ``{"model": {"flow": {"integrator": "flow_sde"}}}``, a flow model's sampler).
         image_features: for image tasks, ``"module:function"`` returning ``(feature map, held-out
             reference features)``: the Frechet distance and per-class diversity of the benchmarks.
         throughput: ``benchmarks.env_throughput``'s sizes for this task, ``(batch, steps)`` pairs.
@@ -70,6 +73,7 @@ class TaskSpec:
     env_id: str
     models: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    variant_defaults: Mapping[str, Mapping[Any, Mapping[str, Any]]] = field(default_factory=dict)
     image_features: str | None = None
     throughput: tuple[tuple[int, int], ...] = ((4096, 100),)
     references: str | None = None
@@ -101,7 +105,17 @@ class TaskSpec:
         if shared:
             raise TypeError(f"{self.models} takes {sorted(shared)}, which the env takes too; rename them")
         own = {k: v for k, v in kwargs.items() if k in params}
-        return models(**own), dict(self.defaults) | {k: v for k, v in kwargs.items() if k not in params}
+        return models(**own), self.defaults_for(kwargs) | {k: v for k, v in kwargs.items() if k not in params}
+
+    def defaults_for(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The env keyword defaults under ``kwargs``: :attr:`defaults`, then the :attr:`variant_defaults`
+        of the values ``kwargs`` (else the model function's own defaults) give their keywords."""
+        params = inspect.signature(resolve(self.models)).parameters
+        merged = dict(self.defaults)
+        for key, table in self.variant_defaults.items():
+            value = kwargs[key] if key in kwargs else params[key].default
+            merged |= dict(table.get(value, {}))
+        return merged
 
     def check_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The task's keywords checked against the annotations of ``models`` and the env, without
@@ -165,7 +179,7 @@ class TaskSpec:
         params = inspect.signature(resolve(self.models)).parameters
         env_params = inspect.signature(DiffusionSDEVectorEnv).parameters
         defaults = {k: p.default for k, p in (*env_params.items(), *params.items()) if k in keys}
-        merged = defaults | dict(self.defaults) | dict(kwargs)
+        merged = defaults | self.defaults_for(kwargs) | dict(kwargs)
         for k in ("dtype", "autocast"):  # "float32" and torch.float32 name one dtype
             if isinstance(merged.get(k), str) and not merged[k].startswith("torch."):
                 merged[k] = f"torch.{merged[k]}"

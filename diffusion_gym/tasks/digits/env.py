@@ -7,17 +7,22 @@ deviation of the pretrained objective (1.15; 0.31 at kl_coef 1) while a query st
 classifier-free guidance 2. J* and J(pre) of the default configuration ship with the task
 (``references.json``: the effective sample size behind J* is ~1% of the samples, so it takes tens of
 thousands).
+
+``model="flow"`` swaps the DDPM UNet for its flow-matching sibling (the same UNet trained on the
+same digits to predict the linear path's velocity), sampled by the flow SDE (``integrator`` defaults
+to ``"flow_sde"`` there, Flow-GRPO's step at ``noise_level`` 0.7); proxies, gold and defaults are
+otherwise the same.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from diffusion_gym.base_models.diffusers_unet import DiffusersScore
+from diffusion_gym.base_models.diffusers_unet import DiffusersScore, DiffusersVelocity
 from diffusion_gym.rewards.protocol import RewardModel
 from diffusion_gym.tasks.digits import TASK
 from diffusion_gym.tasks.digits import rewards as digits_rewards
-from diffusion_gym.tasks.digits.unet import digits_score_model
+from diffusion_gym.tasks.digits.unet import digits_flow_model, digits_score_model
 from diffusion_gym.validation import validated
 
 
@@ -26,12 +31,15 @@ def task_models(
     utility: str = "thickness",
     reward: Literal["proxy", "gold"] = "proxy",
     guidance_scale: float = 2.0,
-) -> tuple[DiffusersScore, RewardModel, RewardModel]:
+    model: Literal["ddpm", "flow"] = "ddpm",
+) -> tuple[DiffusersScore | DiffusersVelocity, RewardModel, RewardModel]:
     """(base model, terminal reward, gold utility) for ``utility`` (see
-    :data:`diffusion_gym.tasks.digits.rewards.UTILITIES`); ``reward="gold"`` trains on the gold itself."""
+    :data:`diffusion_gym.tasks.digits.rewards.UTILITIES`); ``reward="gold"`` trains on the gold itself;
+    ``model``: the DDPM UNet or its flow-matching sibling."""
     gold = digits_rewards.gold_utility(utility)
     terminal = digits_rewards.load_proxy(utility) if reward == "proxy" else digits_rewards.gold_utility(utility)
-    return digits_score_model(guidance_scale), terminal, gold
+    base = digits_flow_model(guidance_scale) if model == "flow" else digits_score_model(guidance_scale)
+    return base, terminal, gold
 
 
 make_env = TASK.make_env

@@ -9,10 +9,10 @@ Carlo with its jackknife's bias estimate; in continuous time too where the contr
 tasks with an optimal control, J_oracle and the control's row (:func:`~diffusion_gym.references.compute_references`
 with the seeds kept for shipped tables), keyed by the task's law configuration and the action box
 (:meth:`~diffusion_gym.tasks.spec.TaskSpec.configuration`, ``control_configuration``), stamped with
-the sha256 of the weights the configuration loads (``models_sha256``) and the command that made it. The runners read them through
-:meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_references`. (The digits table's entries were made
-by this computation's former home, ``diffusion_gym/tasks/digits/references.py`` at de99b4a, with a
-batch of 1,024.)
+the sha256 of the weights the configuration loads (``models_sha256``) and the command that made it.
+The runners read them through :meth:`~diffusion_gym.tasks.spec.TaskSpec.shipped_references`. (The
+digits table's entries were made by this computation's former home,
+``diffusion_gym/tasks/digits/references.py`` at de99b4a, with a batch of 1,024.)
 """
 
 from __future__ import annotations

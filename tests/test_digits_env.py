@@ -20,13 +20,15 @@ from diffusion_gym.tasks.digits.env import make_vector_env
 from .conftest import sample_digits
 
 DATA = Path(__file__).parent / "data"
+FLOW_GRIDS = (10, 20)  # the grids model="flow" ships references at
 
 
-def test_digits_env_passes_both_checkers():
+@pytest.mark.parametrize("model", ["ddpm", "flow"])
+def test_digits_env_passes_both_checkers(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        check_env(gym.make("DiffusionSDE-Digits-v0", n_steps=5).unwrapped)
-        sb3_check_env(gym.make("DiffusionSDE-Digits-v0", n_steps=5))
+        check_env(gym.make("DiffusionSDE-Digits-v0", n_steps=5, model=model).unwrapped)
+        sb3_check_env(gym.make("DiffusionSDE-Digits-v0", n_steps=5, model=model))
 
 
 def test_spaces_conditions_and_rewards():
@@ -101,6 +103,20 @@ def test_the_default_sampler_draws_the_conditioned_digits():
     assert class_accuracy(load_classifier(), samples.x.clamp(-1, 1), cond) >= 0.90
 
 
+def test_the_flow_model_draws_the_conditioned_digits():
+    """``model="flow"`` at the task's defaults (N = 10, the flow SDE at a = 0.7, guidance 2), zero
+    action: the classifier labels >= 90% of 500 samples (50 per class) as their class (measured:
+    100% of 2,000 samples for each of two seeds)."""
+    from diffusion_gym.evaluation import rollout
+
+    env = make_vector_env(500, model="flow")
+    assert (env.n_steps, env.integrator, env.parametrization) == (10, "flow_sde", "velocity")
+    cond = torch.arange(10).repeat_interleave(50)
+    with torch.inference_mode():
+        samples = rollout(env, None, 500, seed=3, cond=cond)
+    assert class_accuracy(load_classifier(), samples.x.clamp(-1, 1), cond) >= 0.90
+
+
 def test_frechet_threshold_rejects_an_undertrained_model(heldout_features):
     """The same check fails for the model after 10% of its training steps (shipped in tests/data)."""
     images, _ = sample_digits(DATA / "digits_unet_10pct.safetensors")
@@ -127,6 +143,24 @@ def test_the_default_configuration_has_headroom_and_trustworthy_shipped_referenc
     assert task.shipped_references({"kl_coef": 1.0}) is None
     assert task.shipped_references({"n_steps": 10, "integrator": "ddpm"}) is None
     assert task.shipped_references({"n_steps": 10, "reward": "gold"}) is None
+
+
+def test_the_flow_model_ships_its_references():
+    """``model="flow"`` has its own entries (its own sampler's law): J*, J(pre) and J*_0 at the
+    shipped grids, with J* - J(pre) at least one pretrained standard deviation (measured 1.015 at
+    N = 10), the effective sample size >= 200 (663) and J*_0 <= J* (the env's initial law: class and
+    noise drawn by the env); its digest is the flow weights', not the DDPM model's."""
+    from diffusion_gym.tasks import get_task
+
+    task = get_task("digits")
+    for n_steps in FLOW_GRIDS:
+        entry = task.shipped_references({"model": "flow", "n_steps": n_steps})
+        assert entry is not None and entry["config"]["integrator"] == "flow_sde", n_steps
+        sd = entry["j_pretrained_se"] * np.sqrt(entry["n"])
+        assert entry["j_star"] - entry["j_pretrained"] >= sd and entry["ess"] >= 200
+        assert entry["j_star_0"] <= entry["j_star"] + 3 * entry["j_star_se"]
+        assert entry["models_sha256"] != task.shipped_references({"n_steps": n_steps})["models_sha256"]
+    assert task.shipped_references({"model": "flow", "n_steps": 10, "integrator": "flow_exponential"}) is None
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from diffusion_gym.tasks.digits.rewards import UTILITIES, comparison_pairs, gold
 from diffusion_gym.tasks.digits.train_classifier import main as train_classifier
 from diffusion_gym.tasks.digits.train_proxies import main as train_proxies
 from diffusion_gym.tasks.digits.train_unet import main as train_unet
-from diffusion_gym.tasks.digits.unet import load_digits_unet
+from diffusion_gym.tasks.digits.unet import WEIGHTS_NAMES, load_digits_unet
 
 
 def test_classifier_heldout_accuracy():
@@ -85,18 +85,38 @@ def test_training_scripts_run_a_few_steps(tmp_path):
     assert load_proxy("thickness", tmp_path)(torch.zeros(2, 1, 8, 8)).shape == (2,)
 
 
-def test_unet_training_writes_both_checkpoints_and_resumes(tmp_path):
+@pytest.mark.parametrize("model", ["ddpm", "flow"])
+def test_unet_training_writes_both_checkpoints_and_resumes(tmp_path, model):
     """A run stopped after 7 of 20 steps and resumed ends with the weights of an uninterrupted run."""
-    args = ["--steps", "20", "--batch-size", "8", "--checkpoint-every", "5", "--quiet"]
+    name = WEIGHTS_NAMES[model]
+    args = ["--model", model, "--steps", "20", "--batch-size", "8", "--checkpoint-every", "5", "--quiet"]
     train_unet(["--out", str(tmp_path / "straight"), *args])
     train_unet(["--out", str(tmp_path / "resumed"), *args, "--stop-after", "7"])
-    assert (tmp_path / "resumed" / "digits_unet_checkpoint.pt").exists()
-    assert not (tmp_path / "resumed" / "digits_unet.safetensors").exists()
+    assert (tmp_path / "resumed" / f"{name}_checkpoint.pt").exists()
+    assert not (tmp_path / "resumed" / f"{name}.safetensors").exists()
     train_unet(["--out", str(tmp_path / "resumed"), *args])
-    assert not (tmp_path / "resumed" / "digits_unet_checkpoint.pt").exists()  # removed once finished
-    straight = load_digits_unet(tmp_path / "straight" / "digits_unet.safetensors").state_dict()
-    resumed = load_digits_unet(tmp_path / "resumed" / "digits_unet.safetensors").state_dict()
+    assert not (tmp_path / "resumed" / f"{name}_checkpoint.pt").exists()  # removed once finished
+    straight = load_digits_unet(tmp_path / "straight" / f"{name}.safetensors").state_dict()
+    resumed = load_digits_unet(tmp_path / "resumed" / f"{name}.safetensors").state_dict()
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
-    early = json.loads((tmp_path / "straight" / "digits_unet_10pct.json").read_text())
+    early = json.loads((tmp_path / "straight" / f"{name}_10pct.json").read_text())
     assert early["steps_trained"] == 2 and early["unet_config"]["num_class_embeds"] == 11
+
+
+def test_the_flow_model_is_its_unet_at_the_flow_timestep_guided():
+    """DiffusersVelocity on the shipped flow UNet: ``predict`` is the UNet at timestep 1000 s mixed by
+    classifier-free guidance, ``v_u + w (v_c - v_u)``, to float precision; its noise prediction is
+    ``x + alpha v`` and its score ``-eps / sigma``."""
+    from diffusion_gym.tasks.digits.unet import NULL_CLASS, digits_flow_model
+
+    model = digits_flow_model(guidance_scale=2.0)
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond, s = torch.arange(6), torch.tensor(0.3)
+    with torch.no_grad():
+        v_c = model.unet(x, torch.full((6,), 300.0), class_labels=cond).sample
+        v_u = model.unet(x, torch.full((6,), 300.0), class_labels=torch.full((6,), NULL_CLASS)).sample
+        v = model.predict(s, x, cond)
+        torch.testing.assert_close(v, v_u + 2.0 * (v_c - v_u), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.predict_noise(s, x, cond), x + 0.7 * v, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.score(s, x, cond), -(x + 0.7 * v) / 0.3, rtol=1e-5, atol=1e-5)

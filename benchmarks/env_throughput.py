@@ -148,7 +148,7 @@ def measure(
         num_envs=batch,
         vectorization_mode="vector_entry_point",
         n_steps=steps,
-        integrator="flow_sde" if spec.defaults.get("integrator") in FLOW_INTEGRATORS else "euler_maruyama",
+        integrator="flow_sde" if spec.defaults_for({}).get("integrator") in FLOW_INTEGRATORS else "euler_maruyama",
         device=device,
         dtype=dtype,
         compile=compile,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from agents.common.lora import LoRAScoreField
 from agents.common.networks import FieldConv, FieldMLP
-from diffusion_gym.base_models.diffusers_unet import DiffusersScore
+from diffusion_gym.base_models.diffusers_unet import DiffusersModel
 from diffusion_gym.envs.vector import DiffusionSDEVectorEnv
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def _lora(env: DiffusionSDEVectorEnv, config: AgentConfig) -> nn.Module:
 
 
 def _unet_base(env: DiffusionSDEVectorEnv) -> bool:
-    return isinstance(env.score_model, DiffusersScore)
+    return isinstance(env.score_model, DiffusersModel)
 
 
 register_policy("mlp", _mlp)  # an MLP of time, flattened state and condition: fits anything, auto's fallback

@@ -27,9 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from diffusion_gym.parametrization import convert
-from diffusion_gym.sde import DiscreteVPSchedule, RectifiedFlowSchedule
+from diffusion_gym.sde import DiscreteVPSchedule, RectifiedFlowSchedule, Schedule
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
+FLOW_TIMESTEP_SCALE = 1000.0
+"""A flow-matching network sees ``1000 sigma`` at noise scale sigma: diffusers'
+``FlowMatchEulerDiscreteScheduler`` feeds ``sigma * num_train_timesteps`` (1000)."""
 
 
 class Conditioning(Protocol):
@@ -79,35 +82,35 @@ class PromptEmbeddings(nn.Module):
         return {"encoder_hidden_states": self.null_embeds.expand(batch, *self.null_embeds.shape)}
 
 
-class DiffusersScore(nn.Module):
-    """The score of a diffusers UNet (epsilon, v or sample prediction) on a continuous-time schedule.
+class DiffusersModel(nn.Module):
+    """What every diffusers network wrapper shares: the network, how condition indices reach it,
+    classifier-free guidance and one sample's shape. Its subclasses say what the output is
+    (:class:`DiffusersScore`: noise, v or x0 on a VP schedule; :class:`DiffusersVelocity`: the
+    rectified-flow velocity) and so give ``predict_noise``; the score follows from it.
 
     Args:
-        unet: a ``UNet2DModel`` or ``UNet2DConditionModel``.
-        schedule: the scheduler's ``alphas_cumprod`` on continuous time.
-        prediction_type: what the UNet predicts.
-        conditioning: how condition indices reach the UNet (None: unconditional).
+        unet: the network, called as ``unet(x, timestep=..., **conditioning, return_dict=False)``: a
+            ``UNet2DModel`` / ``UNet2DConditionModel``, an ``SD3Transformer2DModel``, or a wrapper of
+            that signature (:class:`~diffusion_gym.base_models.diffusers_transformer.PackedFluxTransformer`).
+            (The attribute keeps the name ``unet`` whatever the network: checkpoints' keys start with it.)
+        conditioning: how condition indices reach the network (None: unconditional).
         guidance_scale: classifier-free guidance weight w (1: the conditional model alone).
         event_shape: one sample's shape; defaults to ``(in_channels, sample_size, sample_size)``.
     """
 
+    schedule: Schedule
+
     def __init__(
         self,
         unet: nn.Module,
-        schedule: DiscreteVPSchedule,
-        prediction_type: PredictionType = "epsilon",
         conditioning: Conditioning | None = None,
         guidance_scale: float = 1.0,
         event_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
         if guidance_scale != 1.0 and conditioning is None:
             raise ValueError("classifier-free guidance needs a conditional model")
         self.unet = unet
-        self.schedule = schedule
-        self.prediction_type = prediction_type
         self.conditioning = conditioning
         self.guidance_scale = float(guidance_scale)
         if event_shape is None:
@@ -118,17 +121,12 @@ class DiffusersScore(nn.Module):
         self.num_conditions: int | None = None if conditioning is None else conditioning.num_conditions
 
     def _unet(self, x: Tensor, timestep: Tensor, kwargs: dict[str, Any]) -> Tensor:
-        # Under torch.autocast the UNet returns its low-precision dtype: back to x's, so that the guidance
-        # mix and the prediction-type conversions run in full precision (a no-op without autocast).
-        return self.unet(x, timestep, **kwargs, return_dict=False)[0].to(x.dtype)
-
-    def predict_noise(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """The (guided) noise prediction ``eps(x_s)``."""
-        s = self._times(s, x)
-        return self._to_noise(s, x, self._guided(x, self.schedule.timestep(s).expand(x.shape[0]), cond))
+        # Under torch.autocast the network returns its low-precision dtype: back to x's, so that the guidance
+        # mix and the conversions run in full precision (a no-op without autocast).
+        return self.unet(x, timestep=timestep, **kwargs, return_dict=False)[0].to(x.dtype)
 
     def _guided(self, x: Tensor, timestep: Tensor, cond: Tensor | None) -> Tensor:
-        """The UNet's output at ``timestep``, conditional on ``cond`` and guided."""
+        """The network's output at ``timestep``, conditional on ``cond`` and guided."""
         if self.conditioning is None:
             out = self._unet(x, timestep, {})
         elif cond is None:
@@ -142,14 +140,6 @@ class DiffusersScore(nn.Module):
             out_c, out_u = self._unet(torch.cat([x, x]), torch.cat([timestep, timestep]), both).chunk(2)
             out = out_u + self.guidance_scale * (out_c - out_u)
         return out
-
-    def _to_noise(self, s: Tensor, x: Tensor, out: Tensor) -> Tensor:
-        if self.prediction_type == "epsilon":
-            return out
-        alpha, sigma = self._alpha_sigma(s, x)
-        if self.prediction_type == "v_prediction":
-            return sigma * x + alpha * out
-        return (x - alpha * out) / sigma
 
     def _alpha_sigma(self, s: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         shape = (-1,) + (1,) * (x.ndim - 1)
@@ -165,18 +155,62 @@ class DiffusersScore(nn.Module):
             )
         return s.reshape(-1) if s.ndim else s
 
+    def predict_noise(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The (guided) noise prediction ``E[eps | x_s]``."""
+        raise NotImplementedError
+
     def score(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """``-eps(x_s) / sigma_s``."""
         s = self._times(s, x)
         return -self.predict_noise(s, x, cond) / self._alpha_sigma(s, x)[1]
 
 
-class DiffusersVelocity(DiffusersScore):
-    """A flow-matching diffusers UNet: the velocity ``v = E[eps - x0 | x_s]`` of the rectified-flow
-    path ``x_s = (1 - sigma_s) x0 + sigma_s eps`` (:class:`~diffusion_gym.sde.RectifiedFlowSchedule`),
-    the UNet called at ``timestep_scale * sigma_s`` (diffusers' ``FlowMatchEulerDiscreteScheduler``:
-    1000). Declares ``parametrization = "velocity"``: the env steps its flow integrators with
-    :meth:`predict` and converts exactly where it needs another form."""
+class DiffusersScore(DiffusersModel):
+    """The score of a diffusers UNet (epsilon, v or sample prediction) on a continuous-time schedule.
+
+    Args:
+        unet: a ``UNet2DModel`` or ``UNet2DConditionModel``.
+        schedule: the scheduler's ``alphas_cumprod`` on continuous time.
+        prediction_type: what the UNet predicts.
+        conditioning, guidance_scale, event_shape: as :class:`DiffusersModel`'s.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        schedule: DiscreteVPSchedule,
+        prediction_type: PredictionType = "epsilon",
+        conditioning: Conditioning | None = None,
+        guidance_scale: float = 1.0,
+        event_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+        super().__init__(unet, conditioning, guidance_scale, event_shape)
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+
+    def predict_noise(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The (guided) noise prediction ``eps(x_s)``."""
+        s = self._times(s, x)
+        return self._to_noise(s, x, self._guided(x, self.schedule.timestep(s).expand(x.shape[0]), cond))
+
+    def _to_noise(self, s: Tensor, x: Tensor, out: Tensor) -> Tensor:
+        if self.prediction_type == "epsilon":
+            return out
+        alpha, sigma = self._alpha_sigma(s, x)
+        if self.prediction_type == "v_prediction":
+            return sigma * x + alpha * out
+        return (x - alpha * out) / sigma
+
+
+class DiffusersVelocity(DiffusersModel):
+    """A flow-matching diffusers network (a UNet, SD3's or FLUX's transformer): the velocity
+    ``v = E[eps - x0 | x_s]`` of the rectified-flow path ``x_s = (1 - sigma_s) x0 + sigma_s eps``
+    (:class:`~diffusion_gym.sde.RectifiedFlowSchedule`), the network called at
+    ``timestep_scale * sigma_s`` (diffusers' ``FlowMatchEulerDiscreteScheduler``: 1000). Declares
+    ``parametrization = "velocity"``: the env steps its flow integrators with :meth:`predict` and
+    converts exactly where it needs another form."""
 
     parametrization = "velocity"
 
@@ -186,12 +220,13 @@ class DiffusersVelocity(DiffusersScore):
         schedule: RectifiedFlowSchedule,
         conditioning: Conditioning | None = None,
         guidance_scale: float = 1.0,
-        timestep_scale: float = 1000.0,
+        timestep_scale: float = FLOW_TIMESTEP_SCALE,
         event_shape: tuple[int, ...] | None = None,
     ) -> None:
         if not isinstance(schedule, RectifiedFlowSchedule):
             raise TypeError(f"a velocity model needs a RectifiedFlowSchedule, got {type(schedule).__name__}")
-        super().__init__(unet, schedule, "epsilon", conditioning, guidance_scale, event_shape)  # type: ignore[arg-type]
+        super().__init__(unet, conditioning, guidance_scale, event_shape)
+        self.schedule = schedule
         self.timestep_scale = float(timestep_scale)
 
     def predict(self, s: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:

@@ -36,10 +36,12 @@ from diffusers import UNet2DModel
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from diffusion_gym.base_models.diffusers_unet import FLOW_TIMESTEP_SCALE
 from diffusion_gym.checkpoints import load_checkpoint
+from diffusion_gym.sde import RectifiedFlowSchedule
 from diffusion_gym.tasks.digits import WEIGHTS_DIR
 from diffusion_gym.tasks.digits.data import digits
-from diffusion_gym.tasks.digits.unet import FLOW_TIMESTEPS, NULL_CLASS, UNET_CONFIG, WEIGHTS_NAMES, digits_schedule
+from diffusion_gym.tasks.digits.unet import NULL_CLASS, UNET_CONFIG, WEIGHTS_NAMES, digits_schedule
 from diffusion_gym.validation import PositiveFloat, PositiveInt, Range, Seed, argument
 
 
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / f"{name}_checkpoint.pt"
     x_train, y_train = digits("train")
-    schedule = digits_schedule()
+    schedule, flow_path = digits_schedule(), RectifiedFlowSchedule()
     s_min = 1.0 / schedule.n_timesteps
 
     torch.manual_seed(args.seed)
@@ -125,13 +127,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         labels[torch.rand(args.batch_size, generator=gen) < 0.1] = NULL_CLASS
         if flow:
             s = torch.rand(args.batch_size, generator=gen, dtype=torch.float64)
-            alpha, sigma = (1 - s).float().view(-1, 1, 1, 1), s.float().view(-1, 1, 1, 1)
-            timestep = FLOW_TIMESTEPS * s.float()
+            timestep = FLOW_TIMESTEP_SCALE * flow_path.sigma(s).float()
         else:
             s = s_min + (1 - s_min) * torch.rand(args.batch_size, generator=gen, dtype=torch.float64)
-            alpha = schedule.alpha(s).float().view(-1, 1, 1, 1)
-            sigma = schedule.sigma(s).float().view(-1, 1, 1, 1)
             timestep = schedule.timestep(s).float()
+        path = flow_path if flow else schedule
+        alpha, sigma = path.alpha(s).float().view(-1, 1, 1, 1), path.sigma(s).float().view(-1, 1, 1, 1)
         noise = torch.randn(x0.shape, generator=gen)
         x_s, timestep = (alpha * x0 + sigma * noise).to(device), timestep.to(device)
         pred = unet(x_s, timestep, class_labels=labels.to(device)).sample

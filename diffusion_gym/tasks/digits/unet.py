@@ -24,9 +24,6 @@ from diffusion_gym.tasks.digits.data import NUM_CLASSES
 WEIGHTS_NAMES: dict[str, str] = {"ddpm": "digits_unet", "flow": "digits_flow_unet"}
 """The shipped weights of each model family (``model=`` of the task), in ``WEIGHTS_DIR``."""
 NULL_CLASS = NUM_CLASSES
-FLOW_TIMESTEPS = 1000.0
-"""The flow model's UNet sees ``1000 s`` at time s, as diffusers' ``FlowMatchEulerDiscreteScheduler``
-feeds ``sigma * num_train_timesteps`` (its sigma is s on the unshifted linear path)."""
 
 UNET_CONFIG: dict[str, Any] = {
     "sample_size": 8,
@@ -68,12 +65,11 @@ def digits_score_model(guidance_scale: float = 1.0, path: Path | None = None) ->
 
 
 def digits_flow_model(guidance_scale: float = 1.0, path: Path | None = None) -> DiffusersVelocity:
-    """The flow-matching digits model as a velocity model on the unshifted linear path; condition i
-    is digit class i."""
+    """The flow-matching digits model as a velocity model on the unshifted linear path (its UNet at
+    diffusers' flow timestep ``1000 s``); condition i is digit class i."""
     return DiffusersVelocity(
         load_digits_unet(path, "flow"),
         RectifiedFlowSchedule(),
         conditioning=ClassLabels(NUM_CLASSES, NULL_CLASS),
         guidance_scale=guidance_scale,
-        timestep_scale=FLOW_TIMESTEPS,
     )

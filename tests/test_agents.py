@@ -246,8 +246,8 @@ def test_lora_policy_ratios_and_checkpoints(tmp_path):
         lora_agent(base_shift=1e-3).load_state_dict(legacy)
 
 
-def test_lora_needs_a_unet_base():
-    with pytest.raises(TypeError, match="DiffusersScore"):
+def test_lora_needs_a_diffusers_network_base():
+    with pytest.raises(TypeError, match="diffusers network base"):
         AGENTS["ct_ppo"][0](tiny_env(), AGENTS["ct_ppo"][1](progress=False, policy_net="lora"))
     with pytest.raises(ValueError, match="policy_net"):
         AGENTS["ct_ppo"][0](tiny_env(), AGENTS["ct_ppo"][1](progress=False, policy_net="unet"))

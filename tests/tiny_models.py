@@ -126,3 +126,121 @@ def tiny_unet(**kwargs):
         up_block_types=("UpBlock2D", "UpBlock2D"),
     )
     return UNet2DModel(**(config | kwargs)).eval()
+
+
+def write_tiny_t5_tokenizer(directory: Path):
+    """A character-level T5 tokenizer (a Unigram vocabulary written here; no download)."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+    vocab += [("\u2581" + c, -1.0) for c in CHARS] + [(c, -2.0) for c in CHARS]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    tokenizer.save_pretrained(directory)
+    return T5Tokenizer.from_pretrained(directory)
+
+
+def tiny_t5(d_model: int):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=64, d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4, relative_attention_num_buckets=8
+    )
+    return T5EncoderModel(config)
+
+
+def tiny_flow_vae(latent_channels: int, shift_factor: float, scaling_factor: float):
+    """A tiny AutoencoderKL with the shift and scale SD3's and FLUX's VAEs carry (x 2 downsampling)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=16,
+        shift_factor=shift_factor,
+        scaling_factor=scaling_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
+def build_tiny_sd3(directory: Path, shift: float = 3.0) -> Path:
+    """A StableDiffusion3Pipeline of tiny random parts (latents 4x8x8, images 16x16; two CLIP towers
+    with projections and a T5), ``FlowMatchEulerDiscreteScheduler`` with a static shift, saved to
+    ``directory``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,  # T5's width; the CLIP towers' (32 + 32) are padded to it
+        caption_projection_dim=32,
+        pooled_projection_dim=64,  # the two CLIP towers' projections, concatenated
+        pos_embed_max_size=16,
+    )
+    clip = [CLIPTextModelWithProjection(CLIPTextConfig(**tiny_text_config(), projection_dim=32)) for _ in range(2)]
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+        vae=tiny_flow_vae(4, shift_factor=0.0609, scaling_factor=1.5305),
+        text_encoder=clip[0],
+        tokenizer=write_tiny_tokenizer(directory / "_tokenizer"),
+        text_encoder_2=clip[1],
+        tokenizer_2=write_tiny_tokenizer(directory / "_tokenizer_2"),
+        text_encoder_3=tiny_t5(64),
+        tokenizer_3=write_tiny_t5_tokenizer(directory / "_tokenizer_3"),
+    )
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_flux(directory: Path, guidance_embeds: bool = True) -> Path:
+    """A FluxPipeline of tiny random parts (latents 4x8x8, packed into 16 tokens of 16 channels;
+    images 16x16; a CLIP tower and a T5), the guidance embedding of FLUX.1-dev, and
+    ``FlowMatchEulerDiscreteScheduler`` with FLUX's dynamic shift, saved to ``directory``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=tiny_flow_vae(4, shift_factor=0.1159, scaling_factor=0.3611),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**tiny_text_config())),
+        tokenizer=write_tiny_tokenizer(directory / "_tokenizer"),
+        text_encoder_2=tiny_t5(32),
+        tokenizer_2=write_tiny_t5_tokenizer(directory / "_tokenizer_2"),
+        transformer=transformer,
+    )
+    pipe.save_pretrained(directory)
+    return directory

@@ -1,11 +1,12 @@
-"""The policy on a UNet base: the pretrained UNet with LoRA adapters (Hu et al. 2021, "LoRA"),
-whose score minus the pretrained score is the correction ``delta(t, x, c)``.
+"""The policy on a diffusers network base: the pretrained network (a UNet, or SD3's or FLUX's
+transformer) with LoRA adapters (Hu et al. 2021, "LoRA"), whose score minus the pretrained score is
+the correction ``delta(t, x, c)``.
 
 The adapters are injected with peft (the library behind diffusers' ``add_adapter``, which
-``UNet2DModel`` lacks) into a copy of the env's :class:`DiffusersScore`, so the env's own base model
-is never touched. peft initialises each adapter's B matrix to zero: the adapted UNet *is* the base
-at the start, and ``delta = 0`` exactly. The pretrained score is the same copy with its adapters
-switched off (the copy and the env's UNet are the two sets of UNet weights held).
+``UNet2DModel`` lacks) into a copy of the env's :class:`DiffusersModel`, so the env's own base
+model is never touched. peft initialises each adapter's B matrix to zero: the adapted network *is*
+the base at the start, and ``delta = 0`` exactly. The pretrained score is the same copy with its
+adapters switched off (the copy and the env's network are the two sets of weights held).
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffusion_gym.base_models.diffusers_unet import DiffusersScore
+from diffusion_gym.base_models.diffusers_unet import DiffusersModel
 
-DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj")
-"""Attention projections and the resnet convolutions of diffusers' UNets (module-name suffixes)."""
+DEFAULT_TARGETS: tuple[str, ...] = (
+    *("to_q", "to_k", "to_v", "to_out.0"),
+    *("conv1", "conv2", "time_emb_proj"),
+    *("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+)
+"""Module-name suffixes that get adapters where the network has them: the attention projections,
+the resnet convolutions of diffusers' UNets, and the text stream's projections of SD3's and FLUX's
+joint attention (Flow-GRPO's targets on SD3)."""
 
 
 class LoRAScoreField(nn.Module):
@@ -28,7 +35,8 @@ class LoRAScoreField(nn.Module):
     pre-tanh action of a policy whose score correction is what the adapters change.
 
     Args:
-        score_model: the env's pretrained :class:`DiffusersScore` (copied, not modified).
+        score_model: the env's pretrained :class:`DiffusersModel` (a UNet's score or a flow network's
+            velocity; copied, not modified).
         action_scale: the env's ``action_scale_at``, so that ``tanh(f)`` ~ the correction in env units.
         rank: LoRA rank r.
         alpha: LoRA alpha (the update is scaled by alpha / r); defaults to r.
@@ -37,7 +45,7 @@ class LoRAScoreField(nn.Module):
 
     def __init__(
         self,
-        score_model: DiffusersScore,
+        score_model: DiffusersModel,
         action_scale: Callable[[Tensor], Tensor],
         rank: int = 4,
         alpha: float | None = None,
@@ -48,8 +56,9 @@ class LoRAScoreField(nn.Module):
             from peft import LoraConfig, inject_adapter_in_model
         except ImportError as err:  # pragma: no cover - peft is a dependency
             raise ImportError("the LoRA policy needs peft: pip install peft") from err
-        if not isinstance(score_model, DiffusersScore):
-            raise TypeError(f"LoRA policies need a DiffusersScore base, got {type(score_model).__name__}")
+        if not isinstance(score_model, DiffusersModel):
+            kind = type(score_model).__name__
+            raise TypeError(f"LoRA policies need a diffusers network base (DiffusersModel), not {kind}")
         self.score = copy.deepcopy(score_model)
         self.score.requires_grad_(False)
         # Adapters only mean something on the weights they were trained on: checkpoints carry this.

@@ -1,8 +1,8 @@
 """The tasks: each one folder with its models, rewards, trainers and one registered :class:`TaskSpec`.
 
 Importing this package registers the built-in tasks (``mixture2d``: ``DiffusionSDE-v0``, ``mixture``:
-``DiffusionSDE-Mixture-v0``, ``digits``: ``DiffusionSDE-Digits-v0``, ``stable_diffusion``:
-``DiffusionSDE-SD-v0``); a new task calls
+``DiffusionSDE-Mixture-v0`` and ``DiffusionSDE-FlowMixture-v0``, ``digits``: ``DiffusionSDE-Digits-v0``,
+``stable_diffusion``: ``DiffusionSDE-SD-v0`` and ``DiffusionSDE-FlowSD-v0``); a new task calls
 :func:`register_task` from its own module.
 """
 

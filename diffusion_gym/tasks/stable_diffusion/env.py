@@ -1,10 +1,14 @@
-"""``DiffusionSDE-SD-v0``: the latent reverse SDE of a local Stable Diffusion directory.
+"""``DiffusionSDE-SD-v0`` and ``DiffusionSDE-FlowSD-v0``: the latent reverse SDE of a local diffusers
+directory, Stable Diffusion 1.x/2.x (a UNet on a VP schedule) or the flow family (SD3 / SD3.5 and
+FLUX.1: a transformer predicting the rectified-flow velocity, sampled by the flow SDE).
 
-The state is the latent (4, H/8, W/8 for SD); the condition is a prompt index into the env's prompt
-set, encoded once when the env is built (or given as embeddings, which needs no tokenizer); the VAE
-decodes the final latent for the terminal reward. Rewards: JPEG compressibility (the default, no
-weights) or incompressibility, an aesthetic, PickScore or ImageReward scorer from local weights
-(:mod:`diffusion_gym.tasks.stable_diffusion.scorers`), or any RewardModel of decoded images in [-1, 1].
+The state is the latent (4, H/8, W/8 for SD; 16, H/8, W/8 for SD3 and FLUX, which the env holds
+image-shaped and FLUX's transformer sees packed); the condition is a prompt index into the env's
+prompt set, encoded once when the env is built (or given as embeddings, which needs no tokenizer);
+the VAE decodes the final latent for the terminal reward. Rewards: JPEG compressibility (the
+default, no weights) or incompressibility, an aesthetic, PickScore or ImageReward scorer from local
+weights (:mod:`diffusion_gym.tasks.stable_diffusion.scorers`), or any RewardModel of decoded images
+in [-1, 1].
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ from torch import Tensor
 
 from diffusion_gym.rewards.composite import DecodedReward
 from diffusion_gym.rewards.protocol import RewardModel
-from diffusion_gym.tasks.stable_diffusion import TASK
+from diffusion_gym.tasks.stable_diffusion import FLOW_TASK, TASK
+from diffusion_gym.tasks.stable_diffusion.flow_model import (
+    encode_prompts as encode_flow_prompts,
+)
+from diffusion_gym.tasks.stable_diffusion.flow_model import (
+    flow_velocity_model,
+    has_text_encoders,
+    load_flow_parts,
+)
 from diffusion_gym.tasks.stable_diffusion.model import (
     LatentDecoder,
     encode_prompts,
@@ -68,10 +80,7 @@ def task_models(
     """
     if model_path is None:
         raise ValueError("DiffusionSDE-SD-v0 needs model_path=<a local Stable Diffusion directory>")
-    if prompt is not None:
-        if prompts is not None:
-            raise ValueError("pass prompt (diffusers' spelling) or prompts, not both")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = _prompt_list(prompt, prompts)
     parts = load_parts(model_path, resolution)
     if prompt_embeds is None:
         if not prompts:
@@ -97,16 +106,120 @@ def task_models(
         else:
             null = torch.zeros_like(prompt_embeds[0])  # never used without guidance
     score = stable_diffusion_score(parts, prompt_embeds, null, guidance_scale)
-    decoder = LatentDecoder(parts.vae)
+    return score, *_decoded_rewards(LatentDecoder(parts.vae), prompts, reward, reward_kwargs, gold, gold_kwargs)
+
+
+def _prompt_list(prompt: str | Sequence[str] | None, prompts: Sequence[str] | None) -> list[str] | None:
+    """The prompt set from ``prompt`` (diffusers' spelling: one string or several) or ``prompts``."""
+    if prompt is None:
+        return None if prompts is None else list(prompts)
+    if prompts is not None:
+        raise ValueError("pass prompt (diffusers' spelling) or prompts, not both")
+    return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
+def _decoded_rewards(
+    decoder: LatentDecoder,
+    prompts: Sequence[str] | None,
+    reward: str | RewardModel,
+    reward_kwargs: dict[str, Any] | None,
+    gold: str | RewardModel | None,
+    gold_kwargs: dict[str, Any] | None,
+) -> tuple[RewardModel, RewardModel | None]:
+    """The terminal reward and the gold, each a scorer of the VAE-decoded image."""
 
     def build(spec: str | RewardModel, kwargs: dict[str, Any] | None) -> RewardModel:
         scorer = image_reward(spec, prompts, **(kwargs or {})) if isinstance(spec, str) else spec
         return DecodedReward(decoder, scorer)
 
-    return score, build(reward, reward_kwargs), None if gold is None else build(gold, gold_kwargs)
+    return build(reward, reward_kwargs), None if gold is None else build(gold, gold_kwargs)
+
+
+@validated
+def flow_task_models(
+    model_path: str | Path | None = None,
+    prompts: Sequence[str] | None = None,
+    prompt: str | Sequence[str] | None = None,
+    negative_prompt: str | None = None,
+    prompt_embeds: Tensor | None = None,
+    pooled_prompt_embeds: Tensor | None = None,
+    negative_prompt_embeds: Tensor | None = None,
+    negative_pooled_prompt_embeds: Tensor | None = None,
+    guidance_scale: float | None = None,
+    max_sequence_length: PositiveInt | None = None,
+    reward: str | RewardModel = "jpeg_compressibility",
+    gold: str | RewardModel | None = None,
+    reward_kwargs: dict[str, Any] | None = None,
+    gold_kwargs: dict[str, Any] | None = None,
+    resolution: PositiveInt | None = None,
+) -> tuple[Any, RewardModel, RewardModel | None]:
+    """(latent velocity model, terminal reward, gold) of a local SD3 / SD3.5 or FLUX.1 directory.
+
+    Args:
+        model_path: the pipeline directory (``StableDiffusion3Pipeline`` / ``FluxPipeline.save_pretrained``).
+        prompts: the prompt set (text; needs the directory's tokenizers and text encoders).
+        prompt: the same, spelled as diffusers pipelines do (one string or several); not with ``prompts``.
+        negative_prompt: SD3: the prompt guidance steers away from (default: the empty prompt).
+        prompt_embeds: or the prompts' token embeddings (P, L, D) as the pipeline's ``encode_prompt``
+            returns them, with ``pooled_prompt_embeds`` (P, Dp).
+        pooled_prompt_embeds: see ``prompt_embeds``.
+        negative_prompt_embeds: SD3 with embeddings: the negative prompt's (L, D), with
+            ``negative_pooled_prompt_embeds`` (Dp,); default: the empty prompt's, encoded by the
+            directory's text encoders (required when it has none and ``guidance_scale != 1``).
+        negative_pooled_prompt_embeds: see ``negative_prompt_embeds``.
+        guidance_scale: SD3: the classifier-free guidance weight; FLUX.1-dev: the transformer's
+            guidance input (no classifier-free guidance); default: the pipeline's (7.0 / 3.5).
+        max_sequence_length: the T5 prompt length (default: the pipeline's, 256 / 512).
+        reward, gold, reward_kwargs, gold_kwargs: as ``DiffusionSDE-SD-v0``'s: scorers of the decoded image.
+        resolution: image side in pixels (default: the pipeline's).
+
+    Raises:
+        ValueError: no model_path, a directory of another pipeline, both ``prompt`` and ``prompts``,
+            neither text nor embeddings, or a negative prompt for FLUX.
+    """
+    if model_path is None:
+        raise ValueError("DiffusionSDE-FlowSD-v0 needs model_path=<a local SD3 or FLUX directory>")
+    prompts = _prompt_list(prompt, prompts)
+    parts = load_flow_parts(model_path, resolution)
+    sd3 = parts.family == "sd3"
+    if not sd3 and (negative_prompt is not None or negative_prompt_embeds is not None):
+        raise ValueError("FLUX is guided by its guidance input, not by a negative prompt: drop negative_prompt")
+    scale = parts.default_guidance if guidance_scale is None else float(guidance_scale)
+    length = parts.default_max_sequence_length if max_sequence_length is None else max_sequence_length
+    null = null_pooled = None
+    if prompt_embeds is None:
+        if not prompts:
+            raise ValueError("pass prompts (text) or prompt_embeds (P, L, D) with pooled_prompt_embeds (P, Dp)")
+        embeds, pooled, null, null_pooled = encode_flow_prompts(model_path, parts, prompts, negative_prompt, length)
+    else:
+        if pooled_prompt_embeds is None:
+            raise ValueError("prompt_embeds need pooled_prompt_embeds (P, Dp) beside them, as the pipelines take")
+        embeds, pooled = torch.as_tensor(prompt_embeds), torch.as_tensor(pooled_prompt_embeds)
+        if embeds.ndim == 2:
+            embeds, pooled = embeds[None], pooled.reshape(1, -1)
+        if prompts is not None and len(prompts) != embeds.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts but {embeds.shape[0]} prompt embeddings")
+    if sd3 and negative_prompt_embeds is not None:
+        if negative_pooled_prompt_embeds is None:
+            raise ValueError("negative_prompt_embeds need negative_pooled_prompt_embeds (Dp,) beside them")
+        null, null_pooled = torch.as_tensor(negative_prompt_embeds), torch.as_tensor(negative_pooled_prompt_embeds)
+    elif sd3 and null is None:
+        if has_text_encoders(model_path):
+            _, _, null, null_pooled = encode_flow_prompts(model_path, parts, [""], negative_prompt, length)
+        elif scale != 1.0:
+            raise ValueError(
+                "classifier-free guidance needs the negative prompt's embeddings: pass negative_prompt_embeds and "
+                "negative_pooled_prompt_embeds, or use a directory with its text encoders, or guidance_scale=1"
+            )
+    velocity = flow_velocity_model(parts, embeds, pooled, null, null_pooled, scale)
+    return velocity, *_decoded_rewards(LatentDecoder(parts.vae), prompts, reward, reward_kwargs, gold, gold_kwargs)
 
 
 make_env = TASK.make_env
 """``gym.make("DiffusionSDE-SD-v0", model_path=..., prompts=[...], **kwargs)``."""
 make_vector_env = TASK.make_vector_env
 """``gym.make_vec("DiffusionSDE-SD-v0", num_envs, vectorization_mode="vector_entry_point", model_path=..., ...)``."""
+make_flow_env = FLOW_TASK.make_env
+"""``gym.make("DiffusionSDE-FlowSD-v0", model_path=..., prompt="a cat", **kwargs)``."""
+make_flow_vector_env = FLOW_TASK.make_vector_env
+"""``gym.make_vec("DiffusionSDE-FlowSD-v0", num_envs, vectorization_mode="vector_entry_point", model_path=...)``."""

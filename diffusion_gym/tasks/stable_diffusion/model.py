@@ -108,11 +108,13 @@ def stable_diffusion_score(
 
 
 class LatentDecoder(nn.Module):
-    """Latents to images in [-1, 1] through the VAE (``x = vae.decode(z / scaling_factor)``)."""
+    """Latents to images in [-1, 1] through the VAE, as the pipelines decode them:
+    ``x = vae.decode(z / scaling_factor + shift_factor)`` (SD3's and FLUX's VAEs have a shift; SD's none)."""
 
     def __init__(self, vae: AutoencoderKL) -> None:
         super().__init__()
         self.vae = vae
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
     def forward(self, latents: Tensor) -> Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        return self.vae.decode(latents / self.vae.config.scaling_factor + self.shift).sample.clamp(-1, 1)

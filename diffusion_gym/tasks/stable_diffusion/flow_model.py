@@ -1,0 +1,222 @@
+"""A local diffusers directory of the flow family (SD3 / SD3.5, FLUX.1) as a latent velocity model.
+
+Only local files are read (``local_files_only=True``): the directory is what
+``StableDiffusion3Pipeline.save_pretrained`` or ``FluxPipeline.save_pretrained`` writes
+(``transformer/``, ``vae/``, ``scheduler/``, and the tokenizers and text encoders for text prompts;
+``model_index.json`` names the pipeline). The scheduler is ``FlowMatchEulerDiscreteScheduler``; its
+time shift, static (``shift``) or resolution-dependent (``use_dynamic_shifting``: ``mu`` from the
+image's token count, as the pipelines compute it), becomes the
+:class:`~diffusion_gym.sde.RectifiedFlowSchedule`'s ``shift``. Prompts are encoded by the pipeline's
+own ``encode_prompt``; the text encoders are dropped once they have.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from diffusion_gym.base_models.diffusers_transformer import PackedFluxTransformer, PooledPromptEmbeddings
+from diffusion_gym.base_models.diffusers_unet import DiffusersVelocity
+from diffusion_gym.sde import RectifiedFlowSchedule
+
+Family = Literal["sd3", "flux"]
+PIPELINES: dict[str, Family] = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+"""The diffusers pipelines whose directories this module reads, and their family."""
+UNSUPPORTED_SCHEDULER_OPTIONS = (
+    "invert_sigmas",
+    "shift_terminal",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "stochastic_sampling",
+)
+"""``FlowMatchEulerDiscreteScheduler`` options that change its sigmas or its step beyond the shift:
+refused rather than silently ignored."""
+
+
+@dataclass
+class FlowPipelineParts:
+    """What the env needs from a flow-family directory.
+
+    Attributes:
+        family: "sd3" (classifier-free guidance, a null prompt) or "flux" (guidance embedded, or none).
+        transformer: the diffusion transformer, frozen, in eval mode.
+        vae: its autoencoder, frozen, in eval mode.
+        schedule: the rectified-flow path with the scheduler's shift at this resolution.
+        latent_shape: one latent's (C, H, W).
+        resolution: the image side in pixels.
+        default_guidance: the pipeline's own default ``guidance_scale``.
+        default_max_sequence_length: the pipeline's default T5 sequence length.
+    """
+
+    family: Family
+    transformer: nn.Module
+    vae: nn.Module
+    schedule: RectifiedFlowSchedule
+    latent_shape: tuple[int, int, int]
+    resolution: int
+    default_guidance: float
+    default_max_sequence_length: int
+
+
+def _require(model_path: str | Path, sub: str) -> Path:
+    path = Path(model_path) / sub
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: model_path must be a local SD3 or FLUX directory as written by "
+            "StableDiffusion3Pipeline / FluxPipeline.save_pretrained (model_index.json, transformer/, vae/, "
+            "scheduler/); nothing is downloaded"
+        )
+    return path
+
+
+def pipeline_family(model_path: str | Path) -> tuple[str, Family]:
+    """The directory's pipeline class name (``model_index.json``) and its family."""
+    name = json.loads(_require(model_path, "model_index.json").read_text()).get("_class_name", "")
+    if name not in PIPELINES:
+        hint = (
+            " (a Stable Diffusion 1.x/2.x directory: DiffusionSDE-SD-v0)" if name.startswith("StableDiffusion") else ""
+        )
+        raise ValueError(f"{model_path}: pipeline {name!r} is not of the flow family {sorted(PIPELINES)}{hint}")
+    return name, PIPELINES[name]
+
+
+def scheduler_shift(config: Any, image_seq_len: int) -> float:
+    """The time shift ``FlowMatchEulerDiscreteScheduler`` applies to a unit-interval grid: ``shift``, or
+    with dynamic shifting ``exp(mu)`` ("exponential") / ``mu`` ("linear"), ``mu`` linear in the image's
+    token count between ``(base_image_seq_len, base_shift)`` and ``(max_image_seq_len, max_shift)``
+    (the pipelines' ``calculate_shift``). Both forms are ``shift s / (1 + (shift - 1) s)``."""
+    for option in UNSUPPORTED_SCHEDULER_OPTIONS:
+        if config.get(option, False):
+            raise ValueError(f"scheduler option {option}={config[option]!r} is not supported (only the time shift is)")
+    if not config.get("use_dynamic_shifting", False):
+        return float(config.get("shift", 1.0))
+    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    slope = (max_shift - base_shift) / (max_len - base_len)
+    mu = image_seq_len * slope + (base_shift - slope * base_len)
+    kind = config.get("time_shift_type", "exponential")
+    if kind not in ("exponential", "linear"):
+        raise ValueError(f"scheduler time_shift_type {kind!r}: expected 'exponential' or 'linear'")
+    return math.exp(mu) if kind == "exponential" else float(mu)
+
+
+def load_flow_parts(model_path: str | Path, resolution: int | None = None) -> FlowPipelineParts:
+    """The transformer, VAE and schedule of an SD3 or FLUX directory, frozen, in eval mode.
+
+    Args:
+        model_path: the local pipeline directory.
+        resolution: image side in pixels (default: the pipeline's, ``sample_size`` x the VAE's factor
+            for SD3, 128 x it for FLUX).
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+
+    name, family = pipeline_family(model_path)
+    network_cls = SD3Transformer2DModel if family == "sd3" else FluxTransformer2DModel
+    transformer = network_cls.from_pretrained(_require(model_path, "transformer"), local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(_require(model_path, "vae"), local_files_only=True)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
+        _require(model_path, "scheduler"), local_files_only=True
+    )
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    # FLUX packs 2x2 latent patches (sides a multiple of 2 factor); SD3 patches by its patch size.
+    multiple = factor * (2 if family == "flux" else transformer.config.patch_size)
+    native = transformer.config.sample_size * factor if family == "sd3" else 128 * factor
+    resolution = native if resolution is None else int(resolution)
+    if resolution % multiple:
+        raise ValueError(f"resolution must be a multiple of {multiple} for this {family} model, got {resolution}")
+    side = resolution // factor
+    channels = transformer.config.in_channels // (4 if family == "flux" else 1)
+    patch = 2 if family == "flux" else transformer.config.patch_size
+    shift = scheduler_shift(scheduler.config, (side // patch) ** 2)
+    pipeline_cls = _pipeline_class(name)
+    call = inspect.signature(pipeline_cls.__call__).parameters
+    return FlowPipelineParts(
+        family,
+        transformer.eval().requires_grad_(False),
+        vae.eval().requires_grad_(False),
+        RectifiedFlowSchedule(shift),
+        (channels, side, side),
+        resolution,
+        float(call["guidance_scale"].default),
+        int(call["max_sequence_length"].default),
+    )
+
+
+def _pipeline_class(name: str) -> type:
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+def has_text_encoders(model_path: str | Path) -> bool:
+    """Whether the directory has every tokenizer and text encoder its ``model_index.json`` lists."""
+    index = json.loads(_require(model_path, "model_index.json").read_text())
+    parts = [k for k, v in index.items() if k.startswith(("tokenizer", "text_encoder")) and v and v[0] is not None]
+    return bool(parts) and all((Path(model_path) / p).is_dir() for p in parts)
+
+
+@torch.no_grad()
+def encode_prompts(
+    model_path: str | Path,
+    parts: FlowPipelineParts,
+    prompts: Sequence[str],
+    negative_prompt: str | None,
+    max_sequence_length: int,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The pipeline's ``encode_prompt`` of each prompt: token embeddings (P, L, D), pooled (P, Dp), and
+    for SD3 the negative prompt's pair (L, D), (Dp,) (the empty prompt by default; FLUX: None)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "encoding text prompts needs transformers (pip install transformers); or pass prompt_embeds and "
+            "pooled_prompt_embeds instead"
+        ) from e
+    name, _ = pipeline_family(model_path)
+    pipe = _pipeline_class(name).from_pretrained(
+        model_path, transformer=parts.transformer, vae=parts.vae, local_files_only=True
+    )
+    if parts.family == "sd3":
+        embeds, null, pooled, null_pooled = pipe.encode_prompt(
+            prompt=list(prompts),
+            prompt_2=None,
+            prompt_3=None,
+            do_classifier_free_guidance=True,
+            negative_prompt=negative_prompt or "",
+            max_sequence_length=max_sequence_length,
+        )
+        return embeds, pooled, null[0], null_pooled[0]
+    embeds, pooled, _ = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, max_sequence_length=max_sequence_length)
+    return embeds, pooled, None, None
+
+
+def flow_velocity_model(
+    parts: FlowPipelineParts,
+    prompt_embeds: Tensor,
+    pooled_embeds: Tensor,
+    null_embeds: Tensor | None,
+    null_pooled: Tensor | None,
+    guidance_scale: float,
+) -> DiffusersVelocity:
+    """The latent velocity; condition i is prompt i. SD3: classifier-free guidance at
+    ``guidance_scale`` (towards prompt i, away from the negative prompt). FLUX: the scale is the
+    transformer's guidance input where it has one (FLUX.1-dev), no classifier-free guidance."""
+
+    def table(t: Tensor | None) -> Tensor | None:  # the model's own buffer: no graph, its caller's precision
+        return None if t is None else t.detach().clone()
+
+    conditioning = PooledPromptEmbeddings(*map(table, (prompt_embeds, pooled_embeds, null_embeds, null_pooled)))
+    if parts.family == "sd3":
+        network, cfg = parts.transformer, guidance_scale
+    else:
+        network, cfg = PackedFluxTransformer(parts.transformer, guidance_scale), 1.0
+    return DiffusersVelocity(network, parts.schedule, conditioning, cfg, event_shape=parts.latent_shape)

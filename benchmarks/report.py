@@ -660,8 +660,9 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-TWIN_NEUTRAL = ("integrator", "noise_level", "shift")
-"""Env keywords in which two tasks on the same data and reward may differ and still be twins: the sampler."""
+TWIN_NEUTRAL = ("model", "integrator", "noise_level", "shift")
+"""Env keywords in which two tasks on the same data and reward may differ and still be twins: the base
+model's family (digits' ``model="flow"``) and the sampler."""
 
 
 def twin_groups(results: dict[str, Any]) -> list[list[str]]:
@@ -726,12 +727,14 @@ def _twin_tables(results: dict[str, Any]) -> list[str]:
 
 
 def _sampler(task: dict[str, Any]) -> str:
-    """A task's sampler as the twin tables name it: its integrator and, for the flow SDE, its noise level."""
+    """A task's sampler as the twin tables name it: its model family where the task takes one, its
+    integrator and, for the flow SDE, its noise level."""
     kwargs = task["env_kwargs"]
     defaults = get_task(task["env"]).defaults_for(kwargs)
     integrator = kwargs.get("integrator", defaults.get("integrator", "euler_maruyama"))
     level = kwargs.get("noise_level", defaults.get("noise_level"))
-    return integrator if level is None else f"{integrator}, a = {level:.3g}"
+    sampler = integrator if level is None else f"{integrator}, a = {level:.3g}"
+    return sampler if "model" not in kwargs else f"{kwargs['model']} model, {sampler}"
 
 
 def _task_tables(results: dict[str, Any], key: str, task: dict[str, Any], n_train: int) -> list[str]:

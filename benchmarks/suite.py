@@ -23,7 +23,8 @@ A run is one agent x task x seed x N_train. The file (see ``benchmarks/suites/qu
   dynamic programme, default 256), ``policy_net``, ``agents`` (the subset of the suite's agents
   that run on this task; default: all) and, under
   ``[tasks.KEY.agent_settings.NAME]``, per-task config overrides (``tuned`` there: that task's pick,
-  over the agent's settings for every task).
+  over the agent's settings for every task); ``agent_settings_from = "OTHER"`` starts them from task
+  OTHER's (for the agents this task runs), this task's own over them: a twin task is set once.
 
 Any table may hold ``[cpu]`` / ``[cuda]`` sub-tables, merged over it on that device: one suite
 file describes the GPU run and its smaller CPU counterpart.
@@ -275,7 +276,7 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
 
     tasks = {}
     for key, table in raw.get("tasks", {}).items():
-        table = _on_device(table, device_type)
+        table = _on_device(_settings_from(path, key, table, raw.get("tasks", {})), device_type)
         overrides = {name: _on_device(t, device_type) for name, t in table.get("agent_settings", {}).items()}
         if unknown_agents := set(overrides) - set(agents):
             raise ValueError(f"{path}: task {key!r} overrides agents not in the suite: {sorted(unknown_agents)}")
@@ -307,6 +308,22 @@ def load_suite(name_or_path: str | Path, device_type: str = "cpu", seeds: int | 
         throughput=raw.get("throughput"),
         claims=_claims(path, raw.get("claims"), agents),
     )
+
+
+def _settings_from(path: Path, key: str, table: dict[str, Any], tasks: dict[str, Any]) -> dict[str, Any]:
+    """Task ``key``'s table with its ``agent_settings_from = "OTHER"`` replaced by OTHER's agent
+    settings (those of the agents ``key`` runs, device sub-tables included) under its own."""
+    if "agent_settings_from" not in table:
+        return table
+    table = dict(table)
+    other = table.pop("agent_settings_from")
+    if other not in tasks or other == key or "agent_settings_from" in tasks[other]:
+        known = sorted(k for k in tasks if k != key and "agent_settings_from" not in tasks[k])
+        raise ValueError(f"{path}: task {key!r} agent_settings_from is {other!r}; expected one of {known}")
+    runs = table.get("agents")
+    inherited = {n: t for n, t in tasks[other].get("agent_settings", {}).items() if runs is None or n in runs}
+    table["agent_settings"] = _merged(inherited, table.get("agent_settings", {}))
+    return table
 
 
 def _tuned(path: Path, where: str, label: str, table: dict[str, Any]) -> dict[str, Any]:

@@ -140,9 +140,17 @@ def test_shipped_suites_parse_on_both_devices():
         assert "digits" in full.tasks and full.throughput
         # every agent on every task it applies to: Adjoint Matching refuses off the memoryless a = sqrt 2
         for key, task in full.tasks.items():
+            if key == "digits_flow":
+                continue
             memoryless = key not in ("flow2", "flow8")
             expected = {"grpo", "reward_gradient", "nft"} | ({"adjoint_matching"} if memoryless else set())
             assert expected <= set(task.agents or full.agents), key
+        # the flow-matching digits model: the gradient agents and GRPO / the reward gradient, at the VP
+        # digits' settings (agent_settings_from), its own model keyword
+        flow_digits, digits = full.tasks["digits_flow"], full.tasks["digits"]
+        assert flow_digits.env == digits.env and flow_digits.env_kwargs == {"model": "flow"}
+        assert set(flow_digits.agents) == {"ct_ppo", "ct_q_learning", "ddpo", "dpok", "grpo", "reward_gradient"}
+        assert flow_digits.agent_settings == {a: digits.agent_settings[a] for a in flow_digits.agents}
         families = {"policy_gradient", "q_learning", "reward_gradient", "adjoint_matching", "nft"}
         assert set(full.claims.families) == set(quick.claims.families) == families
     cpu, cuda = load_suite("full", "cpu"), load_suite("full", "cuda")
@@ -794,3 +802,55 @@ def test_rescore_recomputes_every_gap_from_the_references_and_reads_older_result
     with pytest.warns(UserWarning):
         rescore(results, "rescore twice")
     assert [r["command"] for r in results["rescores"]] == ["rescore once", "rescore twice"]
+
+
+def test_twin_groups_pair_a_base_model_family_or_sampler_on_the_same_data():
+    """The report's twin tables: the VP and flow-matching digits models (``model="flow"``) and the VP
+    mixture with its flow twin are twins; another dimension or training grid is not."""
+    from benchmarks.report import twin_groups
+
+    def task(env, n_train=(10,), **kwargs):
+        return {"env": env, "env_kwargs": kwargs, "n_train": list(n_train)}
+
+    tasks = {
+        "digits": task("DiffusionSDE-Digits-v0"),
+        "digits_flow": task("DiffusionSDE-Digits-v0", model="flow"),
+        "digits_thin": task("DiffusionSDE-Digits-v0", utility="alignment"),
+        "mixture8": task("DiffusionSDE-Mixture-v0", (20,), dim=8, integrator="exponential"),
+        "flow8": task("DiffusionSDE-FlowMixture-v0", (20,), dim=8, noise_level=0.7),
+        "flow2": task("DiffusionSDE-FlowMixture-v0", (20,), dim=2, noise_level=0.7),
+        "mixture8_n50": task("DiffusionSDE-Mixture-v0", (50,), dim=8),
+    }
+    groups = sorted(sorted(g) for g in twin_groups({"tasks": tasks}))
+    assert groups == [["digits", "digits_flow"], ["flow8", "mixture8"]]
+
+
+def test_a_task_takes_another_tasks_agent_settings(tmp_path, monkeypatch):
+    """``agent_settings_from``: a twin task starts from another's per-task settings (for the agents
+    it runs), its own over them; a task that is not there is refused, naming the choices."""
+    table = """
+env = "DiffusionSDE-v0"
+n_train = [4]
+num_envs = 8
+reward_queries = 16
+curve_points = 2
+curve_n = 8
+eval_steps = [4]
+eval_n = 8
+optimum_n = 8
+"""
+    body = (
+        f'seeds = 1\nagents = ["zero"]\n[tasks.a]{table}[tasks.a.agent_settings.zero]\nnum_envs = 4\n'
+        f"[tasks.a.agent_settings.zero.cpu]\nreward_queries = 8\n[tasks.b]{table}"
+        'agent_settings_from = "%s"\n'
+    )
+    monkeypatch.setitem(AGENTS, "zero", (ZeroAgent, ZeroConfig))
+    path = tmp_path / "twins.toml"
+    path.write_text(body % "a")
+    suite = load_suite(path, "cpu")
+    settings = {"zero": {"num_envs": 4, "reward_queries": 8}}
+    assert suite.tasks["b"].agent_settings == suite.tasks["a"].agent_settings == settings
+    assert {(r.task.key, r.num_envs, r.reward_queries) for r in suite.runs()} == {("a", 4, 8), ("b", 4, 8)}
+    path.write_text(body % "c")
+    with pytest.raises(ValueError, match=r"task 'b' agent_settings_from is 'c'; expected one of \['a'\]"):
+        load_suite(path, "cpu")

@@ -257,6 +257,8 @@ def test_bad_directories_and_arguments_are_clear_errors(dirs, tmp_path):
     sd = build_tiny_stable_diffusion(tmp_path / "sd")
     with pytest.raises(ValueError, match="not of the flow family.*DiffusionSDE-SD-v0"):
         make(sd, prompt="a cat")
+    with pytest.raises(ValueError, match="StableDiffusion3Pipeline directory .*use DiffusionSDE-FlowSD-v0"):
+        gym.make("DiffusionSDE-SD-v0", model_path=str(dirs["sd3"]), prompt="a cat")
     with pytest.raises(ValueError, match="model_path"):
         make_flow_vector_env(1, prompt="a cat")
     with pytest.raises(FileNotFoundError, match="local SD3 or FLUX directory"):

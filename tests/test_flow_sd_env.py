@@ -140,6 +140,58 @@ def test_the_env_velocity_is_the_pipelines_euler_velocity(dirs, family, guidance
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_at_vanishing_noise_the_env_chain_is_the_pipelines_sampler(dirs, family):
+    """On the pipeline's own sigmas (``grid=``) and with the flow SDE's noise level at 1e-6, the env
+    with zero actions walks the pipeline's Euler ODE from the same initial latents, step for step
+    (float64, within 5e-5: the SDE's noise, of order 1e-6 a step there, leaves 3e-6 to 8e-6). All but
+    the last step: the pipeline ends at sigma = 0, where the env's grid cannot (diffusion time 0)."""
+    from diffusion_gym.base_models.diffusers_transformer import pack_latents, unpack_latents
+
+    pipe, n, batch = pipeline(dirs[family]), 5, 2
+    pipe.set_progress_bar_config(disable=True)
+    if family == "sd3":
+        embeds, null, pooled, null_pooled = pipe.encode_prompt("a cat", None, None, max_sequence_length=8)
+        given = dict(guidance_scale=4.5, negative_prompt_embeds=null[0], negative_pooled_prompt_embeds=null_pooled[0])
+        call = dict(
+            negative_prompt_embeds=null.expand(batch, -1, -1),
+            negative_pooled_prompt_embeds=null_pooled.expand(batch, -1),
+        )
+    else:
+        embeds, pooled, _ = pipe.encode_prompt("a cat", None, max_sequence_length=8)
+        given, call = dict(guidance_scale=3.5), {}
+    given |= dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled, dtype="float64")
+    start = make(dirs[family], batch, **given).reset(seed=0)[0]["x"]
+    trajectory = []
+
+    def keep(pipe, i, t, tensors):
+        trajectory.append(tensors["latents"].clone())
+        return tensors
+
+    pipe(
+        prompt_embeds=embeds.expand(batch, -1, -1),
+        pooled_prompt_embeds=pooled.expand(batch, -1),
+        latents=pack_latents(start) if family == "flux" else start,
+        guidance_scale=given["guidance_scale"],
+        num_inference_steps=n,
+        height=16,
+        width=16,
+        output_type="latent",
+        callback_on_step_end=keep,
+        **call,
+    )
+    sigmas, shift = pipe.scheduler.sigmas.double()[:-1], make(dirs[family], 1, **given).score_model.schedule.shift
+    grid = 1 - sigmas / (shift - (shift - 1) * sigmas)  # env time t = 1 - s at each of the pipeline's sigmas
+    env = make(dirs[family], batch, grid=grid, noise_level=1e-6, **given)
+    x = env.reset(seed=0)[0]["x"]
+    assert torch.equal(x, start) and env.n_steps == n - 1 and len(trajectory) == n
+    for k in range(n - 1):
+        x = env.step(torch.zeros_like(x))[0]["x"]
+        expected = unpack_latents(trajectory[k], 8, 8) if family == "flux" else trajectory[k]
+        torch.testing.assert_close(x, expected, rtol=0, atol=5e-5, msg=lambda m, k=k: f"step {k}: {m}")
+    assert (x - start).abs().max() > 0.1  # it moved
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_text_prompts_are_encoded_as_the_pipeline_encodes_them(dirs, family):
     pipe = pipeline(dirs[family], torch.float32)
     env = make(dirs[family], 1, prompt=["a cat", "a dog"])

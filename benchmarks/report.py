@@ -25,6 +25,7 @@ from scipy import stats
 from benchmarks.results_file import read_results
 from diffusion_gym.evaluation import Estimate
 from diffusion_gym.references import References
+from diffusion_gym.sde import DEFAULT_NOISE_LEVEL, FLOW_INTEGRATORS
 from diffusion_gym.tasks import get_task
 
 LEVEL = 0.05
@@ -733,6 +734,8 @@ def _sampler(task: dict[str, Any]) -> str:
     defaults = get_task(task["env"]).defaults_for(kwargs)
     integrator = kwargs.get("integrator", defaults.get("integrator", "euler_maruyama"))
     level = kwargs.get("noise_level", defaults.get("noise_level"))
+    if level is None and integrator in FLOW_INTEGRATORS:
+        level = DEFAULT_NOISE_LEVEL  # the env's own
     sampler = integrator if level is None else f"{integrator}, a = {level:.3g}"
     return sampler if "model" not in kwargs else f"{kwargs['model']} model, {sampler}"
 

@@ -242,7 +242,7 @@ def test_lora_policy_ratios_and_checkpoints(tmp_path):
     with pytest.raises(ValueError, match=r"env.weights_sha256: \w+\.\.\. there, \w+\.\.\. here"):
         lora_agent(base_shift=1e-3).load(tmp_path / "lora.pt")
     legacy = {k: v for k, v in torch.load(tmp_path / "lora.pt", weights_only=False).items() if k != "identity"}
-    with pytest.raises(ValueError, match="another base UNet"), pytest.warns(UserWarning, match="predates run"):
+    with pytest.raises(ValueError, match="another base network"), pytest.warns(UserWarning, match="predates run"):
         lora_agent(base_shift=1e-3).load_state_dict(legacy)
 
 

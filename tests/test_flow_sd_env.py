@@ -25,6 +25,8 @@ from .test_agents import assert_ratios_are_one
 from .tiny_models import build_tiny_flux, build_tiny_sd3, build_tiny_stable_diffusion
 
 FAMILIES = ("sd3", "flux")
+FAMILY = {"sd3": "sd3", "flux": "flux", "schnell": "flux"}
+"""Each tiny directory's family: FLUX.1-dev-like ("flux") and FLUX.1-schnell-like ("schnell")."""
 SMALL = {"resolution": 16, "max_sequence_length": 8}
 """16x16 images (latents 4x8x8) and 8 T5 tokens: the tiny directories' sizes."""
 
@@ -37,7 +39,11 @@ def offline(monkeypatch):
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_flow")
-    return {"sd3": build_tiny_sd3(root / "sd3"), "flux": build_tiny_flux(root / "flux")}
+    return {
+        "sd3": build_tiny_sd3(root / "sd3"),
+        "flux": build_tiny_flux(root / "flux"),
+        "schnell": build_tiny_flux(root / "schnell", schnell=True),
+    }
 
 
 def make(directory: Path, num_envs: int = 2, **kwargs):
@@ -90,16 +96,19 @@ def recorded_steps(pipe, family: str, **call) -> list[tuple[torch.Tensor, torch.
     return steps
 
 
-@pytest.mark.parametrize(("family", "guidance"), [("sd3", 1.0), ("sd3", 4.5), ("flux", 3.5), ("flux", 2.0)])
-def test_the_env_velocity_is_the_pipelines_euler_velocity(dirs, family, guidance):
+@pytest.mark.parametrize(
+    ("name", "guidance"), [("sd3", 1.0), ("sd3", 0.5), ("sd3", 4.5), ("flux", 3.5), ("flux", 2.0), ("schnell", 3.5)]
+)
+def test_the_env_velocity_is_the_pipelines_euler_velocity(dirs, name, guidance):
     """At every step of the pipeline's sampler, the velocity the env's model gives for the pipeline's
     latents, timestep, prompt and guidance is the one the pipeline steps with, in float64 to 1e-10
-    (relative): the same network call, guidance (SD3's classifier-free mix, FLUX's embedding) and,
-    for FLUX, latent packing. The prompt embeddings are the pipeline's own."""
-    pipe = pipeline(dirs[family])
+    (relative): the same network call, guidance (SD3's classifier-free mix above 1 only, FLUX.1-dev's
+    embedding, none on schnell) and, for FLUX, latent packing. The prompt embeddings are the pipeline's."""
+    family = FAMILY[name]
+    pipe = pipeline(dirs[name])
     if family == "sd3":
         embeds, null, pooled, null_pooled = pipe.encode_prompt("a cat", None, None, max_sequence_length=8)
-        given = dict(negative_prompt_embeds=null[0], negative_pooled_prompt_embeds=null_pooled[0])
+        given = dict(negative_prompt_embeds=null, negative_pooled_prompt_embeds=null_pooled)  # (1, ...): squeezed
         call = dict(negative_prompt_embeds=null, negative_pooled_prompt_embeds=null_pooled)
     else:
         embeds, pooled, _ = pipe.encode_prompt("a cat", None, max_sequence_length=8)
@@ -113,30 +122,24 @@ def test_the_env_velocity_is_the_pipelines_euler_velocity(dirs, family, guidance
         num_inference_steps=4,
         **call,
     )
-    env = make(
-        dirs[family],
-        1,
-        dtype="float64",
-        guidance_scale=guidance,
-        prompt_embeds=embeds,
-        pooled_prompt_embeds=pooled,
-        **given,
-    )
-    model, schedule = env.score_model, env.score_model.schedule
+    embedded = dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled, dtype="float64")
+    env = make(dirs[name], 1, guidance_scale=guidance, **embedded, **given)
+    schedule, cond = env.score_model.schedule, torch.zeros(1, dtype=torch.int64)
     assert len(steps) == 4
     for x, timestep, v_pipe in steps:
         sigma = timestep.double() / 1000
         s = sigma / (schedule.shift - (schedule.shift - 1) * sigma)  # the diffusion time at which sigma_s = sigma
         torch.testing.assert_close(1000 * schedule.sigma(s), timestep.double(), rtol=1e-12, atol=0)
-        v_env = model.predict(s, x, torch.zeros(1, dtype=torch.int64))
-        torch.testing.assert_close(v_env, v_pipe, rtol=1e-10, atol=1e-12)
-    if guidance != 1.0:  # the guidance reaches the network: without it the velocity differs
-        plain = make(
-            dirs[family], 1, dtype="float64", guidance_scale=1.0, prompt_embeds=embeds, pooled_prompt_embeds=pooled
-        )
-        x, timestep, v_pipe = steps[1]
-        s = (timestep.double() / 1000) / (schedule.shift - (schedule.shift - 1) * timestep.double() / 1000)
-        assert (plain.score_model.predict(s, x, torch.zeros(1, dtype=torch.int64)) - v_pipe).abs().max() > 1e-3
+        torch.testing.assert_close(env.score_model.predict(s, x, cond), v_pipe, rtol=1e-10, atol=1e-12)
+    # Against the unguided model: guidance reaches the network where the pipeline applies it, only there.
+    plain = make(dirs[name], 1, guidance_scale=1.0, **embedded).score_model
+    x, timestep, v_pipe = steps[1]
+    sigma = timestep.double() / 1000
+    v_plain = plain.predict(sigma / (schedule.shift - (schedule.shift - 1) * sigma), x, cond)
+    if name == "schnell" or guidance <= 1.0:
+        torch.testing.assert_close(v_plain, v_pipe, rtol=1e-10, atol=1e-12)
+    else:
+        assert (v_plain - v_pipe).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -213,32 +216,66 @@ def check_text_encoding(pipe, family, cond) -> None:
     torch.testing.assert_close(cond.pooled_embeds, pooled, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_the_time_shift_is_the_schedulers(dirs, family):
-    """SD3's static shift and FLUX's resolution-dependent one: the env's path, on the pipelines' own
-    unit-interval grids, gives the scheduler's sigmas (float32's precision: the scheduler's)."""
-    pipe = pipeline(dirs[family], torch.float32)
-    schedule = make(dirs[family], 1, prompt="a").score_model.schedule
+@pytest.mark.parametrize("name", ["sd3", "flux", "schnell"])
+def test_the_time_shift_is_the_schedulers(dirs, name):
+    """SD3's static shift, FLUX.1-dev's resolution-dependent one (``mu`` from the pipeline's own
+    ``calculate_shift`` at its token count) and schnell's none: the env's path on the pipelines'
+    unit-interval grids gives the scheduler's sigmas (float32's precision: the scheduler's)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    pipe = pipeline(dirs[name], torch.float32)
+    schedule = make(dirs[name], 1, prompt="a").score_model.schedule
     n = 6
-    if family == "sd3":
+    if name == "sd3":
         assert schedule.shift == 3.0
         pipe.scheduler.set_timesteps(n)
         # the scheduler's grid runs from 1 to its own (shifted) smallest training sigma, then shifts again
-        grid = torch.linspace(
-            1.0, float(schedule.sigma(torch.tensor(1e-3, dtype=torch.float64))), n, dtype=torch.float64
-        )
+        smallest = float(schedule.sigma(torch.tensor(1e-3, dtype=torch.float64)))
+        grid = torch.linspace(1.0, smallest, n, dtype=torch.float64)
     else:
-        image_seq_len = 16  # 4x4 tokens of the 8x8 latent
-        m = (1.15 - 0.5) / (4096 - 256)
-        assert schedule.shift == pytest.approx(np.exp(image_seq_len * m + 0.5 - 256 * m), rel=1e-12)
-        mu = float(np.log(schedule.shift))
+        config = pipe.scheduler.config
+        tokens = pipe.prepare_latents(1, 4, 16, 16, torch.float32, "cpu", torch.Generator().manual_seed(0))[0].shape[1]
+        mu = calculate_shift(
+            tokens, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
+        )
+        assert tokens == 16 and schedule.shift == (pytest.approx(np.exp(mu), rel=1e-12) if name == "flux" else 1.0)
         grid = torch.linspace(1.0, 1.0 / n, n, dtype=torch.float64)
         pipe.scheduler.set_timesteps(sigmas=grid.numpy(), mu=mu)
     torch.testing.assert_close(schedule.sigma(grid).float(), pipe.scheduler.sigmas[:-1], rtol=1e-6, atol=1e-7)
-    bigger = make(dirs[family], 1, prompt="a", resolution=64).score_model.schedule
-    assert (bigger.shift == schedule.shift) == (family == "sd3")  # FLUX shifts more on more tokens
-    if family == "flux":
-        assert bigger.shift > schedule.shift
+    bigger = make(dirs[name], 1, prompt="a", resolution=64).score_model.schedule
+    assert (bigger.shift > schedule.shift) == (name == "flux")  # only FLUX.1-dev shifts more on more tokens
+
+
+def test_flux_packing_is_the_pipelines():
+    """The 2x2-patch tokens FLUX's transformer sees, and back, as FluxPipeline packs and unpacks them
+    (a non-square latent: rows and columns cannot be swapped unnoticed)."""
+    from diffusers import FluxPipeline
+
+    from diffusion_gym.base_models.diffusers_transformer import pack_latents, unpack_latents
+
+    x = torch.randn(2, 16, 6, 10, generator=torch.Generator().manual_seed(0))
+    tokens = FluxPipeline._pack_latents(x, 2, 16, 6, 10)
+    assert torch.equal(pack_latents(x), tokens)
+    assert torch.equal(unpack_latents(tokens, 6, 10), FluxPipeline._unpack_latents(tokens, 48, 80, 8))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_reward_sees_the_image_the_pipeline_decodes(dirs, family):
+    """The VAE decode of the env's rewards (``z / scaling_factor + shift_factor``) gives the pipeline's
+    own image of the same latents, to float32 precision."""
+    from diffusion_gym.base_models.diffusers_transformer import unpack_latents
+    from diffusion_gym.tasks.stable_diffusion.model import LatentDecoder
+
+    pipe = pipeline(dirs[family], torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    run = dict(prompt="a cat", height=16, width=16, num_inference_steps=2, max_sequence_length=8)
+    latents = pipe(**run, output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    images = pipe(**run, output_type="pt", generator=torch.Generator().manual_seed(0)).images  # in [0, 1]
+    latents = unpack_latents(latents, 8, 8) if family == "flux" else latents
+    assert pipe.vae.config.shift_factor  # the shift is there to be applied
+    with torch.no_grad():
+        decoded = LatentDecoder(pipe.vae)(latents)
+    torch.testing.assert_close((decoded + 1) / 2, images, rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_autocast_gives_the_float32_velocity_to_bf16_precision(dirs):
@@ -315,10 +352,26 @@ def test_bad_directories_and_arguments_are_clear_errors(dirs, tmp_path):
         make_flow_vector_env(1, prompt="a cat")
     with pytest.raises(FileNotFoundError, match="local SD3 or FLUX directory"):
         make(tmp_path / "nowhere", prompt="a cat")
-    with pytest.raises(ValueError, match="negative prompt"):
+    with pytest.raises(ValueError, match="true classifier-free guidance .* not supported"):
         make(dirs["flux"], prompt="a cat", negative_prompt="a dog")
     with pytest.raises(ValueError, match="pooled_prompt_embeds"):
         make(dirs["sd3"], prompt_embeds=torch.zeros(1, 8, 64))
+    with pytest.raises(ValueError, match="prompt_embeds .* and pooled_prompt_embeds .* together"):
+        make(dirs["sd3"], prompt="a", pooled_prompt_embeds=torch.zeros(1, 64))
+    with pytest.raises(ValueError, match="negative_pooled_prompt_embeds .* together"):
+        make(dirs["sd3"], prompt="a", negative_pooled_prompt_embeds=torch.zeros(64))
+    with pytest.raises(ValueError, match="negative_prompt .*or negative_prompt_embeds, not both"):
+        make(
+            dirs["sd3"],
+            prompt="a",
+            negative_prompt="b",
+            negative_prompt_embeds=torch.zeros(8, 64),
+            negative_pooled_prompt_embeds=torch.zeros(64),
+        )
+    with pytest.raises(ValueError, match="max_sequence_length must be <= 512"):
+        make(dirs["sd3"], prompt="a", max_sequence_length=600)
+    with pytest.raises(ValueError, match=r"must be \(P, L, D\) and \(P, Dp\)"):
+        make(dirs["sd3"], prompt_embeds=torch.zeros(2, 1, 8, 64), pooled_prompt_embeds=torch.zeros(2, 64))
     with pytest.raises(ValueError, match="multiple of 4"):
         make(dirs["flux"], prompt="a", resolution=18)
     with pytest.raises(ValueError, match="prompt .*or prompts, not both"):

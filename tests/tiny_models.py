@@ -205,10 +205,11 @@ def build_tiny_sd3(directory: Path, shift: float = 3.0) -> Path:
     return directory
 
 
-def build_tiny_flux(directory: Path, guidance_embeds: bool = True) -> Path:
+def build_tiny_flux(directory: Path, schnell: bool = False) -> Path:
     """A FluxPipeline of tiny random parts (latents 4x8x8, packed into 16 tokens of 16 channels;
-    images 16x16; a CLIP tower and a T5), the guidance embedding of FLUX.1-dev, and
-    ``FlowMatchEulerDiscreteScheduler`` with FLUX's dynamic shift, saved to ``directory``."""
+    images 16x16; a CLIP tower and a T5), saved to ``directory``: as FLUX.1-dev, with the guidance
+    embedding and ``FlowMatchEulerDiscreteScheduler``'s dynamic shift, or (``schnell``) as
+    FLUX.1-schnell, with neither (a static shift of 1)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -222,12 +223,12 @@ def build_tiny_flux(directory: Path, guidance_embeds: bool = True) -> Path:
         num_attention_heads=2,
         joint_attention_dim=32,
         pooled_projection_dim=32,
-        guidance_embeds=guidance_embeds,
+        guidance_embeds=not schnell,
         axes_dims_rope=(4, 6, 6),
     )
     scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
+        shift=1.0 if schnell else 3.0,
+        use_dynamic_shifting=not schnell,
         base_shift=0.5,
         max_shift=1.15,
         base_image_seq_len=256,

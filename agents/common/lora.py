@@ -66,7 +66,7 @@ class LoRAScoreField(nn.Module):
         names = [name for name, _ in self.score.unet.named_modules()]
         targets = [t for t in target_modules if any(n == t or n.endswith("." + t) for n in names)]
         if not targets:
-            raise ValueError(f"none of {list(target_modules)} names a module of this UNet")
+            raise ValueError(f"none of {list(target_modules)} names a module of this network")
         config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights=True)
         inject_adapter_in_model(config, self.score.unet)
         self.T = float(score_model.schedule.T)
@@ -75,7 +75,7 @@ class LoRAScoreField(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         saved = state_dict.get("base_fingerprint")
         if saved is not None and not torch.allclose(saved.to(self.base_fingerprint), self.base_fingerprint):
-            raise ValueError("these LoRA adapters were trained on another base UNet")
+            raise ValueError("these LoRA adapters were trained on another base network")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _adapters(self, enabled: bool) -> None:

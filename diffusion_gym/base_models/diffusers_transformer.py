@@ -121,7 +121,7 @@ class PackedFluxTransformer(nn.Module):
             guidance = torch.full((b,), self.guidance_scale, device=x.device, dtype=torch.float32)
         out = self.transformer(
             hidden_states=pack_latents(x),
-            timestep=timestep / 1000,
+            timestep=timestep / 1000,  # FluxPipeline's own literal: the transformer scales it back by 1000
             guidance=guidance,
             pooled_projections=pooled_projections,
             encoder_hidden_states=encoder_hidden_states,

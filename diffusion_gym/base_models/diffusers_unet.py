@@ -1,4 +1,6 @@
-"""Any diffusers UNet with a DDPM-family schedule as a :class:`ScoreModel` in continuous diffusion time.
+"""Any diffusers network as a model in continuous diffusion time: a UNet on a DDPM-family schedule as
+a :class:`ScoreModel` (:class:`DiffusersScore`), a flow-matching UNet or transformer as a velocity model
+(:class:`DiffusersVelocity`); :class:`DiffusersModel` is what they share.
 
 The scheduler's ``alphas_cumprod`` become a :class:`~diffusion_gym.sde.DiscreteVPSchedule`:
 timestep n sits at ``s = (n + 1) / M`` (T = 1), ``log abar`` is linear in s between timesteps, and

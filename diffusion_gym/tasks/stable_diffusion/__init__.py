@@ -2,6 +2,7 @@
 prompts as conditions, the VAE-decoded image scored by a local scorer (JPEG compressibility by default);
 ``DiffusionSDE-FlowSD-v0``: the same for a directory of the flow family (SD3 / SD3.5, FLUX.1)."""
 
+from diffusion_gym.sde import DEFAULT_NOISE_LEVEL
 from diffusion_gym.tasks.spec import TaskSpec, register_task
 
 TASK = register_task(
@@ -21,7 +22,7 @@ FLOW_TASK = register_task(
         env_id="DiffusionSDE-FlowSD-v0",
         models="diffusion_gym.tasks.stable_diffusion.env:flow_task_models",
         # The pipelines' 28 steps; Flow-GRPO's SDE at its noise level (the pipelines sample the ODE).
-        defaults={"n_steps": 28, "integrator": "flow_sde", "noise_level": 0.7},
+        defaults={"n_steps": 28, "integrator": "flow_sde", "noise_level": DEFAULT_NOISE_LEVEL},
         throughput=((16, 28),),
         law_neutral=("gold", "gold_kwargs"),
     )

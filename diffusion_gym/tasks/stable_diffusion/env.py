@@ -24,12 +24,15 @@ from diffusion_gym.rewards.composite import DecodedReward
 from diffusion_gym.rewards.protocol import RewardModel
 from diffusion_gym.tasks.stable_diffusion import FLOW_TASK, TASK
 from diffusion_gym.tasks.stable_diffusion.flow_model import (
-    encode_prompts as encode_flow_prompts,
-)
-from diffusion_gym.tasks.stable_diffusion.flow_model import (
+    MAX_SEQUENCE_LENGTH,
     flow_velocity_model,
     has_text_encoders,
     load_flow_parts,
+    pipeline_defaults,
+    pipeline_family,
+)
+from diffusion_gym.tasks.stable_diffusion.flow_model import (
+    encode_prompts as encode_flow_prompts,
 )
 from diffusion_gym.tasks.stable_diffusion.model import (
     LatentDecoder,
@@ -179,40 +182,75 @@ def flow_task_models(
     """
     if model_path is None:
         raise ValueError("DiffusionSDE-FlowSD-v0 needs model_path=<a local SD3 or FLUX directory>")
+    # Every check that needs no weights first: loading a transformer takes minutes at FLUX's size.
     prompts = _prompt_list(prompt, prompts)
+    name, family = pipeline_family(model_path)
+    sd3 = family == "sd3"
+    negatives = (negative_prompt, negative_prompt_embeds, negative_pooled_prompt_embeds)
+    if not sd3 and any(v is not None for v in negatives):
+        raise ValueError(
+            "this env guides FLUX by its guidance input only: FluxPipeline's true classifier-free guidance "
+            "(negative_prompt with true_cfg_scale) is not supported; drop the negative prompt"
+        )
+    if (prompt_embeds is None) != (pooled_prompt_embeds is None):
+        raise ValueError(
+            "give prompt_embeds (P, L, D) and pooled_prompt_embeds (P, Dp) together, as the pipelines take"
+        )
+    if (negative_prompt_embeds is None) != (negative_pooled_prompt_embeds is None):
+        raise ValueError("give negative_prompt_embeds (L, D) and negative_pooled_prompt_embeds (Dp,) together")
+    if negative_prompt is not None and negative_prompt_embeds is not None:
+        raise ValueError("pass negative_prompt (text) or negative_prompt_embeds, not both")
+    if prompt_embeds is None and not prompts:
+        raise ValueError("pass prompts (text) or prompt_embeds (P, L, D) with pooled_prompt_embeds (P, Dp)")
+    if max_sequence_length is not None and max_sequence_length > MAX_SEQUENCE_LENGTH:
+        raise ValueError(f"max_sequence_length must be <= {MAX_SEQUENCE_LENGTH} (the pipelines' T5 limit)")
+    given = None
+    if prompt_embeds is not None:
+        given = _pair(prompt_embeds, pooled_prompt_embeds, 3, "prompt_embeds")
+        if prompts is not None and len(prompts) != given[0].shape[0]:
+            raise ValueError(f"{len(prompts)} prompts but {given[0].shape[0]} prompt embeddings")
+    null = (
+        None
+        if negative_prompt_embeds is None
+        else _pair(negative_prompt_embeds, negative_pooled_prompt_embeds, 2, "negative_prompt_embeds")
+    )
+    default_guidance, default_length = pipeline_defaults(name)
+    scale = default_guidance if guidance_scale is None else float(guidance_scale)
+    length = default_length if max_sequence_length is None else max_sequence_length
+    guided = sd3 and scale > 1.0  # SD3's pipeline guides above 1 only
+    if guided and given is not None and null is None and not has_text_encoders(model_path):
+        raise ValueError(
+            "classifier-free guidance needs the negative prompt's embeddings: pass negative_prompt_embeds and "
+            "negative_pooled_prompt_embeds, or use a directory with its text encoders, or guidance_scale=1"
+        )
+
     parts = load_flow_parts(model_path, resolution)
-    sd3 = parts.family == "sd3"
-    if not sd3 and (negative_prompt is not None or negative_prompt_embeds is not None):
-        raise ValueError("FLUX is guided by its guidance input, not by a negative prompt: drop negative_prompt")
-    scale = parts.default_guidance if guidance_scale is None else float(guidance_scale)
-    length = parts.default_max_sequence_length if max_sequence_length is None else max_sequence_length
-    null = null_pooled = None
-    if prompt_embeds is None:
-        if not prompts:
-            raise ValueError("pass prompts (text) or prompt_embeds (P, L, D) with pooled_prompt_embeds (P, Dp)")
-        embeds, pooled, null, null_pooled = encode_flow_prompts(model_path, parts, prompts, negative_prompt, length)
+    if given is None:
+        embeds, pooled, *encoded_null = encode_flow_prompts(model_path, parts, prompts, negative_prompt, length)
+        null = null or (tuple(encoded_null) if guided else None)
     else:
-        if pooled_prompt_embeds is None:
-            raise ValueError("prompt_embeds need pooled_prompt_embeds (P, Dp) beside them, as the pipelines take")
-        embeds, pooled = torch.as_tensor(prompt_embeds), torch.as_tensor(pooled_prompt_embeds)
-        if embeds.ndim == 2:
-            embeds, pooled = embeds[None], pooled.reshape(1, -1)
-        if prompts is not None and len(prompts) != embeds.shape[0]:
-            raise ValueError(f"{len(prompts)} prompts but {embeds.shape[0]} prompt embeddings")
-    if sd3 and negative_prompt_embeds is not None:
-        if negative_pooled_prompt_embeds is None:
-            raise ValueError("negative_prompt_embeds need negative_pooled_prompt_embeds (Dp,) beside them")
-        null, null_pooled = torch.as_tensor(negative_prompt_embeds), torch.as_tensor(negative_pooled_prompt_embeds)
-    elif sd3 and null is None:
-        if has_text_encoders(model_path):
-            _, _, null, null_pooled = encode_flow_prompts(model_path, parts, [""], negative_prompt, length)
-        elif scale != 1.0:
-            raise ValueError(
-                "classifier-free guidance needs the negative prompt's embeddings: pass negative_prompt_embeds and "
-                "negative_pooled_prompt_embeds, or use a directory with its text encoders, or guidance_scale=1"
-            )
-    velocity = flow_velocity_model(parts, embeds, pooled, null, null_pooled, scale)
+        embeds, pooled = given
+        if guided and null is None:
+            null = tuple(encode_flow_prompts(model_path, parts, [""], negative_prompt, length)[2:])
+    velocity = flow_velocity_model(parts, embeds, pooled, *(null or (None, None)), scale)
     return velocity, *_decoded_rewards(LatentDecoder(parts.vae), prompts, reward, reward_kwargs, gold, gold_kwargs)
+
+
+def _pair(tokens: Tensor, pooled: Tensor, ndim: int, name: str) -> tuple[Tensor, Tensor]:
+    """Token and pooled embeddings given as the pipelines give them: ``ndim`` dimensions for the tokens
+    ((P, L, D) for prompts, (L, D) for the negative prompt; a leading batch of one is squeezed for
+    the latter, one more is added for a single prompt's (L, D)), the pooled with one fewer."""
+    tokens, pooled = torch.as_tensor(tokens), torch.as_tensor(pooled)
+    if tokens.ndim == ndim + 1 and tokens.shape[0] == 1 and ndim == 2:
+        tokens, pooled = tokens[0], pooled.reshape(pooled.shape[-1])
+    if tokens.ndim == ndim - 1 and ndim == 3:
+        tokens, pooled = tokens[None], pooled.reshape(1, -1)
+    if tokens.ndim != ndim or pooled.ndim != ndim - 1:
+        want = "(P, L, D) and (P, Dp)" if ndim == 3 else "(L, D) and (Dp,)"
+        raise ValueError(
+            f"{name} and its pooled embeddings must be {want}, got {tuple(tokens.shape)} and {tuple(pooled.shape)}"
+        )
+    return tokens, pooled
 
 
 make_env = TASK.make_env

@@ -40,6 +40,8 @@ UNSUPPORTED_SCHEDULER_OPTIONS = (
 )
 """``FlowMatchEulerDiscreteScheduler`` options that change its sigmas or its step beyond the shift:
 refused rather than silently ignored."""
+MAX_SEQUENCE_LENGTH = 512
+"""The longest T5 prompt the SD3 and FLUX pipelines take (their ``check_inputs``)."""
 
 
 @dataclass
@@ -53,8 +55,7 @@ class FlowPipelineParts:
         schedule: the rectified-flow path with the scheduler's shift at this resolution.
         latent_shape: one latent's (C, H, W).
         resolution: the image side in pixels.
-        default_guidance: the pipeline's own default ``guidance_scale``.
-        default_max_sequence_length: the pipeline's default T5 sequence length.
+        timestep_scale: the scheduler's ``num_train_timesteps``: the network sees ``sigma`` times it.
     """
 
     family: Family
@@ -63,8 +64,7 @@ class FlowPipelineParts:
     schedule: RectifiedFlowSchedule
     latent_shape: tuple[int, int, int]
     resolution: int
-    default_guidance: float
-    default_max_sequence_length: int
+    timestep_scale: float
 
 
 def _require(model_path: str | Path, sub: str) -> Path:
@@ -78,14 +78,34 @@ def _require(model_path: str | Path, sub: str) -> Path:
     return path
 
 
+FLOW_PREFIXES = ("StableDiffusion3", "Flux")
+"""Pipeline class names of the flow family (their img2img, inpainting, ... variants included)."""
+
+
+def pipeline_name(model_path: str | Path) -> str | None:
+    """The pipeline class a directory's ``model_index.json`` names (None without one): what decides
+    which env takes the directory, for both Stable Diffusion envs."""
+    index = Path(model_path) / "model_index.json"
+    return json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+
+
+def is_flow_pipeline(name: str | None) -> bool:
+    return name is not None and name.startswith(FLOW_PREFIXES)
+
+
 def pipeline_family(model_path: str | Path) -> tuple[str, Family]:
-    """The directory's pipeline class name (``model_index.json``) and its family."""
-    name = json.loads(_require(model_path, "model_index.json").read_text()).get("_class_name", "")
+    """The directory's pipeline class name (``model_index.json``) and its family; another pipeline is
+    refused, naming the env that takes it."""
+    _require(model_path, "model_index.json")
+    name = pipeline_name(model_path) or ""
     if name not in PIPELINES:
-        hint = (
-            " (a Stable Diffusion 1.x/2.x directory: DiffusionSDE-SD-v0)" if name.startswith("StableDiffusion") else ""
-        )
-        raise ValueError(f"{model_path}: pipeline {name!r} is not of the flow family {sorted(PIPELINES)}{hint}")
+        if is_flow_pipeline(name):
+            hint = f": only the text-to-image pipelines {sorted(PIPELINES)} are read"
+        elif name == "StableDiffusionPipeline":
+            hint = ": a Stable Diffusion 1.x/2.x directory, DiffusionSDE-SD-v0 takes it"
+        else:
+            hint = f"; expected one of {sorted(PIPELINES)}"
+        raise ValueError(f"{model_path}: pipeline {name!r} is not of the flow family{hint}")
     return name, PIPELINES[name]
 
 
@@ -120,6 +140,9 @@ def load_flow_parts(model_path: str | Path, resolution: int | None = None) -> Fl
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
 
     name, family = pipeline_family(model_path)
+    config = _require(model_path, "scheduler/scheduler_config.json")
+    if (kind := json.loads(config.read_text()).get("_class_name")) != "FlowMatchEulerDiscreteScheduler":
+        raise ValueError(f"{config}: scheduler {kind!r}; expected FlowMatchEulerDiscreteScheduler")
     network_cls = SD3Transformer2DModel if family == "sd3" else FluxTransformer2DModel
     transformer = network_cls.from_pretrained(_require(model_path, "transformer"), local_files_only=True)
     vae = AutoencoderKL.from_pretrained(_require(model_path, "vae"), local_files_only=True)
@@ -137,8 +160,6 @@ def load_flow_parts(model_path: str | Path, resolution: int | None = None) -> Fl
     channels = transformer.config.in_channels // (4 if family == "flux" else 1)
     patch = 2 if family == "flux" else transformer.config.patch_size
     shift = scheduler_shift(scheduler.config, (side // patch) ** 2)
-    pipeline_cls = _pipeline_class(name)
-    call = inspect.signature(pipeline_cls.__call__).parameters
     return FlowPipelineParts(
         family,
         transformer.eval().requires_grad_(False),
@@ -146,8 +167,7 @@ def load_flow_parts(model_path: str | Path, resolution: int | None = None) -> Fl
         RectifiedFlowSchedule(shift),
         (channels, side, side),
         resolution,
-        float(call["guidance_scale"].default),
-        int(call["max_sequence_length"].default),
+        float(scheduler.config.num_train_timesteps),
     )
 
 
@@ -155,6 +175,13 @@ def _pipeline_class(name: str) -> type:
     import diffusers
 
     return getattr(diffusers, name)
+
+
+def pipeline_defaults(name: str) -> tuple[float, int]:
+    """The pipeline's own defaults of ``guidance_scale`` and ``max_sequence_length`` (SD3: 7.0, 256;
+    FLUX: 3.5, 512), read from its ``__call__``."""
+    call = inspect.signature(_pipeline_class(name).__call__).parameters
+    return float(call["guidance_scale"].default), int(call["max_sequence_length"].default)
 
 
 def has_text_encoders(model_path: str | Path) -> bool:
@@ -208,15 +235,19 @@ def flow_velocity_model(
     guidance_scale: float,
 ) -> DiffusersVelocity:
     """The latent velocity; condition i is prompt i. SD3: classifier-free guidance at
-    ``guidance_scale`` (towards prompt i, away from the negative prompt). FLUX: the scale is the
-    transformer's guidance input where it has one (FLUX.1-dev), no classifier-free guidance."""
+    ``guidance_scale`` (towards prompt i, away from the negative prompt), as its pipeline only above 1
+    (at or below 1 the conditional model alone). FLUX: the scale is the transformer's guidance input
+    where it has one (FLUX.1-dev; FLUX.1-schnell ignores it, as its pipeline does), no
+    classifier-free guidance."""
 
     def table(t: Tensor | None) -> Tensor | None:  # the model's own buffer: no graph, its caller's precision
         return None if t is None else t.detach().clone()
 
     conditioning = PooledPromptEmbeddings(*map(table, (prompt_embeds, pooled_embeds, null_embeds, null_pooled)))
     if parts.family == "sd3":
-        network, cfg = parts.transformer, guidance_scale
+        network, cfg = parts.transformer, guidance_scale if guidance_scale > 1.0 else 1.0
     else:
         network, cfg = PackedFluxTransformer(parts.transformer, guidance_scale), 1.0
-    return DiffusersVelocity(network, parts.schedule, conditioning, cfg, event_shape=parts.latent_shape)
+    return DiffusersVelocity(
+        network, parts.schedule, conditioning, cfg, timestep_scale=parts.timestep_scale, event_shape=parts.latent_shape
+    )

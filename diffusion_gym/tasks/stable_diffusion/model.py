@@ -9,7 +9,6 @@ when prompt embeddings are passed instead.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 
 from diffusion_gym.base_models.diffusers_unet import DiffusersScore, PromptEmbeddings
 from diffusion_gym.sde import DiscreteVPSchedule
-from diffusion_gym.tasks.stable_diffusion.flow_model import PIPELINES
+from diffusion_gym.tasks.stable_diffusion.flow_model import is_flow_pipeline, pipeline_name
 
 
 @dataclass
@@ -51,9 +50,7 @@ def load_parts(model_path: str | Path, resolution: int | None = None) -> StableD
         model_path: the local pipeline directory.
         resolution: image side in pixels (default: the UNet's sample size times the VAE's factor).
     """
-    index = Path(model_path) / "model_index.json"
-    pipeline = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
-    if pipeline in PIPELINES:
+    if is_flow_pipeline(pipeline := pipeline_name(model_path)):
         raise ValueError(f"{model_path} is a {pipeline} directory (flow matching): use DiffusionSDE-FlowSD-v0")
     unet = UNet2DConditionModel.from_pretrained(_require_dir(model_path, "unet"), local_files_only=True)
     vae = AutoencoderKL.from_pretrained(_require_dir(model_path, "vae"), local_files_only=True)

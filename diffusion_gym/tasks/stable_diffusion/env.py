@@ -25,6 +25,7 @@ from diffusion_gym.rewards.protocol import RewardModel
 from diffusion_gym.tasks.stable_diffusion import FLOW_TASK, TASK
 from diffusion_gym.tasks.stable_diffusion.flow_model import (
     MAX_SEQUENCE_LENGTH,
+    classifier_free,
     flow_velocity_model,
     has_text_encoders,
     load_flow_parts,
@@ -217,7 +218,7 @@ def flow_task_models(
     default_guidance, default_length = pipeline_defaults(name)
     scale = default_guidance if guidance_scale is None else float(guidance_scale)
     length = default_length if max_sequence_length is None else max_sequence_length
-    guided = sd3 and scale > 1.0  # SD3's pipeline guides above 1 only
+    guided = classifier_free(family, scale)
     if guided and given is not None and null is None and not has_text_encoders(model_path):
         raise ValueError(
             "classifier-free guidance needs the negative prompt's embeddings: pass negative_prompt_embeds and "

@@ -226,6 +226,12 @@ def encode_prompts(
     return embeds, pooled, None, None
 
 
+def classifier_free(family: Family, guidance_scale: float) -> bool:
+    """Whether the pipeline mixes in a null prompt's prediction: SD3 above 1 (its
+    ``do_classifier_free_guidance``), FLUX never (its guidance is an input of the transformer)."""
+    return family == "sd3" and guidance_scale > 1.0
+
+
 def flow_velocity_model(
     parts: FlowPipelineParts,
     prompt_embeds: Tensor,
@@ -245,7 +251,7 @@ def flow_velocity_model(
 
     conditioning = PooledPromptEmbeddings(*map(table, (prompt_embeds, pooled_embeds, null_embeds, null_pooled)))
     if parts.family == "sd3":
-        network, cfg = parts.transformer, guidance_scale if guidance_scale > 1.0 else 1.0
+        network, cfg = parts.transformer, guidance_scale if classifier_free("sd3", guidance_scale) else 1.0
     else:
         network, cfg = PackedFluxTransformer(parts.transformer, guidance_scale), 1.0
     return DiffusersVelocity(

@@ -19,9 +19,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from diffusion_gym.base_models.diffusers_unet import PromptEmbeddings
 
-class PooledPromptEmbeddings(nn.Module):
-    """Condition i is prompt i: row i of the token embeddings (P, L, D) and of the pooled ones (P, Dp).
+
+class PooledPromptEmbeddings(PromptEmbeddings):
+    """Condition i is prompt i: row i of the token embeddings (P, L, D), as :class:`PromptEmbeddings`,
+    and of the pooled ones (P, Dp) beside them.
 
     Args:
         prompt_embeds: (P, L, D), what the pipeline's ``encode_prompt`` returns as ``prompt_embeds``.
@@ -38,37 +41,25 @@ class PooledPromptEmbeddings(nn.Module):
         null_embeds: Tensor | None = None,
         null_pooled: Tensor | None = None,
     ) -> None:
-        super().__init__()
-        if prompt_embeds.ndim != 3 or pooled_embeds.ndim != 2 or pooled_embeds.shape[0] != prompt_embeds.shape[0]:
-            raise ValueError(
-                f"expected prompt embeddings (P, L, D) and pooled embeddings (P, Dp), got "
-                f"{tuple(prompt_embeds.shape)} and {tuple(pooled_embeds.shape)}"
-            )
+        super().__init__(prompt_embeds, null_embeds)
+        if pooled_embeds.shape[:1] != prompt_embeds.shape[:1] or pooled_embeds.ndim != 2:
+            n, got = prompt_embeds.shape[0], tuple(pooled_embeds.shape)
+            raise ValueError(f"expected pooled embeddings (P, Dp) for {n} prompts, got {got}")
         if (null_embeds is None) != (null_pooled is None):
             raise ValueError("give the negative prompt's token and pooled embeddings together")
-        if null_embeds is not None and (
-            null_embeds.shape != prompt_embeds.shape[1:] or null_pooled.shape != pooled_embeds.shape[1:]
-        ):
+        if null_pooled is not None and null_pooled.shape != pooled_embeds.shape[1:]:
             raise ValueError(
-                f"expected negative embeddings {tuple(prompt_embeds.shape[1:])} and {tuple(pooled_embeds.shape[1:])}, "
-                f"got {tuple(null_embeds.shape)} and {tuple(null_pooled.shape)}"
+                f"expected a negative pooled embedding {tuple(pooled_embeds.shape[1:])}, got {tuple(null_pooled.shape)}"
             )
-        self.register_buffer("prompt_embeds", prompt_embeds)
         self.register_buffer("pooled_embeds", pooled_embeds)
-        self.register_buffer("null_embeds", null_embeds)
         self.register_buffer("null_pooled", null_pooled)
-        self.num_conditions = prompt_embeds.shape[0]
 
     def unet_kwargs(self, cond: Tensor) -> dict[str, Tensor]:
-        return {"encoder_hidden_states": self.prompt_embeds[cond], "pooled_projections": self.pooled_embeds[cond]}
+        return super().unet_kwargs(cond) | {"pooled_projections": self.pooled_embeds[cond]}
 
     def null_kwargs(self, batch: int, device: torch.device) -> dict[str, Tensor]:
-        if self.null_embeds is None:
-            raise ValueError("this model has no null condition: classifier-free guidance needs negative embeddings")
-        return {
-            "encoder_hidden_states": self.null_embeds.expand(batch, *self.null_embeds.shape),
-            "pooled_projections": self.null_pooled.expand(batch, *self.null_pooled.shape),
-        }
+        pooled = {"pooled_projections": self.null_pooled.expand(batch, *self.null_pooled.shape)}
+        return super().null_kwargs(batch, device) | pooled
 
 
 def pack_latents(x: Tensor) -> Tensor:

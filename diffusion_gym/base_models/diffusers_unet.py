@@ -64,14 +64,15 @@ class ClassLabels(nn.Module):
 
 class PromptEmbeddings(nn.Module):
     """``UNet2DConditionModel``: condition i is row i of a prompt-embedding table (P, L, D); the null
-    condition is the embedding of the empty (or negative) prompt, shape (L, D)."""
+    condition is the embedding of the empty (or negative) prompt, shape (L, D), or None for a model
+    never guided with one (:meth:`null_kwargs` then refuses)."""
 
-    def __init__(self, prompt_embeds: Tensor, null_embeds: Tensor) -> None:
+    def __init__(self, prompt_embeds: Tensor, null_embeds: Tensor | None) -> None:
         super().__init__()
-        if prompt_embeds.ndim != 3 or null_embeds.shape != prompt_embeds.shape[1:]:
+        if prompt_embeds.ndim != 3 or (null_embeds is not None and null_embeds.shape != prompt_embeds.shape[1:]):
             raise ValueError(
                 f"expected prompt embeddings (P, L, D) and a null embedding (L, D), got "
-                f"{tuple(prompt_embeds.shape)} and {tuple(null_embeds.shape)}"
+                f"{tuple(prompt_embeds.shape)} and {None if null_embeds is None else tuple(null_embeds.shape)}"
             )
         self.register_buffer("prompt_embeds", prompt_embeds)
         self.register_buffer("null_embeds", null_embeds)
@@ -81,6 +82,8 @@ class PromptEmbeddings(nn.Module):
         return {"encoder_hidden_states": self.prompt_embeds[cond]}
 
     def null_kwargs(self, batch: int, device: torch.device) -> dict[str, Tensor]:
+        if self.null_embeds is None:
+            raise ValueError("this model has no null condition: classifier-free guidance needs negative embeddings")
         return {"encoder_hidden_states": self.null_embeds.expand(batch, *self.null_embeds.shape)}
 
 

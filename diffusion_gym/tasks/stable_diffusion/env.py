@@ -23,11 +23,11 @@ from torch import Tensor
 from diffusion_gym.rewards.composite import DecodedReward
 from diffusion_gym.rewards.protocol import RewardModel
 from diffusion_gym.tasks.stable_diffusion import FLOW_TASK, TASK
+from diffusion_gym.tasks.stable_diffusion.directory import has_text_encoders
 from diffusion_gym.tasks.stable_diffusion.flow_model import (
     MAX_SEQUENCE_LENGTH,
     classifier_free,
     flow_velocity_model,
-    has_text_encoders,
     load_flow_parts,
     pipeline_defaults,
     pipeline_family,
@@ -38,7 +38,6 @@ from diffusion_gym.tasks.stable_diffusion.flow_model import (
 from diffusion_gym.tasks.stable_diffusion.model import (
     LatentDecoder,
     encode_prompts,
-    has_text_encoder,
     load_parts,
     stable_diffusion_score,
 )
@@ -100,15 +99,13 @@ def task_models(
     if negative_prompt_embeds is not None:
         null = torch.as_tensor(negative_prompt_embeds)
     elif null is None:
-        if has_text_encoder(model_path):
+        if has_text_encoders(model_path):
             null = encode_prompts(model_path, [])[1]
         elif guidance_scale != 1.0:
             raise ValueError(
                 "classifier-free guidance needs the unconditional embedding: pass negative_prompt_embeds (the "
                 "empty prompt's), or use a directory with tokenizer/ and text_encoder/, or guidance_scale=1"
             )
-        else:
-            null = torch.zeros_like(prompt_embeds[0])  # never used without guidance
     score = stable_diffusion_score(parts, prompt_embeds, null, guidance_scale)
     return score, *_decoded_rewards(LatentDecoder(parts.vae), prompts, reward, reward_kwargs, gold, gold_kwargs)
 

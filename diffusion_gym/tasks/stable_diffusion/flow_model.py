@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from diffusion_gym.base_models.diffusers_transformer import PackedFluxTransformer, PooledPromptEmbeddings
 from diffusion_gym.base_models.diffusers_unet import DiffusersVelocity
 from diffusion_gym.sde import RectifiedFlowSchedule
+from diffusion_gym.tasks.stable_diffusion.directory import import_transformers, is_flow_pipeline, pipeline_name, require
 
 Family = Literal["sd3", "flux"]
 PIPELINES: dict[str, Family] = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
@@ -49,6 +50,7 @@ class FlowPipelineParts:
     """What the env needs from a flow-family directory.
 
     Attributes:
+        pipeline: the pipeline class ``model_index.json`` names.
         family: "sd3" (classifier-free guidance, a null prompt) or "flux" (guidance embedded, or none).
         transformer: the diffusion transformer, frozen, in eval mode.
         vae: its autoencoder, frozen, in eval mode.
@@ -58,6 +60,7 @@ class FlowPipelineParts:
         timestep_scale: the scheduler's ``num_train_timesteps``: the network sees ``sigma`` times it.
     """
 
+    pipeline: str
     family: Family
     transformer: nn.Module
     vae: nn.Module
@@ -67,30 +70,14 @@ class FlowPipelineParts:
     timestep_scale: float
 
 
+LAYOUT = (
+    "a local SD3 or FLUX directory as written by StableDiffusion3Pipeline / FluxPipeline.save_pretrained "
+    "(model_index.json, transformer/, vae/, scheduler/)"
+)
+
+
 def _require(model_path: str | Path, sub: str) -> Path:
-    path = Path(model_path) / sub
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: model_path must be a local SD3 or FLUX directory as written by "
-            "StableDiffusion3Pipeline / FluxPipeline.save_pretrained (model_index.json, transformer/, vae/, "
-            "scheduler/); nothing is downloaded"
-        )
-    return path
-
-
-FLOW_PREFIXES = ("StableDiffusion3", "Flux")
-"""Pipeline class names of the flow family (their img2img, inpainting, ... variants included)."""
-
-
-def pipeline_name(model_path: str | Path) -> str | None:
-    """The pipeline class a directory's ``model_index.json`` names (None without one): what decides
-    which env takes the directory, for both Stable Diffusion envs."""
-    index = Path(model_path) / "model_index.json"
-    return json.loads(index.read_text()).get("_class_name") if index.is_file() else None
-
-
-def is_flow_pipeline(name: str | None) -> bool:
-    return name is not None and name.startswith(FLOW_PREFIXES)
+    return require(model_path, sub, LAYOUT)
 
 
 def pipeline_family(model_path: str | Path) -> tuple[str, Family]:
@@ -161,6 +148,7 @@ def load_flow_parts(model_path: str | Path, resolution: int | None = None) -> Fl
     patch = 2 if family == "flux" else transformer.config.patch_size
     shift = scheduler_shift(scheduler.config, (side // patch) ** 2)
     return FlowPipelineParts(
+        name,
         family,
         transformer.eval().requires_grad_(False),
         vae.eval().requires_grad_(False),
@@ -184,13 +172,6 @@ def pipeline_defaults(name: str) -> tuple[float, int]:
     return float(call["guidance_scale"].default), int(call["max_sequence_length"].default)
 
 
-def has_text_encoders(model_path: str | Path) -> bool:
-    """Whether the directory has every tokenizer and text encoder its ``model_index.json`` lists."""
-    index = json.loads(_require(model_path, "model_index.json").read_text())
-    parts = [k for k, v in index.items() if k.startswith(("tokenizer", "text_encoder")) and v and v[0] is not None]
-    return bool(parts) and all((Path(model_path) / p).is_dir() for p in parts)
-
-
 @torch.no_grad()
 def encode_prompts(
     model_path: str | Path,
@@ -201,15 +182,8 @@ def encode_prompts(
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """The pipeline's ``encode_prompt`` of each prompt: token embeddings (P, L, D), pooled (P, Dp), and
     for SD3 the negative prompt's pair (L, D), (Dp,) (the empty prompt by default; FLUX: None)."""
-    try:
-        import transformers  # noqa: F401
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "encoding text prompts needs transformers (pip install transformers); or pass prompt_embeds and "
-            "pooled_prompt_embeds instead"
-        ) from e
-    name, _ = pipeline_family(model_path)
-    pipe = _pipeline_class(name).from_pretrained(
+    import_transformers("encoding text prompts (or pass prompt_embeds and pooled_prompt_embeds)")
+    pipe = _pipeline_class(parts.pipeline).from_pretrained(
         model_path, transformer=parts.transformer, vae=parts.vae, local_files_only=True
     )
     if parts.family == "sd3":

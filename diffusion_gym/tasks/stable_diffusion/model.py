@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from diffusion_gym.base_models.diffusers_unet import DiffusersScore, PromptEmbeddings
 from diffusion_gym.sde import DiscreteVPSchedule
-from diffusion_gym.tasks.stable_diffusion.flow_model import is_flow_pipeline, pipeline_name
+from diffusion_gym.tasks.stable_diffusion.directory import import_transformers, is_flow_pipeline, pipeline_name, require
 
 
 @dataclass
@@ -33,14 +33,14 @@ class StableDiffusionParts:
     latent_shape: tuple[int, int, int]
 
 
+LAYOUT = (
+    "a local Stable Diffusion directory as written by StableDiffusionPipeline.save_pretrained (with unet/, vae/ "
+    "and scheduler/)"
+)
+
+
 def _require_dir(model_path: str | Path, sub: str) -> Path:
-    path = Path(model_path) / sub
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{path} not found: model_path must be a local Stable Diffusion directory as written by "
-            "StableDiffusionPipeline.save_pretrained (with unet/, vae/ and scheduler/); nothing is downloaded"
-        )
-    return path
+    return require(model_path, sub, LAYOUT)
 
 
 def load_parts(model_path: str | Path, resolution: int | None = None) -> StableDiffusionParts:
@@ -68,23 +68,13 @@ def load_parts(model_path: str | Path, resolution: int | None = None) -> StableD
     )
 
 
-def has_text_encoder(model_path: str | Path) -> bool:
-    """Whether the directory has the tokenizer and text encoder that text prompts need."""
-    return (Path(model_path) / "tokenizer").is_dir() and (Path(model_path) / "text_encoder").is_dir()
-
-
 @torch.no_grad()
 def encode_prompts(model_path: str | Path, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
     """Text-encoder hidden states of each prompt (P, L, D) and of the empty prompt (L, D)."""
-    try:
-        from transformers import CLIPTextModel, CLIPTokenizer
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "encoding text prompts needs transformers (pip install transformers); "
-            "or pass prompt_embeds (and negative_prompt_embeds) instead"
-        ) from e
-    tokenizer = CLIPTokenizer.from_pretrained(_require_dir(model_path, "tokenizer"), local_files_only=True)
-    encoder = CLIPTextModel.from_pretrained(_require_dir(model_path, "text_encoder"), local_files_only=True).eval()
+    transformers = import_transformers("encoding text prompts (or pass prompt_embeds and negative_prompt_embeds)")
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(_require_dir(model_path, "tokenizer"), local_files_only=True)
+    text_encoder = _require_dir(model_path, "text_encoder")
+    encoder = transformers.CLIPTextModel.from_pretrained(text_encoder, local_files_only=True).eval()
     tokens = tokenizer(
         [*prompts, ""],
         padding="max_length",
@@ -97,14 +87,16 @@ def encode_prompts(model_path: str | Path, prompts: Sequence[str]) -> tuple[Tens
 
 
 def stable_diffusion_score(
-    parts: StableDiffusionParts, prompt_embeds: Tensor, null_embeds: Tensor, guidance_scale: float
+    parts: StableDiffusionParts, prompt_embeds: Tensor, null_embeds: Tensor | None, guidance_scale: float
 ) -> DiffusersScore:
     """The latent-space score; condition i is prompt i, guided towards it with classifier-free guidance."""
     return DiffusersScore(
         parts.unet,
         parts.schedule,
         prediction_type=parts.prediction_type,  # type: ignore[arg-type]
-        conditioning=PromptEmbeddings(prompt_embeds.float().clone(), null_embeds.float().clone()),
+        conditioning=PromptEmbeddings(
+            prompt_embeds.float().clone(), None if null_embeds is None else null_embeds.float().clone()
+        ),
         guidance_scale=guidance_scale,
         event_shape=parts.latent_shape,
     )

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from diffusion_gym.rewards.jpeg import JpegSize
 from diffusion_gym.rewards.protocol import RewardModel
+from diffusion_gym.tasks.stable_diffusion.directory import import_transformers
 
 SCORERS = ("jpeg_compressibility", "jpeg_incompressibility", "aesthetic", "pickscore", "imagereward")
 
@@ -64,11 +65,7 @@ def _local(path: str | Path | None, what: str, scorer: str) -> Path:
 
 
 def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise ImportError("CLIP-based scorers need transformers: pip install transformers") from e
-    return transformers
+    return import_transformers("the CLIP-based scorers")
 
 
 class ClipImagePreprocess(nn.Module):

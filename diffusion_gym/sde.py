@@ -211,6 +211,12 @@ class RectifiedFlowSchedule:
         s = torch.as_tensor(s)
         return self.shift * s / (1.0 + (self.shift - 1.0) * s)
 
+    def time_at(self, sigma: Tensor) -> Tensor:
+        """The diffusion time ``s`` at which the path's noise scale is ``sigma`` (the inverse of
+        :meth:`sigma`, ``sigma / (shift - (shift - 1) sigma)``): where a scheduler's sigmas sit."""
+        sigma = torch.as_tensor(sigma)
+        return sigma / (self.shift - (self.shift - 1.0) * sigma)
+
     def alpha(self, s: Tensor) -> Tensor:
         """The signal scale ``1 - sigma_s``."""
         return 1.0 - self.sigma(s)

@@ -253,3 +253,11 @@ def test_the_summed_kl_of_a_smooth_control_converges_to_girsanovs_integral(integ
     else:  # first order: 0.089, 0.023, 0.0058 at a = 0.7 (N x 4, error / 4)
         ratios = [errors[1] / errors[0], errors[2] / errors[1]]
         assert errors[2] < 1e-2 and all(0.2 < r < 0.3 for r in ratios), errors
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 0.4])
+def test_time_at_inverts_the_shifted_path(shift):
+    """``time_at`` is ``sigma``'s inverse on [0, 1] to float64 precision (where a scheduler's sigmas sit)."""
+    schedule = RectifiedFlowSchedule(shift)
+    s = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+    torch.testing.assert_close(schedule.time_at(schedule.sigma(s)), s, rtol=0, atol=1e-15)

@@ -127,15 +127,13 @@ def test_the_env_velocity_is_the_pipelines_euler_velocity(dirs, name, guidance):
     schedule, cond = env.score_model.schedule, torch.zeros(1, dtype=torch.int64)
     assert len(steps) == 4
     for x, timestep, v_pipe in steps:
-        sigma = timestep.double() / 1000
-        s = sigma / (schedule.shift - (schedule.shift - 1) * sigma)  # the diffusion time at which sigma_s = sigma
+        s = schedule.time_at(timestep.double() / 1000)
         torch.testing.assert_close(1000 * schedule.sigma(s), timestep.double(), rtol=1e-12, atol=0)
         torch.testing.assert_close(env.score_model.predict(s, x, cond), v_pipe, rtol=1e-10, atol=1e-12)
     # Against the unguided model: guidance reaches the network where the pipeline applies it, only there.
     plain = make(dirs[name], 1, guidance_scale=1.0, **embedded).score_model
     x, timestep, v_pipe = steps[1]
-    sigma = timestep.double() / 1000
-    v_plain = plain.predict(sigma / (schedule.shift - (schedule.shift - 1) * sigma), x, cond)
+    v_plain = plain.predict(schedule.time_at(timestep.double() / 1000), x, cond)
     if name == "schnell" or guidance <= 1.0:
         torch.testing.assert_close(v_plain, v_pipe, rtol=1e-10, atol=1e-12)
     else:
@@ -182,8 +180,8 @@ def test_at_vanishing_noise_the_env_chain_is_the_pipelines_sampler(dirs, family)
         callback_on_step_end=keep,
         **call,
     )
-    sigmas, shift = pipe.scheduler.sigmas.double()[:-1], make(dirs[family], 1, **given).score_model.schedule.shift
-    grid = 1 - sigmas / (shift - (shift - 1) * sigmas)  # env time t = 1 - s at each of the pipeline's sigmas
+    schedule = make(dirs[family], 1, **given).score_model.schedule
+    grid = 1 - schedule.time_at(pipe.scheduler.sigmas.double()[:-1])  # env time t = 1 - s at the pipeline's sigmas
     env = make(dirs[family], batch, grid=grid, noise_level=1e-6, **given)
     x = env.reset(seed=0)[0]["x"]
     assert torch.equal(x, start) and env.n_steps == n - 1 and len(trajectory) == n
